@@ -1,0 +1,39 @@
+"""Derivation of the SigV4 signing key, with a bounded cache.
+
+The signing key depends only on (secret, date, region, service), so it changes once a day per
+credential and region. Caching it turns each verification into one HMAC over the string to sign
+(plus two SHA-256 over small inputs) instead of five HMACs.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from sigv4._bounded import remember
+
+_CACHE_MAX = 1024
+_cache: dict[tuple[str, str, str, str], bytes] = {}
+
+
+def derive_signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """HMAC chain AWS4<secret> -> date -> region -> service -> "aws4_request" (uncached)."""
+    k = hmac.digest(("AWS4" + secret).encode("utf-8"), date.encode("utf-8"), "sha256")
+    k = hmac.digest(k, region.encode("utf-8"), "sha256")
+    k = hmac.digest(k, service.encode("utf-8"), "sha256")
+    return hmac.digest(k, b"aws4_request", "sha256")
+
+
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """Cached :func:`derive_signing_key`; the cache holds at most ``_CACHE_MAX`` keys."""
+    ck = (secret, date, region, service)
+    key = _cache.get(ck)
+    if key is None:
+        key = derive_signing_key(secret, date, region, service)
+        # Oldest first: yesterday's keys are evicted before today's.
+        remember(_cache, ck, key, _CACHE_MAX)
+    return key
+
+
+def clear_cache() -> None:
+    """Forget every cached signing key (tests, credential removal)."""
+    _cache.clear()

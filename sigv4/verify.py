@@ -1,0 +1,269 @@
+"""Verification of an AWS SigV4 (AWS4-HMAC-SHA256) Authorization header for one request.
+
+Checks run cheapest-first and each failure raises its own :class:`~sigv4.errors.SigV4Error`
+subclass, so the service can log the cause while answering 401 with a message that is safe to show.
+The final comparison is constant-time. The hot path (a well-formed request from a known signer)
+costs one SHA-256 of the body, one SHA-256 of the canonical request and one HMAC with a cached
+signing key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sigv4 import canonical
+from sigv4._bounded import remember
+from sigv4.credentials import Credential
+from sigv4.errors import (
+    ContentHashMismatch,
+    CredentialDateMismatch,
+    DuplicateAuthorization,
+    InvalidScope,
+    MalformedAuthorization,
+    MalformedDate,
+    MissingAuthorization,
+    MissingDate,
+    MissingSignedHeader,
+    RegionNotAccepted,
+    RequestExpired,
+    SignatureMismatch,
+    UnknownAccessKey,
+    safe_fragment,
+)
+from sigv4.keys import signing_key
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+_PREFIX = ALGORITHM + " "
+_TERMINATOR = "aws4_request"
+_HEX = frozenset("0123456789abcdef")
+_DIGITS = frozenset("0123456789")
+_MAX_AUTH_LEN = 4096
+
+_CACHE_MAX = 1024
+_signed_headers_cache: dict[str, tuple[str, ...]] = {}
+_date_cache: dict[str, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """Which credential authenticated the request, and under which scope."""
+
+    access_key_id: str
+    region: str
+    date: str  # credential scope date, YYYYMMDD
+    credential: Credential  # which of the credentials with this id matched (rotation)
+
+
+def verify(
+    *,
+    method: str,
+    path: str | bytes,
+    query: str | bytes,
+    headers: Sequence[tuple[str | bytes, str | bytes]],
+    body: bytes,
+    lookup: Callable[[str], Sequence[Credential]],
+    now: float,
+    service: str = "kms-xks-proxy",
+    regions: Collection[str] | None = None,
+    window_s: float = 300.0,
+) -> Verified:
+    """Verify the request's SigV4 signature and return the credential that produced it.
+
+    ``path`` and ``query`` are as received on the wire (still percent-encoded). ``headers`` may be
+    ASGI-style lower-case byte pairs; on HTTP/2 ``:authority`` stands in for ``host``.
+    ``regions`` None or empty accepts any region. Raises a :class:`SigV4Error` subclass.
+    """
+    hv = _collect(headers)
+
+    # 1. Authorization header.
+    auth_values = hv.get("authorization")
+    if not auth_values:
+        raise MissingAuthorization()
+    if len(auth_values) > 1:
+        raise DuplicateAuthorization()
+    akid, scope, date, region, signed, signature = _parse_authorization(auth_values[0], service)
+
+    # 2. Region.
+    if regions and region not in regions:
+        raise RegionNotAccepted(f"region {safe_fragment(region)!r} is not accepted")
+
+    # 3. Date and clock window.
+    date_values = hv.get("x-amz-date")
+    if not date_values:
+        raise MissingDate()
+    if len(date_values) > 1:
+        raise MalformedDate("more than one x-amz-date header")
+    amz_date = date_values[0].strip()
+    stamp = _parse_amz_date(amz_date)
+    if amz_date[:8] != date:
+        raise CredentialDateMismatch()
+    skew = now - stamp
+    if skew > window_s or -skew > window_s:
+        raise RequestExpired(
+            f"x-amz-date is {abs(int(skew))} s from the server clock (limit {int(window_s)} s)"
+        )
+
+    # 4. Who claims to have signed.
+    creds = lookup(akid)
+    if not creds:
+        raise UnknownAccessKey(f"unknown access key id {safe_fragment(akid, 32)!r}")
+
+    # 5. Canonical headers: every signed header must be present.
+    lines = []
+    for name in signed:
+        values = hv.get(name)
+        if values is None and name == "host":
+            values = hv.get(":authority")
+        if values is None:
+            raise MissingSignedHeader(
+                f"signed header {safe_fragment(name)!r} is not in the request"
+            )
+        lines.append(f"{name}:{canonical.header_value(values)}\n")
+    canonical_headers = "".join(lines)
+
+    # 6. Body hash, checked against x-amz-content-sha256 when the client sent one.
+    body_hash = hashlib.sha256(body).hexdigest()
+    claimed = hv.get("x-amz-content-sha256")
+    if claimed is not None and (len(claimed) != 1 or claimed[0].strip() != body_hash):
+        raise ContentHashMismatch()
+
+    # 7. Signature over each canonical form a legitimate signer may have produced.
+    if isinstance(path, bytes):
+        path = path.decode("latin-1")
+    if isinstance(query, bytes):
+        query = query.decode("latin-1")
+    head = f"{method.upper()}\n"
+    tail = f"\n{canonical_headers}\n{';'.join(signed)}\n{body_hash}"
+    sts_head = f"{ALGORITHM}\n{amz_date}\n{scope}\n"
+    given = signature.encode("ascii")
+    keys = [signing_key(c.secret, date, region, service) for c in creds]
+    for cpath in canonical.path_candidates(path):
+        for cquery in canonical.query_candidates(query):
+            creq = f"{head}{cpath}\n{cquery}{tail}"
+            sts = sts_head + hashlib.sha256(creq.encode("utf-8", "surrogateescape")).hexdigest()
+            msg = sts.encode("utf-8")
+            for cred, key in zip(creds, keys, strict=True):
+                expected = hmac.digest(key, msg, "sha256").hex().encode("ascii")
+                if hmac.compare_digest(expected, given):
+                    return Verified(akid, region, date, cred)
+    raise SignatureMismatch()
+
+
+def _collect(headers: Sequence[tuple[str | bytes, str | bytes]]) -> dict[str, list[str]]:
+    """Group headers by lower-case name, keeping every value in arrival order.
+
+    Bytes are decoded as latin-1 so each wire byte maps to one character, matching how Python HTTP
+    clients put str header values on the wire.
+    """
+    hv: dict[str, list[str]] = {}
+    for name, value in headers:
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        name = name.lower()
+        lst = hv.get(name)
+        if lst is None:
+            hv[name] = [value]
+        else:
+            lst.append(value)
+    return hv
+
+
+def _parse_authorization(
+    value: str, service: str
+) -> tuple[str, str, str, str, tuple[str, ...], str]:
+    """Split the header into (akid, scope, date, region, signed header names, signature)."""
+    if len(value) > _MAX_AUTH_LEN:
+        raise MalformedAuthorization("Authorization header is too long")
+    value = value.strip()
+    if not value.startswith(_PREFIX):
+        raise MalformedAuthorization("Authorization must use the AWS4-HMAC-SHA256 algorithm")
+    fields: dict[str, str] = {}
+    for part in value[len(_PREFIX) :].split(","):
+        key, sep, val = part.strip().partition("=")
+        if not sep or key in fields:
+            raise MalformedAuthorization(
+                "Authorization must have Credential, SignedHeaders and Signature, once each"
+            )
+        fields[key] = val
+    try:
+        credential = fields["Credential"]
+        signed_str = fields["SignedHeaders"]
+        signature = fields["Signature"]
+    except KeyError:
+        raise MalformedAuthorization(
+            "Authorization must have Credential, SignedHeaders and Signature, once each"
+        ) from None
+    if len(fields) != 3:
+        raise MalformedAuthorization("Authorization has unexpected components")
+
+    parts = credential.split("/")
+    if len(parts) != 5 or not parts[0] or not parts[2]:
+        raise MalformedAuthorization(
+            "Credential must be <access key id>/<date>/<region>/<service>/aws4_request"
+        )
+    akid, date, region, svc, terminator = parts
+    if len(date) != 8 or not _DIGITS.issuperset(date):
+        raise MalformedAuthorization("Credential date must be YYYYMMDD")
+    if svc != service:
+        raise InvalidScope(
+            f"credential scope service {safe_fragment(svc)!r} is not {safe_fragment(service)!r}"
+        )
+    if terminator != _TERMINATOR:
+        raise InvalidScope("credential scope must end with aws4_request")
+
+    if len(signature) != 64 or not _HEX.issuperset(signature):
+        raise MalformedAuthorization("Signature must be 64 lower-case hex digits")
+    return akid, credential[len(akid) + 1 :], date, region, _signed_headers(signed_str), signature
+
+
+def _signed_headers(value: str) -> tuple[str, ...]:
+    """Parse and check SignedHeaders; results are cached because clients repeat the same list."""
+    hit = _signed_headers_cache.get(value)
+    if hit is not None:
+        return hit
+    names = tuple(value.split(";"))
+    if any(not n or n != n.lower() or n != n.strip() or n.startswith(":") for n in names):
+        raise MalformedAuthorization(
+            "SignedHeaders must be lower-case header names separated by ';'"
+        )
+    if len(set(names)) != len(names):
+        raise MalformedAuthorization("SignedHeaders lists a header twice")
+    if "host" not in names or "x-amz-date" not in names:
+        raise MalformedAuthorization("SignedHeaders must include host and x-amz-date")
+    remember(_signed_headers_cache, value, names, _CACHE_MAX)
+    return names
+
+
+def _parse_amz_date(value: str) -> float:
+    """``YYYYMMDDTHHMMSSZ`` -> POSIX seconds, or MalformedDate. Cached: clients repeat values."""
+    hit = _date_cache.get(value)
+    if hit is not None:
+        return hit
+    if (
+        len(value) != 16
+        or value[8] != "T"
+        or value[15] != "Z"
+        or not _DIGITS.issuperset(value[:8])
+        or not _DIGITS.issuperset(value[9:15])
+    ):
+        raise MalformedDate("x-amz-date must be YYYYMMDDTHHMMSSZ")
+    try:
+        stamp = datetime(
+            int(value[0:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[9:11]),
+            int(value[11:13]),
+            int(value[13:15]),
+            tzinfo=UTC,
+        ).timestamp()
+    except ValueError:
+        raise MalformedDate("x-amz-date is not a valid date and time") from None
+    remember(_date_cache, value, stamp, _CACHE_MAX)
+    return stamp
