@@ -1,0 +1,8 @@
+"""`python -m xksproxy`: the same interface as the `xksproxy` console script."""
+
+import sys
+
+from xksproxy.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

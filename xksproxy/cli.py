@@ -1,0 +1,402 @@
+"""The `xksproxy` console script: argument parsing and dispatch, nothing else.
+
+Each subcommand delegates to the module that owns the work (embedded, hsm.admin, server, audit,
+doctor, credentials_ops); this file only turns arguments into calls and expected failures into
+one-line messages with stable exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+Tracebacks are for bugs, never for a missing file or a typo in the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from xksproxy import embedded
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+USAGES: dict[str, frozenset[str]] = {
+    "encrypt-decrypt": frozenset({"ENCRYPT", "DECRYPT"}),
+    "encrypt": frozenset({"ENCRYPT"}),
+    "decrypt": frozenset({"DECRYPT"}),
+    "none": frozenset(),
+}
+
+
+class CliError(Exception):
+    """An expected failure: print `message`, exit with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    raise CliError(message, code)
+
+
+# --------------------------------------------------------------------------- config location
+
+
+def _add_location(p: argparse.ArgumentParser) -> None:
+    """--config FILE | --state-dir DIR, shared by every command that needs a config."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", type=Path, metavar="FILE", help="configuration file (TOML)")
+    g.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="state directory written by `xksproxy init` (default: $XKSPROXY_STATE_DIR, "
+        "else ~/.local/state/xksproxy)",
+    )
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    """The config file named by --config, or the one `init` wrote in the state directory."""
+    if args.config is not None:
+        path = Path(args.config).expanduser()
+        if not path.is_file():
+            _fail(f"configuration file not found: {path}", EXIT_USAGE)
+        return path.absolute()
+    state_dir = Path(args.state_dir or embedded.default_state_dir()).expanduser().absolute()
+    path = state_dir / embedded.CONFIG_NAME
+    if not path.is_file():
+        _fail(
+            f"no configuration in {state_dir}: run `xksproxy init --state-dir {state_dir}` "
+            "first, or pass --config FILE",
+            EXIT_USAGE,
+        )
+    return path
+
+
+def _load(path: Path):  # -> xksproxy.config.Config
+    """Load and validate a config; ConfigError becomes a usage/config error (exit 2)."""
+    from xksproxy.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _fail(f"{path}: {exc}", EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"{path}: cannot read the configuration: {exc.strerror}", EXIT_USAGE)
+
+
+def _hsm_config(config: Any, name: str | None):  # -> hsm.HsmConfig
+    if not config.hsms:
+        _fail("the configuration has no [[hsm]] table", EXIT_USAGE)
+    if name is None:
+        return config.hsms[0]
+    for h in config.hsms:
+        if h.name == name:
+            return h
+    names = ", ".join(h.name for h in config.hsms)
+    _fail(f"no [[hsm]] named {name!r} in the configuration (have: {names})", EXIT_USAGE)
+
+
+def _uri_path(prefix: str) -> str:
+    return prefix + embedded.XKS_SUFFIX
+
+
+def _find_keystore(config: Any, wanted: str | None):  # -> KeystoreConfig
+    """A store by path prefix ("/demo") or name ("demo"); the only/first store when not given."""
+    stores = config.keystores
+    if not stores:
+        _fail("the configuration has no [[keystore]] table", EXIT_USAGE)
+    if wanted is None:
+        return stores[0]
+    for s in stores:
+        if wanted in (s.path_prefix, s.name, _uri_path(s.path_prefix)):
+            return s
+    known = ", ".join(f"{s.name} ({s.path_prefix or '/'})" for s in stores)
+    _fail(f"no key store with path prefix or name {wanted!r} (have: {known})", EXIT_USAGE)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    result = _run_init(args.state_dir)
+    _out(embedded.summary(result))
+    return EXIT_OK
+
+
+def _run_init(state_dir: Path | None) -> embedded.InitResult:
+    try:
+        return embedded.init(state_dir)
+    except embedded.InitError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except PermissionError as exc:
+        _fail(f"permission denied: {exc.filename}", EXIT_FAILURE)
+    except _hsm_errors() as exc:
+        _fail(f"HSM: {exc}", EXIT_FAILURE)
+
+
+def _hsm_errors() -> tuple[type[BaseException], ...]:
+    """hsm.errors.HsmError if the hsm package provides it (expected failures from the HSM)."""
+    try:
+        from hsm.errors import HsmError
+    except ImportError:  # pragma: no cover - only while the hsm package is incomplete
+        return ()
+    return (HsmError,)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        path = _config_path(args)
+    else:
+        result = _run_init(args.state_dir)
+        _out(embedded.summary(result))
+        path = result.config_path
+    _load(path)  # precise config errors (exit 2) before the server starts any worker
+    server = _optional("xksproxy.server", "serve", "serve")
+    from xksproxy.config import ConfigError
+
+    try:
+        return int(
+            server(
+                path,
+                bind=args.bind,
+                plain_http=True if args.plain_http else None,
+                server=args.server,
+                workers=args.workers,
+            )
+            or 0
+        )
+    except ConfigError as exc:
+        _fail(f"{path}: {exc}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from hsm import admin
+
+    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
+    keys = sorted(admin.list_keys(cfg), key=lambda k: k.label)
+    if args.json:
+        _out(
+            json.dumps(
+                [
+                    {
+                        "id": k.label,
+                        "usage": embedded.usage_text(k.usage).split(", ") if k.usage else [],
+                        "health_key": k.label == cfg.health_key_label,
+                    }
+                    for k in keys
+                ]
+            )
+        )
+        return EXIT_OK
+    width = max([len(k.label) for k in keys] + [2])
+    _out(f"{'ID':<{width}}  USAGE")
+    for k in keys:
+        note = "  (health test key)" if k.label == cfg.health_key_label else ""
+        _out(f"{k.label:<{width}}  {embedded.usage_text(k.usage)}{note}")
+    return EXIT_OK
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from hsm import admin
+
+    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
+    _check_key_id(args.id)
+    if any(k.label == args.id for k in admin.list_keys(cfg)):
+        _fail(f"a key labelled {args.id!r} already exists on token {cfg.token_label!r}", 1)
+    usage = USAGES[args.usage]
+    admin.create_key(cfg, args.id, usage)
+    _out(f"created key {args.id} on {cfg.name} (usage: {embedded.usage_text(usage)})")
+    return EXIT_OK
+
+
+def _check_key_id(key_id: str) -> None:
+    """External key ids are 1..128 characters of A-Za-z0-9 . - _ (XKS specification)."""
+    ok = 1 <= len(key_id) <= 128 and all(
+        c.isascii() and (c.isalnum() or c in ".-_") for c in key_id
+    )
+    if not ok:
+        _fail(
+            f"invalid key id {key_id!r}: use 1-128 characters of A-Z a-z 0-9 . - _",
+            EXIT_USAGE,
+        )
+
+
+def cmd_keys_delete(args: argparse.Namespace) -> int:
+    from hsm import admin
+
+    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
+    if args.id == cfg.health_key_label and not args.force:
+        _fail(
+            f"{args.id!r} is the health test key: GetHealthStatus needs it. "
+            "Pass --force to delete it anyway.",
+            EXIT_USAGE,
+        )
+    if not any(k.label == args.id for k in admin.list_keys(cfg)):
+        _fail(f"no key labelled {args.id!r} on token {cfg.token_label!r}", EXIT_FAILURE)
+    admin.delete_key(cfg, args.id)
+    _out(f"deleted key {args.id} from {cfg.name}")
+    return EXIT_OK
+
+
+def cmd_credentials_new(args: argparse.Namespace) -> int:
+    import sigv4
+
+    c = sigv4.generate_credential()
+    _out(json.dumps({"AccessKeyId": c.access_key_id, "RawSecretAccessKey": c.secret}))
+    return EXIT_OK
+
+
+def cmd_credentials_add(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    fn = _optional("xksproxy.credentials_ops", "main_add", "credentials add")
+    return int(fn(path, args.keystore))
+
+
+def cmd_credentials_remove(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    fn = _optional("xksproxy.credentials_ops", "main_remove", "credentials remove")
+    return int(fn(path, args.keystore, args.access_key_id))
+
+
+def cmd_kms_config(args: argparse.Namespace) -> int:
+    config = _load(_config_path(args))
+    store = _find_keystore(config, args.keystore)
+    if not store.credentials:
+        _fail(f"key store {store.name!r} has no credentials", EXIT_USAGE)
+    doc = embedded.console_json(_uri_path(store.path_prefix), store.credentials[0])
+    sys.stdout.write(doc.decode("ascii"))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    fn = _optional("xksproxy.audit", "main_verify", "audit verify")
+    return int(fn([Path(f) for f in args.files]))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    fn = _optional("xksproxy.doctor", "main", "doctor")
+    return int(fn(path))
+
+
+def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
+    """A teammate's entry point, or a polite usage error while it has not landed."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        _fail(f"`xksproxy {what}` is not available yet in this version", EXIT_USAGE)
+    fn = getattr(mod, attr, None)
+    if fn is None:
+        _fail(f"`xksproxy {what}` is not available yet in this version", EXIT_USAGE)
+    return fn
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xksproxy",
+        description="AWS KMS External Key Store (XKS) proxy: AES-256-GCM inside your HSM.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("init", help="provision the embedded SoftHSMv2 default (idempotent)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="default: $XKSPROXY_STATE_DIR or ~/.local/state/xksproxy",
+    )
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", help="run the proxy (runs init first unless --config is given)")
+    _add_location(p)
+    p.add_argument("--bind", metavar="HOST:PORT", help="override [server] bind")
+    p.add_argument("--plain-http", action="store_true", help="no TLS (behind a trusted TLS LB)")
+    p.add_argument("--server", choices=["granian", "hypercorn"], help="override [server] server")
+    p.add_argument("--workers", type=_non_negative, metavar="N", help="0 = one per CPU core")
+    p.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="list, create or delete AES-256 keys on a token")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    p = ksub.add_parser("list", help="list the keys on the token and what each may do")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_keys_list)
+    p = ksub.add_parser("create", help="create an AES-256 key labelled ID")
+    p.add_argument("id", metavar="ID", help="external key id (= HSM key label)")
+    p.add_argument("--usage", choices=list(USAGES), default="encrypt-decrypt")
+    p.set_defaults(func=cmd_keys_create)
+    p = ksub.add_parser("delete", help="destroy the key labelled ID (irreversible)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="allow deleting the health test key")
+    p.set_defaults(func=cmd_keys_delete)
+    for p in ksub.choices.values():
+        _add_location(p)
+        p.add_argument("--hsm", metavar="NAME", help="[[hsm]] name (default: the first)")
+
+    creds = sub.add_parser("credentials", help="SigV4 credentials for key stores")
+    csub = creds.add_subparsers(dest="credentials_command", metavar="ACTION", required=True)
+    p = csub.add_parser("new", help="print a fresh access key id and secret as JSON")
+    p.set_defaults(func=cmd_credentials_new)
+    p = csub.add_parser("add", help="add a fresh credential to a key store")
+    _add_location(p)
+    p.add_argument("--keystore", required=True, metavar="PREFIX", help="path prefix or name")
+    p.set_defaults(func=cmd_credentials_add)
+    p = csub.add_parser("remove", help="remove a credential from a key store")
+    _add_location(p)
+    p.add_argument("--keystore", required=True, metavar="PREFIX", help="path prefix or name")
+    p.add_argument("access_key_id", metavar="AKID")
+    p.set_defaults(func=cmd_credentials_remove)
+
+    p = sub.add_parser("kms-config", help="print the KMS console JSON for a key store")
+    _add_location(p)
+    p.add_argument("--keystore", metavar="PREFIX", help="path prefix or name (default: the first)")
+    p.set_defaults(func=cmd_kms_config)
+
+    audit = sub.add_parser("audit", help="audit log tools")
+    asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    p = asub.add_parser("verify", help="verify the hash chain and HMAC of audit log files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_audit_verify)
+
+    p = sub.add_parser("doctor", help="check the configuration, HSM, keys and TLS")
+    _add_location(p)
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m xksproxy`."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"xksproxy: error: {exc.message}", file=sys.stderr, flush=True)
+        return exc.code
+    except _hsm_errors() as exc:
+        print(f"xksproxy: error: HSM: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

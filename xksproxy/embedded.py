@@ -1,0 +1,420 @@
+"""`xksproxy init`: the embedded default (SoftHSMv2 token, demo keys, demo key store, files).
+
+Why this exists: a newcomer should get a working proxy from one command, with nothing to edit.
+`init` *converges* a state directory towards the embedded layout: every run creates what is missing
+and leaves everything that exists alone, so it is safe to run before each `serve`, and a run that
+crashed half-way is completed by the next one. `xksproxy.toml` is written last and marks a complete
+initialisation: until it exists, the demo credential is not referenced by anything and may be
+regenerated; once it exists it is never rewritten (the operator may have edited it).
+
+Every file is written atomically (temp file + fsync + rename), so a crash never leaves a truncated
+config or secret behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sigv4
+
+DEMO_KEYSTORE = "demo"
+DEMO_PREFIX = "/demo"
+XKS_SUFFIX = "/kms/xks/v1"
+HSM_NAME = "softhsm-0"
+TOKEN_LABEL = "xksproxy"  # noqa: S105 - a token label, not a secret
+HEALTH_KEY_LABEL = "xks-health-test"
+TLS_HOSTS = ["localhost", "127.0.0.1", "::1"]
+# External key id -> PKCS#11 usage of the HSM key behind it.
+DEMO_KEYS: dict[str, frozenset[str]] = {
+    "demo": frozenset({"ENCRYPT", "DECRYPT"}),
+    "demo-encrypt-only": frozenset({"ENCRYPT"}),
+    "demo-decrypt-only": frozenset({"DECRYPT"}),
+    "demo-no-usage": frozenset(),
+}
+CONFIG_NAME = "xksproxy.toml"
+CONSOLE_NAME = "kms-console.json"
+
+
+class InitError(Exception):
+    """An expected failure of `init` (message is safe to show and says what to do)."""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What `init` produced; `first` is true only on the run that wrote the config."""
+
+    state_dir: Path
+    config_path: Path
+    console_path: Path
+    first: bool
+    keystore: str
+    uri_path: str
+    credential: sigv4.Credential
+    keys: dict[str, frozenset[str]]
+    created_keys: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def default_state_dir() -> Path:
+    """`$XKSPROXY_STATE_DIR`, else `~/.local/state/xksproxy` (XDG state home convention)."""
+    env = os.environ.get("XKSPROXY_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "state" / "xksproxy"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make the leaf 0700: it holds secrets or their neighbours."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: the directory entry must reach the disk, not only the file data."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so that readers see the old or the new file, never a mix.
+
+    The temp file gets its final mode before any byte is written, so a secret is never readable
+    by others, not even for an instant.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    private_dir(path.parent)
+    atomic_write(path, text.encode("ascii"), 0o600)
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
+
+
+# --------------------------------------------------------------------------- TOML rendering
+
+
+def toml_str(value: str) -> str:
+    """A TOML basic string. JSON escaping is valid TOML except for DEL, which TOML wants escaped."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def toml_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(toml_str(v) for v in values) + "]"
+
+
+def render_config(
+    *,
+    module: Path,
+    softhsm_conf: Path,
+    pin_file: Path,
+    cert_file: Path,
+    key_file: Path,
+    audit_file: Path,
+    audit_key_file: Path,
+    access_key_id: str,
+    secret_file: Path,
+) -> str:
+    """The embedded default as a complete config (same schema as conf/xksproxy.toml).
+
+    Paths are absolute: the SoftHSMv2 configuration names its token directory absolutely anyway,
+    and absolute paths read the same whatever the reader's working directory.
+    """
+    return f"""\
+# Written by `xksproxy init` for the embedded SoftHSMv2 default.
+# Every option is documented in conf/xksproxy.toml of the xksproxy source tree.
+# Secrets are references ("file:..."), never literal values.
+
+[server]
+bind = "127.0.0.1:8443"
+server = "granian"
+workers = 0
+plain_http = false
+max_body_bytes = 262144
+request_deadline_ms = 150
+max_in_flight = 256
+
+[tls]
+cert_file = {toml_str(str(cert_file))}
+key_file = {toml_str(str(key_file))}
+client_ca_file = ""
+allowed_client_subjects = []
+
+[metrics]
+bind = "127.0.0.1:9464"
+
+[logging]
+level = "info"
+request_log = true
+
+[audit]
+file = {toml_str(str(audit_file))}
+key = {toml_str("file:" + str(audit_key_file))}
+rotate_bytes = 67108864
+
+[health]
+interval_s = 10
+degraded_ms = 100
+xks_proxy_vendor = "xksproxy"
+xks_proxy_model = "xksproxy 0.1"
+ekm_vendor = "SoftHSMv2"
+fleet_size = 1
+
+[[hsm]]
+name = {toml_str(HSM_NAME)}
+model = "SoftHSMv2"
+module = {toml_str(str(module))}
+token_label = {toml_str(TOKEN_LABEL)}
+pin = {toml_str("file:" + str(pin_file))}
+sessions = 4
+mode = "inline"
+iv_source = "rng"
+health_key_label = {toml_str(HEALTH_KEY_LABEL)}
+max_plaintext_bytes = 65536
+[hsm.env]
+SOFTHSM2_CONF = {toml_str(str(softhsm_conf))}
+
+[[keystore]]
+name = {toml_str(DEMO_KEYSTORE)}
+path_prefix = {toml_str(DEMO_PREFIX)}
+hsm = {toml_str(HSM_NAME)}
+regions = []
+keys = {toml_list(DEMO_KEYS)}
+disabled_keys = []
+enabled = true
+[keystore.key_labels]
+[keystore.quota]
+rate = 0
+burst = 0
+
+[[keystore.credentials]]
+access_key_id = {toml_str(access_key_id)}
+secret = {toml_str("file:" + str(secret_file))}
+"""
+
+
+def console_json(uri_path: str, credential: sigv4.Credential) -> bytes:
+    """The file the AWS KMS console accepts when creating an external key store."""
+    doc = {
+        "XksProxyUriPath": uri_path,
+        "XksProxyAuthenticationCredential": {
+            "AccessKeyId": credential.access_key_id,
+            "RawSecretAccessKey": credential.secret,
+        },
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode("ascii")
+
+
+# --------------------------------------------------------------------------- init
+
+
+def _softhsm_missing_message(module: str | os.PathLike[str] | None) -> str:
+    where = f" ({module})" if module else ""
+    return (
+        f"the SoftHSMv2 PKCS#11 module{where} is not installed; "
+        "install it with: apt-get install softhsm2 (or run ./scripts/serve as root)"
+    )
+
+
+def _provision(state_dir: Path):  # -> hsm.softhsm.ProvisionedToken
+    """Provision the token, turning a missing SoftHSMv2 into an actionable message."""
+    try:
+        from hsm import softhsm
+    except ImportError as exc:  # pragma: no cover - only while the hsm package is incomplete
+        raise InitError(f"hsm.softhsm is not available: {exc}") from exc
+    try:
+        token = softhsm.provision(state_dir, token_label=TOKEN_LABEL)
+    except FileNotFoundError as exc:
+        raise InitError(_softhsm_missing_message(exc.filename)) from exc
+    module = Path(token.module_path)
+    if not module.exists():
+        raise InitError(_softhsm_missing_message(module))
+    return token
+
+
+def _hsm_config(token, pin: str):  # -> hsm.HsmConfig
+    from hsm import HsmConfig
+
+    return HsmConfig(
+        name=HSM_NAME,
+        module=str(token.module_path),
+        token_label=TOKEN_LABEL,
+        pin=pin,
+        health_key_label=HEALTH_KEY_LABEL,
+        env={"SOFTHSM2_CONF": str(token.conf_path)},
+    )
+
+
+def _ensure_keys(cfg) -> tuple[dict[str, frozenset[str]], list[str]]:
+    """Health key plus the four demo keys, each created only if missing. Returns usage, created."""
+    from hsm import admin
+
+    admin.ensure_health_key(cfg)
+    existing = {k.label: frozenset(k.usage) for k in admin.list_keys(cfg)}
+    created: list[str] = []
+    for label, usage in DEMO_KEYS.items():
+        if label not in existing:
+            admin.create_key(cfg, label, usage)
+            existing[label] = usage
+            created.append(label)
+    return {label: existing[label] for label in DEMO_KEYS}, created
+
+
+def _existing_credential(config_path: Path) -> tuple[str, str, sigv4.Credential]:
+    """(store name, URI path, credential) of the first store in an existing config.
+
+    Read with tomllib rather than the full config loader: `init` must keep working (and say
+    "already initialised") even while the operator's edits make the config invalid for `serve`.
+    """
+    try:
+        doc = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        store = doc["keystore"][0]
+        cred = store["credentials"][0]
+        ref = cred["secret"]
+        secret = _resolve_secret(ref, config_path.parent)
+        return (
+            store.get("name", DEMO_KEYSTORE),
+            store.get("path_prefix", "") + XKS_SUFFIX,
+            sigv4.Credential(cred["access_key_id"], secret),
+        )
+    except (OSError, tomllib.TOMLDecodeError, KeyError, IndexError, TypeError) as exc:
+        raise InitError(
+            f"{config_path} exists but its first [[keystore]] credential could not be read "
+            f"({type(exc).__name__}); fix the file or move it away and run init again"
+        ) from exc
+
+
+def _resolve_secret(ref: str, base: Path) -> str:
+    """Resolve a "file:" or "env:" secret reference (same rules as the config loader)."""
+    if ref.startswith("file:"):
+        p = Path(ref[5:]).expanduser()
+        return _read_text(p if p.is_absolute() else base / p)
+    if ref.startswith("env:"):
+        return os.environ[ref[4:]]
+    raise KeyError("secret is not a file: or env: reference")
+
+
+def init(state_dir: Path | None = None) -> InitResult:
+    """Bring `state_dir` to the embedded default; see the module docstring for the rules."""
+    state_dir = Path(state_dir or default_state_dir()).expanduser().absolute()
+    private_dir(state_dir)
+    secrets_dir = private_dir(state_dir / "secrets")
+    tls_dir = private_dir(state_dir / "tls")
+    audit_dir = private_dir(state_dir / "audit")
+    config_path = state_dir / CONFIG_NAME
+    console_path = state_dir / CONSOLE_NAME
+
+    token = _provision(state_dir)
+    pin = _read_text(Path(token.user_pin_file))
+    keys, created_keys = _ensure_keys(_hsm_config(token, pin))
+
+    audit_key = secrets_dir / "audit.key"
+    if not audit_key.exists():
+        _write_secret(audit_key, secrets.token_hex(32) + "\n")
+
+    cert, key = tls_dir / "server.crt", tls_dir / "server.key"
+    if not (cert.exists() and key.exists()):
+        from xksproxy import tls
+
+        tls.generate_self_signed(cert, key, TLS_HOSTS)
+
+    first = not config_path.exists()
+    if first:
+        # Nothing references a previous attempt's secret yet: a fresh pair is always safe here.
+        credential = sigv4.generate_credential()
+        secret_file = secrets_dir / "demo-1.secret"
+        _write_secret(secret_file, credential.secret + "\n")
+        uri_path, store = DEMO_PREFIX + XKS_SUFFIX, DEMO_KEYSTORE
+        atomic_write(console_path, console_json(uri_path, credential), 0o600)
+        text = render_config(
+            module=Path(token.module_path),
+            softhsm_conf=Path(token.conf_path),
+            pin_file=Path(token.user_pin_file),
+            cert_file=cert,
+            key_file=key,
+            audit_file=audit_dir / "xksproxy-audit.log",
+            audit_key_file=audit_key,
+            access_key_id=credential.access_key_id,
+            secret_file=secret_file,
+        )
+        tomllib.loads(text)  # never write a config we could not read back ourselves
+        atomic_write(config_path, text.encode("utf-8"), 0o600)
+    else:
+        store, uri_path, credential = _existing_credential(config_path)
+        if not console_path.exists():
+            atomic_write(console_path, console_json(uri_path, credential), 0o600)
+
+    return InitResult(
+        state_dir=state_dir,
+        config_path=config_path,
+        console_path=console_path,
+        first=first,
+        keystore=store,
+        uri_path=uri_path,
+        credential=credential,
+        keys=keys,
+        created_keys=created_keys,
+    )
+
+
+def usage_text(usage: Iterable[str]) -> str:
+    """ "ENCRYPT, DECRYPT" in a stable order, or "none"."""
+    order = ["ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE"]
+    items = sorted(usage, key=lambda u: (order.index(u) if u in order else len(order), u))
+    return ", ".join(items) if items else "none"
+
+
+def summary(result: InitResult) -> str:
+    """Text for the terminal. The secret appears only on the first run, by design."""
+    if not result.first:
+        return (
+            f"xksproxy: already initialised: {result.state_dir}\n"
+            f"xksproxy: config {result.config_path}; key store {result.keystore} at "
+            f"{result.uri_path}, access key id {result.credential.access_key_id} "
+            f"(credential file: {result.console_path})"
+        )
+    keys = "\n".join(f"    {kid:<20} {usage_text(u)}" for kid, u in result.keys.items())
+    return f"""\
+xksproxy: initialised {result.state_dir}
+  config file:       {result.config_path}
+  KMS console file:  {result.console_path}
+  key store:         {result.keystore}
+  URI path:          {result.uri_path}
+  external keys (id, usage):
+{keys}
+  demo credential (printed once; kept in the KMS console file):
+    AccessKeyId:        {result.credential.access_key_id}
+    RawSecretAccessKey: {result.credential.secret}"""
