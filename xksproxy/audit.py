@@ -1,0 +1,496 @@
+"""Tamper-evident audit log: one HMAC-chained JSON line per request.
+
+Why this shape:
+
+- **Keyed chain.** Every record carries ``seq`` (1, 2, 3, ... across files), ``prev`` (the MAC of
+  the record before it; 64 zeros for the very first) and ``mac`` = HMAC-SHA256(key, canonical JSON
+  of every other field). Without the key nobody can edit, insert, delete or reorder a record and
+  repair the chain; :func:`verify_files` names the first record where it breaks.
+- **One chain, many processes.** All worker processes append to the *same* file. A writer takes an
+  exclusive ``flock`` on ``<file>.lock``, reads the chain tip from the end of the file, appends its
+  batch with one ``write`` and releases the lock. That also makes restarts trivial: the chain is
+  always resumed from the last record on disk, never from memory.
+- **Rotation keeps the chain.** When the file would grow beyond ``rotate_bytes`` the writer (still
+  under the lock) renames it to ``<stem>-<UTC time><suffix>`` and starts a new file whose first
+  record names the previous file (``prevFile``) and chains to its last MAC.
+- **Truncation.** A chain alone cannot show that the *last* records were cut off, so after every
+  batch the writer also replaces ``<file>.head`` with the tip (seq, mac) under its own MAC;
+  the verifier checks the current file still contains that tip.
+- **Never blocks a request.** :meth:`AuditLog.record` only puts a dict on a bounded queue; a
+  background thread does all disk I/O. When the queue is full the record is *dropped* and
+  counted, the next record written carries ``droppedBefore`` = how many were lost (so the loss
+  itself is on the chain), and ``on_drop`` is called (metrics). Serving KMS wins over auditing a
+  burst that the disk cannot absorb; the gap stays visible and signed.
+- **Allow-list.** Only the fields in :data:`FIELDS` are written, so plaintext, AAD, secrets or
+  headers cannot reach the file even by mistake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger("xksproxy.audit")
+
+GENESIS = "0" * 64
+#: Request fields an audit record may hold (anything else is silently left out).
+FIELDS = (
+    "time",
+    "kmsRequestId",
+    "kmsOperation",
+    "principal",
+    "keystore",
+    "keyId",
+    "kmsKeyArn",
+    "kmsViaService",
+    "awsSourceVpc",
+    "awsSourceVpce",
+    "outcome",
+    "errorName",
+    "status",
+    "latencyMs",
+    "token",
+    "worker",
+)
+_CHAIN_FIELDS = ("seq", "prev", "mac", "prevFile", "droppedBefore")
+_TAIL_CHUNK = 16384
+
+
+def _canonical(record: Mapping[str, object]) -> bytes:
+    """The bytes the MAC covers: every field except ``mac``, keys sorted, compact JSON."""
+    body = {k: v for k, v in record.items() if k != "mac"}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def compute_mac(key: bytes, record: Mapping[str, object]) -> str:
+    """HMAC-SHA256 over the canonical record (which includes ``prev``, hence the chain)."""
+    return hmac.new(key, _canonical(record), hashlib.sha256).hexdigest()
+
+
+def _head_mac(key: bytes, file_name: str, seq: int, mac: str) -> str:
+    msg = f"xksproxy-audit-head|{file_name}|{seq}|{mac}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def _clean(value: object) -> object:
+    """Keep JSON scalars; anything else becomes its ``str`` (never a nested structure)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _read_tail(fd: int) -> dict | None:
+    """Return the last complete, parseable record of the open file, or None if there is none."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None
+    buf = b""
+    pos = size
+    while pos > 0:
+        step = min(_TAIL_CHUNK, pos)
+        pos -= step
+        buf = os.pread(fd, step, pos) + buf
+        lines = buf.rstrip(b"\n").split(b"\n")
+        # The first element may be a partial line unless we have read back to the file start.
+        candidates = lines if pos == 0 else lines[1:]
+        for raw in reversed(candidates):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                rec = orjson.loads(raw)
+                if isinstance(rec, dict) and "mac" in rec and "seq" in rec:
+                    return rec
+        if len(candidates) > 0 and pos > 0 and len(buf) > 4 * 1024 * 1024:
+            break
+    return None
+
+
+class AuditLog:
+    """Background, multi-process-safe writer of the chained audit file.
+
+    ``record()`` is safe to call from the event loop: it never touches the disk.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        rotate_bytes: int = 0,
+        *,
+        queue_size: int = 10000,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        if len(key) < 32:
+            raise ValueError("audit key must hold at least 32 bytes of key material")
+        self.path = Path(path)
+        self._key = key
+        self.rotate_bytes = rotate_bytes
+        self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=queue_size)
+        self._on_drop = on_drop
+        self._dropped_pending = 0
+        self._drop_lock = threading.Lock()
+        self.dropped_total = 0
+        self.written_total = 0
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"AuditLog(path={str(self.path)!r}, rotate_bytes={self.rotate_bytes})"
+
+    # -- producer side -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the directory (0700) and start the writer thread."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o600)
+        self._thread = threading.Thread(target=self._run, name="xksproxy-audit", daemon=True)
+        self._thread.start()
+
+    def record(self, fields: Mapping[str, object]) -> None:
+        """Queue one request's record; drop it (counted) if the queue is full."""
+        rec = {k: _clean(fields[k]) for k in FIELDS if k in fields and fields[k] is not None}
+        rec.setdefault("time", _now_iso())
+        try:
+            self._queue.put_nowait(rec)
+        except queue.Full:
+            with self._drop_lock:
+                self._dropped_pending += 1
+                self.dropped_total += 1
+            if self._on_drop is not None:
+                self._on_drop(1)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush everything queued and stop the writer thread."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is on disk (tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    # -- writer thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            batch: list[dict] = []
+            n_items = 1
+            if item is None:
+                stop = True
+            else:
+                batch.append(item)
+            while not stop and len(batch) < 1000:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                n_items += 1
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            try:
+                if batch:
+                    self._write_batch(batch)
+            except Exception:  # keep the writer alive; the log line never holds record content
+                log.exception("audit: writing %d record(s) to %s failed", len(batch), self.path)
+            finally:
+                for _ in range(n_items):
+                    self._queue.task_done()
+
+    def _write_batch(self, batch: list[dict]) -> None:
+        assert self._lock_fd is not None
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                tip = _read_tail(fd)
+                size = os.fstat(fd).st_size
+                prev_file: str | None = None
+                if self.rotate_bytes and size >= self.rotate_bytes and tip is not None:
+                    os.close(fd)
+                    fd = -1
+                    rotated = self._rotated_name()
+                    os.replace(self.path, rotated)
+                    prev_file = rotated.name
+                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                    size = 0
+                prev = tip["mac"] if tip else GENESIS
+                seq = int(tip["seq"]) if tip else 0
+                lines = []
+                with self._drop_lock:
+                    dropped, self._dropped_pending = self._dropped_pending, 0
+                for rec in batch:
+                    seq += 1
+                    rec["seq"] = seq
+                    rec["prev"] = prev
+                    if prev_file is not None:
+                        rec["prevFile"] = prev_file
+                        prev_file = None
+                    if dropped:
+                        rec["droppedBefore"] = dropped
+                        dropped = 0
+                    rec["mac"] = prev = compute_mac(self._key, rec)
+                    lines.append(orjson.dumps(rec))
+                data = b"\n".join(lines) + b"\n"
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data  # never glue a record onto a torn line
+                os.write(fd, data)
+                self.written_total += len(batch)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            self._write_head(seq, prev)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _rotated_name(self) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stem, suffix = self.path.stem, self.path.suffix
+        candidate = self.path.with_name(f"{stem}-{stamp}{suffix}")
+        n = 1
+        while candidate.exists():
+            candidate = self.path.with_name(f"{stem}-{stamp}-{n}{suffix}")
+            n += 1
+        return candidate
+
+    def _write_head(self, seq: int, mac: str) -> None:
+        head = {
+            "file": self.path.name,
+            "seq": seq,
+            "mac": mac,
+            "headMac": _head_mac(self._key, self.path.name, seq, mac),
+        }
+        tmp = head_path(self.path).with_name(head_path(self.path).name + f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, orjson.dumps(head) + b"\n")
+        finally:
+            os.close(fd)
+        os.replace(tmp, head_path(self.path))
+
+
+# -- verification -------------------------------------------------------------------------------
+@dataclass
+class VerifyResult:
+    ok: bool
+    records: int
+    message: str  # first problem found (file:line: what) or a summary
+    notes: list[str]
+
+
+class _Broken(Exception):
+    pass
+
+
+def _load_lines(path: Path) -> list[tuple[int, bytes]]:
+    with path.open("rb") as fh:
+        return [(i, line.rstrip(b"\n")) for i, line in enumerate(fh, start=1)]
+
+
+def _first_seq(lines: list[tuple[int, bytes]]) -> int:
+    for _, raw in lines:
+        with contextlib.suppress(Exception):
+            return int(orjson.loads(raw)["seq"])
+    return sys.maxsize
+
+
+def verify_files(files: Iterable[Path | str], key: bytes) -> VerifyResult:
+    """Check one chain spread over ``files`` (any order; sorted by their first ``seq``).
+
+    Reports the first record that was edited (MAC wrong), inserted/reordered (``prev`` or ``seq``
+    out of line), deleted (``seq`` gap / ``prev`` mismatch / head not found) by file and line.
+    """
+    notes: list[str] = []
+    loaded: list[tuple[Path, list[tuple[int, bytes]]]] = []
+    for f in files:
+        p = Path(f)
+        if p.name.endswith((".head", ".lock")) or p.name.endswith(".tmp"):
+            notes.append(f"{p}: skipped (not a log file)")
+            continue
+        loaded.append((p, _load_lines(p)))
+    loaded.sort(key=lambda item: _first_seq(item[1]))
+    count = 0
+    prev_mac: str | None = None
+    prev_seq: int | None = None
+    prev_name: str | None = None
+    try:
+        for path, lines in loaded:
+            first_in_file = True
+            for lineno, raw in lines:
+                where = f"{path}:{lineno}"
+                if not raw.strip():
+                    raise _Broken(f"{where}: empty or torn line")
+                try:
+                    rec = orjson.loads(raw)
+                    seq = int(rec["seq"])
+                    mac = str(rec["mac"])
+                    prev = str(rec["prev"])
+                except Exception as exc:
+                    raise _Broken(f"{where}: not an audit record ({type(exc).__name__})") from None
+                if not hmac.compare_digest(compute_mac(key, rec), mac):
+                    raise _Broken(f"{where}: record seq {seq} was edited (MAC does not match)")
+                if prev_mac is None:
+                    if prev != GENESIS or seq != 1:
+                        if first_in_file and "prevFile" in rec:
+                            notes.append(
+                                f"{where}: chain continues from {rec['prevFile']} (not given)"
+                            )
+                        else:
+                            raise _Broken(
+                                f"{where}: record seq {seq} does not start the chain "
+                                "(records before it were deleted)"
+                            )
+                else:
+                    assert prev_seq is not None
+                    if seq != prev_seq + 1 or prev != prev_mac:
+                        if seq > prev_seq + 1:
+                            what = (
+                                f"expected seq {prev_seq + 1}: records were deleted or reordered"
+                            )
+                        elif seq <= prev_seq:
+                            what = "out of order: it was inserted or moved here"
+                        else:
+                            what = "it does not chain to the record before it (inserted/replaced)"
+                        raise _Broken(f"{where}: record seq {seq}: {what}")
+                    if first_in_file and rec.get("prevFile") not in (None, prev_name):
+                        notes.append(f"{where}: names previous file {rec['prevFile']}")
+                prev_mac, prev_seq = mac, seq
+                first_in_file = False
+                count += 1
+            prev_name = path.name
+        if loaded:
+            _check_head(loaded[-1][0], loaded[-1][1], key, notes)
+    except _Broken as exc:
+        return VerifyResult(False, count, str(exc), notes)
+    return VerifyResult(True, count, f"OK: {count} records, chain intact", notes)
+
+
+def _check_head(path: Path, lines: list[tuple[int, bytes]], key: bytes, notes: list[str]) -> None:
+    """The head file beside the newest log names the last record written: it must be there."""
+    hp = head_path(path)
+    if not hp.exists():
+        notes.append(f"{path}: no {hp.name} beside it; truncation of the newest records unchecked")
+        return
+    try:
+        head = orjson.loads(hp.read_bytes())
+        seq, mac, name = int(head["seq"]), str(head["mac"]), str(head["file"])
+        good = hmac.compare_digest(_head_mac(key, name, seq, mac), str(head["headMac"]))
+    except Exception:
+        raise _Broken(f"{hp}: unreadable head record") from None
+    if not good:
+        raise _Broken(f"{hp}: head record was edited (MAC does not match)")
+    if name != path.name:
+        notes.append(f"{hp}: describes {name}, not {path.name}; truncation unchecked")
+        return
+    last_seq = 0
+    for _, raw in lines:
+        with contextlib.suppress(Exception):
+            rec = orjson.loads(raw)
+            if int(rec["seq"]) == seq:
+                if rec["mac"] != mac:
+                    raise _Broken(f"{path}: record seq {seq} differs from the head record")
+                return
+            last_seq = max(last_seq, int(rec["seq"]))
+    raise _Broken(
+        f"{path}:{len(lines) + 1}: records after seq {last_seq} were deleted "
+        f"(the head says seq {seq} was written)"
+    )
+
+
+def load_key_from_config(config_path: Path) -> bytes:
+    """Resolve ``[audit] key`` from the proxy configuration."""
+    from xksproxy.config import load_config
+
+    cfg = load_config(config_path)
+    if cfg.audit.key is None:
+        raise ValueError("[audit] key is not configured")
+    return cfg.audit.key
+
+
+def main_verify(
+    files: list[str], *, config_path: Path | None = None, key: bytes | None = None
+) -> int:
+    """``xksproxy audit verify FILE...``: print the verdict; exit 0 only if the chain is intact.
+
+    The key comes from ``key``, else ``$XKSPROXY_AUDIT_KEY_FILE`` (file of 64 hex chars), else the
+    configuration (``config_path``, ``$XKSPROXY_CONFIG`` or the default state dir's config).
+    """
+    if not files:
+        print("audit verify: no files given", file=sys.stderr)
+        return 2
+    try:
+        if key is None:
+            key = _resolve_key(config_path)
+    except Exception as exc:
+        print(f"audit verify: cannot load the audit key: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = verify_files(files, key)
+    except OSError as exc:
+        print(f"audit verify: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.ok:
+        print(result.message)
+        return 0
+    print(f"TAMPERED: {result.message}")
+    print(f"({result.records} records verified before it)")
+    return 1
+
+
+def _resolve_key(config_path: Path | None) -> bytes:
+    key_file = os.environ.get("XKSPROXY_AUDIT_KEY_FILE")
+    if key_file:
+        return parse_key_text(Path(key_file).read_text())
+    if config_path is None:
+        env = os.environ.get("XKSPROXY_CONFIG")
+        if env:
+            config_path = Path(env)
+        else:
+            state = os.environ.get("XKSPROXY_STATE_DIR") or str(
+                Path.home() / ".local/state/xksproxy"
+            )
+            config_path = Path(state) / "xksproxy.toml"
+    return load_key_from_config(config_path)
+
+
+def parse_key_text(text: str) -> bytes:
+    """Audit key files hold hex (64 chars = 32 bytes); raw text is accepted as bytes otherwise."""
+    stripped = text.strip()
+    try:
+        return bytes.fromhex(stripped)
+    except ValueError:
+        return stripped.encode()
