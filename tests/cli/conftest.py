@@ -1,0 +1,52 @@
+"""Helpers for CLI tests: run `python -m xksproxy` as an operator would, in a private state dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(
+    *args: str, state_dir: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess (its own PKCS#11 module instance, like a real operator shell)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if state_dir is not None:
+        env["XKSPROXY_STATE_DIR"] = str(state_dir)
+    else:
+        env.pop("XKSPROXY_STATE_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "xksproxy", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A fresh, not yet existing state directory under the test's tmp dir."""
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def initialised(state_dir: Path) -> Path:
+    """A state dir after one successful `xksproxy init`."""
+    r = run_cli("init", "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stderr
+    return state_dir
+
+
+@pytest.fixture
+def cli():
+    """The `run_cli` helper, as a fixture so test modules need not import conftest."""
+    return run_cli

@@ -1,0 +1,103 @@
+"""`xksproxy init`: idempotent, private files, and a KMS console file KMS would accept."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from pathlib import Path
+
+AKID_RE = re.compile(r"^[A-Z2-7]{20,30}$")
+SECRET_RE = re.compile(r"^[A-Za-z0-9+/=]{43,64}$")
+URI_PATH_RE = re.compile(r"^[a-zA-Z0-9/_-]{1,128}$")
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(d)): p.read_bytes()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and "tokens" not in p.parts and "audit" not in p.parts
+    }
+
+
+def test_first_init_prints_credential_once_and_second_run_keeps_everything(state_dir, cli):
+    first = cli("init", "--state-dir", str(state_dir))
+    assert first.returncode == 0, first.stderr
+    console = json.loads((state_dir / "kms-console.json").read_text())
+    secret = console["XksProxyAuthenticationCredential"]["RawSecretAccessKey"]
+    akid = console["XksProxyAuthenticationCredential"]["AccessKeyId"]
+    assert secret in first.stdout and akid in first.stdout
+    assert "/demo/kms/xks/v1" in first.stdout
+    for key_id in ("demo", "demo-encrypt-only", "demo-decrypt-only", "demo-no-usage"):
+        assert key_id in first.stdout
+    before = _snapshot(state_dir)
+
+    second = cli("init", "--state-dir", str(state_dir))
+    assert second.returncode == 0, second.stderr
+    assert "already initialised" in second.stdout
+    assert secret not in second.stdout + second.stderr
+    assert akid in second.stdout
+    assert _snapshot(state_dir) == before
+
+
+def test_state_dir_defaults_to_environment_variable(state_dir, cli):
+    r = cli("init", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    assert (state_dir / "xksproxy.toml").is_file()
+
+
+def test_secrets_are_private(initialised):
+    d = initialised
+    for sub in (d, d / "secrets", d / "tls", d / "audit"):
+        assert _mode(sub) == 0o700, sub
+    private = [d / "xksproxy.toml", d / "kms-console.json", d / "tls" / "server.key"]
+    private += list((d / "secrets").iterdir())
+    assert len(private) >= 5
+    for f in private:
+        assert _mode(f) & 0o077 == 0, f
+    leftovers = [p for p in d.rglob("*.tmp")]
+    assert leftovers == []
+
+
+def test_audit_key_is_64_hex_chars(initialised):
+    text = (initialised / "secrets" / "audit.key").read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", text)
+
+
+def test_kms_console_file_has_the_shape_the_console_accepts(initialised):
+    doc = json.loads((initialised / "kms-console.json").read_text())
+    assert set(doc) == {"XksProxyUriPath", "XksProxyAuthenticationCredential"}
+    assert doc["XksProxyUriPath"] == "/demo/kms/xks/v1"
+    assert URI_PATH_RE.match(doc["XksProxyUriPath"])
+    cred = doc["XksProxyAuthenticationCredential"]
+    assert set(cred) == {"AccessKeyId", "RawSecretAccessKey"}
+    assert AKID_RE.match(cred["AccessKeyId"])
+    assert SECRET_RE.match(cred["RawSecretAccessKey"])
+
+
+def test_config_references_secrets_instead_of_containing_them(initialised):
+    config = (initialised / "xksproxy.toml").read_text()
+    doc = json.loads((initialised / "kms-console.json").read_text())
+    assert doc["XksProxyAuthenticationCredential"]["RawSecretAccessKey"] not in config
+    assert doc["XksProxyAuthenticationCredential"]["AccessKeyId"] in config
+    assert "SOFTHSM2_CONF" in config
+    assert str(initialised / "audit" / "xksproxy-audit.log") in config
+
+
+def test_kms_config_prints_the_console_file(initialised, cli):
+    expected = json.loads((initialised / "kms-console.json").read_text())
+    for extra in ([], ["--keystore", "/demo"], ["--keystore", "demo"]):
+        r = cli("kms-config", "--state-dir", str(initialised), *extra)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == expected
+
+
+def test_kms_config_names_the_stores_when_the_prefix_is_unknown(initialised, cli):
+    r = cli("kms-config", "--state-dir", str(initialised), "--keystore", "/nope")
+    assert r.returncode == 2
+    assert "/nope" in r.stderr and "demo" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,50 @@
+"""Small commands and the error contract: one clear line, exit 2 for usage/config errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+
+def test_credentials_new_prints_a_fresh_spec_conformant_pair(cli):
+    a, b = cli("credentials", "new"), cli("credentials", "new")
+    assert a.returncode == 0 and b.returncode == 0
+    pa, pb = json.loads(a.stdout), json.loads(b.stdout)
+    for p in (pa, pb):
+        assert re.fullmatch(r"[A-Z2-7]{20,30}", p["AccessKeyId"])
+        assert re.fullmatch(r"[A-Za-z0-9+/=]{43,64}", p["RawSecretAccessKey"])
+    assert pa != pb
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path, cli):
+    missing = tmp_path / "nope.toml"
+    for args in (["keys", "list"], ["kms-config"], ["serve"]):
+        r = cli(*args, "--config", str(missing))
+        assert r.returncode == 2, args
+        assert str(missing) in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_uninitialised_state_dir_says_to_run_init(tmp_path, cli):
+    r = cli("keys", "list", "--state-dir", str(tmp_path / "empty"))
+    assert r.returncode == 2
+    assert "xksproxy init" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_invalid_config_names_the_problem(initialised, cli):
+    config = initialised / "xksproxy.toml"
+    text = config.read_text().replace('server = "granian"', 'server = "gunicorn"')
+    bad = initialised / "bad.toml"
+    bad.write_text(text)
+    bad.chmod(0o600)
+    r = cli("keys", "list", "--config", str(bad))
+    assert r.returncode == 2
+    assert "server" in r.stderr and str(bad) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_subcommand_is_a_usage_error(cli):
+    r = cli("frobnicate")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
