@@ -178,9 +178,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     from hsm import admin
 
-    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     keys = sorted(admin.list_keys(cfg), key=lambda k: k.label)
     if args.json:
         _out(
@@ -205,9 +205,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     from hsm import admin
 
-    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     _check_key_id(args.id)
     if any(k.label == args.id for k in admin.list_keys(cfg)):
         _fail(f"a key labelled {args.id!r} already exists on token {cfg.token_label!r}", 1)
@@ -230,9 +230,9 @@ def _check_key_id(key_id: str) -> None:
 
 
 def cmd_keys_delete(args: argparse.Namespace) -> int:
+    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     from hsm import admin
 
-    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     if args.id == cfg.health_key_label and not args.force:
         _fail(
             f"{args.id!r} is the health test key: GetHealthStatus needs it. "
@@ -279,7 +279,9 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     fn = _optional("xksproxy.audit", "main_verify", "audit verify")
-    return int(fn([Path(f) for f in args.files]))
+    if args.config is None and args.state_dir is None:
+        return int(fn(list(args.files)))  # the audit module finds the key itself
+    return int(fn(list(args.files), config_path=_config_path(args)))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -369,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     p = asub.add_parser("verify", help="verify the hash chain and HMAC of audit log files")
     p.add_argument("files", nargs="+", metavar="FILE")
+    _add_location(p)
     p.set_defaults(func=cmd_audit_verify)
 
     p = sub.add_parser("doctor", help="check the configuration, HSM, keys and TLS")
