@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import tempfile
 import tomllib
 from collections.abc import Iterable
@@ -259,6 +260,12 @@ def _provision(state_dir: Path):  # -> hsm.softhsm.ProvisionedToken
         token = softhsm.provision(state_dir, token_label=TOKEN_LABEL)
     except FileNotFoundError as exc:
         raise InitError(_softhsm_missing_message(exc.filename)) from exc
+    except subprocess.CalledProcessError as exc:
+        # Never str(exc): its command line carries the PINs given to softhsm2-util.
+        raise InitError(
+            f"softhsm2-util failed with exit code {exc.returncode} while provisioning the "
+            f"token in {state_dir}"
+        ) from exc
     module = Path(token.module_path)
     if not module.exists():
         raise InitError(_softhsm_missing_message(module))
