@@ -1,0 +1,325 @@
+"""`xksproxy serve`: run the ASGI app under granian or hypercorn with N worker processes.
+
+Why a launcher of our own rather than the servers' CLIs: the TLS policy (TLS 1.2/1.3, forward-secret
+AEAD suites, mTLS with subject pinning), the worker model (the app and its HSM pools are built in
+each worker after the fork, via the factory ``xksproxy.app:create_app`` and ``XKSPROXY_CONFIG``) and
+the start-up contract (one ``listening`` line once a worker really answers) must be the same
+whichever server runs.
+
+Server choice: granian (Rust HTTP/TLS) is several times faster than hypercorn here, but it cannot
+show the client certificate to Python, so it cannot pin the mTLS subject. When mTLS is configured
+the launcher therefore serves with hypercorn, whose Python ``ssl`` handshake we hook
+(:mod:`xksproxy.tls`); asking explicitly for granian with mTLS is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypercorn.config import Config as _HypercornBase
+
+from xksproxy import tls
+from xksproxy.config import Config, ConfigError, load_config
+
+APP_FACTORY = "xksproxy.app:create_app"
+XKS_SUFFIX = "/kms/xks/v1"
+SERVERS = ("granian", "hypercorn")
+_READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the launchers need, resolved from config + overrides (no secrets inside)."""
+
+    config_path: Path
+    host: str
+    port: int
+    server: str
+    workers: int
+    plain_http: bool
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None
+    allowed_subjects: tuple[str, ...]
+    log_level: str
+    stores: tuple[tuple[str, str], ...]  # (name, URI path)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.plain_http else "https"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port); raises ValueError with a clear message."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bind must be HOST:PORT (IPv6 as [::1]:8443), got {bind!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"bind: write IPv6 addresses in brackets, e.g. [::1]:8443, got {bind!r}")
+    return host, int(port)
+
+
+def plan(
+    config: Config,
+    *,
+    bind: str | None = None,
+    plain_http: bool | None = None,
+    server: str | None = None,
+    workers: int | None = None,
+) -> Plan:
+    """Resolve the effective serving plan; raises ConfigError for impossible combinations."""
+    try:
+        host, port = parse_bind(bind or config.server.bind)
+    except ValueError as exc:
+        raise ConfigError(f"[server] bind: {exc}") from None
+    if port == 0:
+        port = _free_port(host)
+    plain = config.server.plain_http if plain_http is None else plain_http
+    chosen = server or config.server.server
+    if chosen not in SERVERS:
+        raise ConfigError(f"[server] server must be one of {', '.join(SERVERS)}, got {chosen!r}")
+    n = config.server.workers if workers is None else workers
+    if n < 0:
+        raise ConfigError(f"[server] workers must be >= 0, got {n}")
+    n = n or os.cpu_count() or 1
+    ca = config.tls.client_ca_file
+    if ca is not None and not plain and chosen == "granian":
+        if server == "granian":
+            raise ConfigError(
+                "--server granian cannot enforce [tls] allowed_client_subjects (granian does not "
+                "expose the client certificate); use --server hypercorn for mTLS"
+            )
+        _say("mTLS is configured: serving with hypercorn, which can pin the client subject "
+             "(granian cannot)")
+        chosen = "hypercorn"
+    patterns = tls.allowed_subject_patterns(
+        config.tls.allowed_client_subjects, [ks.regions for ks in config.keystores]
+    )
+    stores = tuple(
+        (ks.name, f"{ks.path_prefix}{XKS_SUFFIX}") for ks in config.keystores
+    )
+    return Plan(
+        config_path=Path(config.path).resolve(),
+        host=host,
+        port=port,
+        server=chosen,
+        workers=n,
+        plain_http=plain,
+        cert_file=config.tls.cert_file,
+        key_file=config.tls.key_file,
+        client_ca_file=None if plain else ca,
+        allowed_subjects=patterns if ca is not None else (),
+        log_level=config.logging.level,
+        stores=stores,
+    )
+
+
+def serve(
+    config_path: Path | str,
+    *,
+    bind: str | None = None,
+    plain_http: bool | None = None,
+    server: str | None = None,
+    workers: int | None = None,
+) -> int:
+    """Run the proxy until SIGINT/SIGTERM; returns the process exit code.
+
+    Prints ``xksproxy: listening on URL`` and one ``xksproxy: key store NAME: PATH`` line per
+    store once a worker has answered on the socket (tests and operators wait for that line).
+    """
+    try:
+        p = plan(load_config(Path(config_path)), bind=bind, plain_http=plain_http,
+                 server=server, workers=workers)
+        if not p.plain_http:
+            _check_tls_files(p)
+    except ConfigError as exc:
+        print(f"xksproxy: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if p.plain_http:
+        _warn_plain_http()
+    # Each worker process builds its own app (and HSM pools) from this path after the fork.
+    os.environ["XKSPROXY_CONFIG"] = str(p.config_path)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_announce_when_ready, args=(p, stop), daemon=True)
+    watcher.start()
+    runner: Callable[[Plan], int] = _run_granian if p.server == "granian" else _run_hypercorn
+    try:
+        return runner(p)
+    finally:
+        stop.set()
+
+
+def _check_tls_files(p: Plan) -> None:
+    for what, path in (("cert_file", p.cert_file), ("key_file", p.key_file)):
+        if not Path(path).is_file():
+            raise ConfigError(f"[tls] {what}: {path} does not exist (run `xksproxy init`, "
+                              "configure a certificate, or use --plain-http behind a TLS proxy)")
+    if p.client_ca_file is not None and not Path(p.client_ca_file).is_file():
+        raise ConfigError(f"[tls] client_ca_file: {p.client_ca_file} does not exist")
+    if p.server == "granian" and b"BEGIN PRIVATE KEY" not in Path(p.key_file).read_bytes():
+        raise ConfigError(f"[tls] key_file: granian reads only unencrypted PKCS#8 keys "
+                          f"('BEGIN PRIVATE KEY'); convert with `openssl pkcs8 -topk8 -nocrypt "
+                          f"-in {p.key_file}` or use --server hypercorn")
+
+
+def _say(message: str) -> None:
+    print(f"xksproxy: {message}", file=sys.stderr, flush=True)
+
+
+def _warn_plain_http() -> None:
+    bar = "!" * 78
+    for line in (
+        bar,
+        "WARNING: plain HTTP, NO TLS. KMS traffic (plaintext data keys) crosses this socket in",
+        "the clear. Only acceptable behind a load balancer that terminates TLS INSIDE your",
+        "trust boundary. Remove --plain-http / [server] plain_http for direct KMS traffic.",
+        bar,
+    ):
+        _say(line)
+
+
+def _free_port(host: str) -> int:
+    """Pick a free port for ``:0`` binds (tests); both servers need the number before binding."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _announce_when_ready(p: Plan, stop: threading.Event) -> None:
+    """Print the start-up lines once a worker answers (a bound socket alone is not enough)."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        if _probe(p):
+            if stop.is_set():
+                return
+            print(f"xksproxy: listening on {p.url}", flush=True)
+            for name, path in p.stores:
+                print(f"xksproxy: key store {name}: {path}", flush=True)
+            return
+        stop.wait(0.05)
+
+
+def _probe(p: Plan) -> bool:
+    """True when a worker process reacts on the socket.
+
+    TLS: send a ClientHello and wait for the first server byte (never finish the handshake, so an
+    mTLS listener does not log a refused client). Plain: send ``GET /ping`` and wait for a byte.
+    """
+    try:
+        with socket.create_connection((p.host, p.port), timeout=1.0) as sock:
+            if p.plain_http:
+                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            else:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                obj = ctx.wrap_bio(incoming, outgoing, server_side=False)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    obj.do_handshake()
+                sock.sendall(outgoing.read())
+            return bool(sock.recv(1))
+    except OSError:
+        return False
+
+
+def _run_granian(p: Plan) -> int:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+
+    kwargs: dict[str, object] = {}
+    if not p.plain_http:
+        kwargs.update(
+            ssl_cert=Path(p.cert_file),
+            ssl_key=Path(p.key_file),
+            # granian defaults to TLS 1.3 only; XKS requires 1.2 to be allowed. rustls offers only
+            # forward-secret AEAD suites, so no suite list is needed.
+            ssl_protocol_min=SSLProtocols.tls12,
+        )
+    server = Granian(
+        _app_factory(),
+        address=p.host,
+        port=p.port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=p.workers,
+        http=HTTPModes.auto,
+        loop=Loops.uvloop,
+        websockets=False,
+        log_level=_granian_level(p.log_level),
+        workers_kill_timeout=10,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    try:
+        server.serve()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    # granian returns normally after a worker died (no respawn): report it as a failure.
+    return 1 if server.interrupt_children and not server.interrupt_signal else 0
+
+
+def _app_factory() -> str:
+    """The ASGI app factory; ``XKSPROXY_APP_FACTORY`` exists only so transport tests can serve
+    a probe app (e.g. one echoing the ASGI scope) through exactly this launcher."""
+    return os.environ.get("XKSPROXY_APP_FACTORY", APP_FACTORY)
+
+
+def _granian_level(level: str) -> object:
+    from granian.log import LogLevels
+
+    return LogLevels.debug if level == "debug" else LogLevels.warning
+
+
+def _run_hypercorn(p: Plan) -> int:
+    from hypercorn.run import run
+
+    cfg = HypercornConfig()
+    host = f"[{p.host}]" if ":" in p.host else p.host
+    cfg.bind = [f"{host}:{p.port}"]
+    cfg.application_path = f"{_app_factory()}()"
+    cfg.workers = p.workers
+    cfg.worker_class = "uvloop"
+    cfg.keep_alive_timeout = 75.0
+    cfg.loglevel = "DEBUG" if p.log_level == "debug" else "WARNING"
+    if not p.plain_http:
+        cfg.certfile = str(p.cert_file)
+        cfg.keyfile = str(p.key_file)
+        cfg.xks_client_ca = str(p.client_ca_file) if p.client_ca_file else None
+        cfg.xks_allowed_subjects = tuple(p.allowed_subjects)
+    return int(run(cfg))
+
+
+class HypercornConfig(_HypercornBase):
+    """hypercorn ``Config`` carrying our TLS settings into each worker (module level so spawned
+    workers can unpickle it) and building *our* context there: suites, ALPN, mTLS pinning."""
+
+    xks_client_ca: str | None = None
+    xks_allowed_subjects: tuple[str, ...] = ()
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        if not self.ssl_enabled:
+            return None
+        return tls.server_context(
+            Path(self.certfile),
+            Path(self.keyfile),
+            client_ca_file=Path(self.xks_client_ca) if self.xks_client_ca else None,
+            allowed_subjects=self.xks_allowed_subjects,
+            alpn=self.alpn_protocols,
+        )
