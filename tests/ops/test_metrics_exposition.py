@@ -1,0 +1,112 @@
+"""Metrics: Prometheus text from several worker processes merged by one listener."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import httpx
+import pytest
+
+from xksproxy import metrics
+
+
+@pytest.fixture
+def metrics_env(tmp_path, monkeypatch):
+    d = tmp_path / "m"
+    d.mkdir()
+    monkeypatch.setenv(metrics.ENV_DIR, str(d))
+    yield d
+
+
+def _worker(n_ok: int, n_err: int, slow: int) -> None:
+    metrics.REGISTRY.__init__()
+    metrics.configure(deadline_s=0.15)
+    for _ in range(n_ok):
+        metrics.observe_request(operation="Encrypt", keystore="demo", status=200,
+                                error_name=None, seconds=0.002)
+    for _ in range(n_err):
+        metrics.observe_request(operation="Decrypt", keystore="demo", status=400,
+                                error_name="InvalidCiphertextException", seconds=0.003)
+    for _ in range(slow):
+        metrics.observe_request(operation="Encrypt", keystore="demo", status=503,
+                                error_name="DependencyTimeoutException", seconds=0.16)
+    metrics.observe_hsm_call("softhsm-0", "encrypt", 0.0001)
+    metrics.flush_now()
+
+
+def _parse(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_listener_merges_worker_processes(metrics_env):
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_worker, args=(10 * (i + 1), 2, 1)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(20)
+    listener = metrics.start_listener("127.0.0.1:0")
+    try:
+        assert listener.url.startswith("http://127.0.0.1:") and listener.url.endswith("/metrics")
+        r = httpx.get(listener.url, timeout=5)
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        m = _parse(r.text)
+    finally:
+        listener.close()
+    ok = 'xksproxy_requests_total{keystore="demo",operation="Encrypt",outcome="ok"}'
+    assert m[ok] == 60
+    err = 'xksproxy_errors_total{errorName="InvalidCiphertextException",operation="Decrypt"}'
+    assert m[err] == 6
+    inf = ('xksproxy_request_duration_seconds_bucket{keystore="demo",operation="Encrypt",'
+           'outcome="ok",le="+Inf"}')
+    assert m[inf] == 60
+    le1 = ('xksproxy_request_duration_seconds_bucket{keystore="demo",operation="Encrypt",'
+           'outcome="ok",le="0.001"}')
+    assert m[le1] == 0
+    assert m['xksproxy_slo_requests_total{keystore="demo"}'] == 69
+    assert m['xksproxy_slo_good_requests_total{keystore="demo"}'] == 66
+    assert m["xksproxy_slo_within_budget_ratio"] == pytest.approx(66 / 69)
+    assert m['xksproxy_slo_error_budget_burn_rate{window="5m"}'] == pytest.approx(
+        (3 / 69) / (1 - metrics.SLO_OBJECTIVE))
+    assert m['xksproxy_hsm_call_duration_seconds_count{operation="encrypt",token="softhsm-0"}'] == 3
+    assert m["xksproxy_workers"] == 0  # the workers have exited; their counts remain
+
+
+def test_live_gauges_from_pool_stats(monkeypatch):
+    monkeypatch.delenv(metrics.ENV_DIR, raising=False)
+
+    class Stats:
+        sessions, in_use, waiting = 4, 3, 7
+
+    reg = metrics.Registry()
+    monkeypatch.setattr(metrics, "REGISTRY", reg)
+    metrics.register_pool("softhsm-0", Stats)
+    metrics.set_token_health("softhsm-0", "DEGRADED")
+    listener = metrics.start_listener("127.0.0.1:0", multiprocess=False)
+    try:
+        m = _parse(httpx.get(listener.url, timeout=5).text)
+    finally:
+        listener.close()
+    assert m['xksproxy_hsm_sessions_in_use{token="softhsm-0"}'] == 3
+    assert m['xksproxy_hsm_sessions_waiting{token="softhsm-0"}'] == 7
+    assert m['xksproxy_token_health{status="DEGRADED",token="softhsm-0"}'] == 1
+    assert m['xksproxy_token_health{status="ACTIVE",token="softhsm-0"}'] == 0
+
+
+def test_private_directory_is_created_and_removed(monkeypatch):
+    monkeypatch.delenv(metrics.ENV_DIR, raising=False)
+    listener = metrics.start_listener("127.0.0.1:0")
+    d = listener.directory
+    assert d is not None and d.is_dir() and os.environ[metrics.ENV_DIR] == str(d)
+    assert (d.stat().st_mode & 0o077) == 0
+    listener.close()
+    time.sleep(0.05)
+    assert not d.exists() and metrics.ENV_DIR not in os.environ
