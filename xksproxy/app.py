@@ -1,0 +1,347 @@
+"""The XKS ASGI application: routing, body cap, SigV4, validation, policy, dispatch, errors.
+
+Why a bare ASGI callable rather than Starlette's router and middleware: KMS needs *every* answer
+(unknown path, wrong method, oversized body, crash) to be the XKS JSON error shape, and the hot
+path has to do thousands of requests per second on two cores.  Routing is two dict lookups on
+pre-built base paths; there is no per-request middleware stack, no Request object and no HTML
+error page anywhere.  (Starlette stays a dependency for the operations endpoints.)
+
+One request, in order (each step's failure is one XKS error, see ``xksproxy.errors``):
+
+1. ``GET|HEAD /ping`` -> 200 ``{"status":"ok"}``, unauthenticated, no HSM call (load balancers).
+2. Route ``<prefix>/kms/xks/v1/health`` or ``.../keys/<id>/{metadata,encrypt,decrypt}``; anything
+   else, or a URI path over 256 characters -> 404 InvalidUriPathException.
+3. Non-POST on an API path -> 405 (``Allow: POST``), JSON body.
+4. Admission hooks (``XksApp.admission``) may refuse (e.g. 429) before the body is read.
+5. Body read with a hard cap (``server.max_body_bytes``) -> 400 ValidationException.
+6. SigV4 against *this* store's credentials and regions -> 401 AuthenticationFailedException.
+7. JSON decode; an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
+   ValidationException (it is an invalid input parameter; checked after authentication so an
+   anonymous caller learns nothing); store disabled -> 400 InvalidStateException (not health).
+8. Request validation (``xksproxy.protocol``), then deny rules (``xksproxy.policy``; not health).
+9. Handler under the request deadline (``server.request_deadline_ms`` from arrival).
+
+Seams for operations code:
+- ``app.admission``: callables ``(ctx) -> release | None`` run before the body is read; raise an
+  ``XksError`` to refuse; a returned ``release()`` is called once the response is sent.
+- ``app.observers``: callables ``(ctx)`` run after every API response with the finished
+  :class:`~xksproxy.requestlog.RequestContext` (outcome, errorName, latency, store, key id,
+  metadata).  Observers must be cheap and must not raise (exceptions are logged and dropped).
+- ``app.on_startup`` / ``app.on_shutdown``: async callables run in the lifespan, after/before the
+  HSM pools and the health task.
+- ``app.replace_keystores(config)``: swap the key store table (credentials, keys, policy) without
+  touching connections or HSM pools, for reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import sigv4
+from xksproxy import handlers, policy
+from xksproxy.config import Config, load_config, valid_key_id
+from xksproxy.errors import (
+    InternalException,
+    InvalidUriPathException,
+    MethodNotAllowed,
+    ValidationException,
+    XksError,
+    to_xks_error,
+)
+from xksproxy.health import HealthMonitor
+from xksproxy.keystores import KeyStore, KeyStoreTable
+from xksproxy.protocol import (
+    OP_DECRYPT,
+    OP_ENCRYPT,
+    OP_HEALTH,
+    OP_METADATA,
+    decode_json,
+    parse_request,
+    peek_metadata,
+)
+from xksproxy.requestlog import RequestContext, RequestLog, RequestObserver, configure_logging
+
+log = logging.getLogger("xksproxy.app")
+
+MAX_URI_CHARS = 256
+_KEY_OPS = frozenset({OP_METADATA, OP_ENCRYPT, OP_DECRYPT})
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_PING_BODY = b'{"status":"ok"}'
+
+AdmissionHook = Callable[[RequestContext], Callable[[], None] | None]
+LifecycleHook = Callable[[], Awaitable[None]]
+
+
+class _Disconnected(Exception):
+    """The client went away while we were reading its body."""
+
+
+class XksApp:
+    """ASGI application for one worker process (build it after fork)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.table = KeyStoreTable(config)
+        self.pools: dict[str, Any] = {}
+        self.health: HealthMonitor | None = None
+        self.observers: list[RequestObserver] = []
+        self.admission: list[AdmissionHook] = []
+        self.on_startup: list[LifecycleHook] = []
+        self.on_shutdown: list[LifecycleHook] = []
+        if config.logging.request_log:
+            self.observers.append(RequestLog().observe)
+        self._deadline_s = config.server.request_deadline_ms / 1000.0
+        self._max_body = config.server.max_body_bytes
+        self._max_plaintext = {h.name: h.max_plaintext_bytes for h in config.hsms}
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def startup(self) -> None:
+        """Open one HsmPool per token (in this process) and start the health task."""
+        async with self._start_lock:
+            if self._started:
+                return
+            from hsm import HsmPool  # deferred: importing the app must not load PKCS#11
+
+            pools: dict[str, Any] = {}
+            try:
+                for hsm_cfg in self.config.hsms:
+                    pool = HsmPool(hsm_cfg)
+                    await pool.start()
+                    pools[hsm_cfg.name] = pool
+            except BaseException:
+                for pool in pools.values():
+                    await pool.close()
+                raise
+            self.pools = pools
+            self.health = HealthMonitor(self.config.health, pools, self.config.hsm_models)
+            await self.health.start()
+            for hook in self.on_startup:
+                await hook()
+            self._started = True
+
+    async def shutdown(self) -> None:
+        async with self._start_lock:
+            for hook in self.on_shutdown:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("shutdown hook failed")
+            if self.health is not None:
+                await self.health.close()
+                self.health = None
+            for pool in self.pools.values():
+                try:
+                    await pool.close()
+                except Exception:
+                    log.exception("closing an HSM pool failed")
+            self.pools = {}
+            self._started = False
+
+    def replace_keystores(self, config: Config) -> None:
+        """Swap key stores (credentials, keys, policy) atomically for new requests."""
+        table = KeyStoreTable(config)
+        self.config = config
+        self.table = table
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("startup failed", extra={"fields": {
+                        "error": type(exc).__name__, "detail": str(exc)[:300]}})
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ ASGI entry
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    def _route(self, path: str) -> tuple[KeyStore, str, str | None]:
+        if len(path) <= MAX_URI_CHARS:
+            base, _, last = path.rpartition("/")
+            if last == OP_HEALTH:
+                store = self.table.by_base_path.get(base)
+                if store is not None:
+                    return store, OP_HEALTH, None
+            elif last in _KEY_OPS:
+                base, _, key_id = base.rpartition("/")
+                base, _, keys = base.rpartition("/")
+                if keys == "keys":
+                    store = self.table.by_base_path.get(base)
+                    if store is not None:
+                        return store, last, key_id
+        raise InvalidUriPathException("no such XKS API path on this proxy")
+
+    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        cap = self._max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > cap:
+                    raise ValidationException(f"request body exceeds max_body_bytes ({cap})")
+                break
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > cap:
+                    raise ValidationException(f"request body exceeds max_body_bytes ({cap})")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _ping(self, method: str, send: Any) -> None:
+        if method in ("GET", "HEAD"):
+            await _send(send, 200, _PING_BODY if method == "GET" else b"",
+                        extra=[(b"content-length", str(len(_PING_BODY)).encode())]
+                        if method == "HEAD" else None)
+        else:
+            err = MethodNotAllowed("method not allowed: /ping accepts GET and HEAD")
+            await _send(send, err.status, err.body(), extra=[(b"allow", b"GET, HEAD")])
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.monotonic()
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = raw.split(b"?", 1)[0].decode("latin-1")
+        method = scope["method"]
+        if path == "/ping":
+            await self._ping(method, send)
+            return
+        ctx = RequestContext(started=started, deadline=started + self._deadline_s)
+        releases: list[Callable[[], None]] = []
+        extra: list[tuple[bytes, bytes]] | None = None
+        try:
+            store, op, key_id = self._route(path)
+            ctx.store, ctx.operation, ctx.key_id = store.name, op, key_id
+            if method != "POST":
+                extra = [(b"allow", b"POST")]
+                raise MethodNotAllowed()
+            for hook in self.admission:
+                release = hook(ctx)
+                if release is not None:
+                    releases.append(release)
+            body = await self._read_body(scope, receive)
+            verified = sigv4.verify(
+                method=method, path=path,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=scope["headers"], body=body, lookup=store.lookup,
+                now=time.time(), regions=store.regions)
+            ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
+            doc = decode_json(body)
+            ctx.kms_request_id, ctx.kms_operation, ctx.principal = peek_metadata(doc)
+            result = await self._dispatch(store, op, key_id, doc, ctx)
+            status, payload = 200, orjson.dumps(result)
+            ctx.finish(200, None)
+        except _Disconnected:
+            ctx.finish(499, "ClientDisconnected")
+            self._notify(ctx, releases)
+            return
+        except XksError as err:
+            if isinstance(err, policy.PolicyDenied):
+                ctx.deny_rule = err.rule_name
+            status, payload = err.status, err.body()
+            ctx.finish(err.status, err.error_name)
+        except Exception as exc:
+            err = to_xks_error(exc)
+            if err is None or err.status == 500:
+                log.error("request failed", exc_info=exc, extra={"fields": {
+                    "operation": ctx.operation, "keyStore": ctx.store,
+                    "kmsRequestId": ctx.kms_request_id}})
+                err = err or InternalException()
+            status, payload = err.status, err.body()
+            ctx.finish(err.status, err.error_name)
+        try:
+            await _send(send, status, payload, extra=extra)
+        finally:
+            self._notify(ctx, releases)
+
+    async def _dispatch(self, store: KeyStore, op: str, key_id: str | None,
+                        doc: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        if key_id is not None and not valid_key_id(key_id):
+            raise ValidationException(
+                "externalKeyId in the URI must be 1-128 characters of A-Za-z0-9._-")
+        if op != OP_HEALTH:
+            store.check_enabled()
+        req = parse_request(op, doc, max_plaintext_bytes=self._max_plaintext[store.hsm])
+        if op == OP_HEALTH:
+            if self.health is None:
+                await self.startup()
+            assert self.health is not None
+            return self.health.answer([store.hsm])
+        assert key_id is not None
+        policy.check(store.config.deny, req.metadata, key_id)
+        if not self._started:
+            await self.startup()
+        pool = self.pools[store.hsm]
+        if op == OP_ENCRYPT:
+            return await handlers.encrypt(pool, store, key_id, req,  # type: ignore[arg-type]
+                                          deadline=ctx.deadline)
+        if op == OP_DECRYPT:
+            return await handlers.decrypt(pool, store, key_id, req,  # type: ignore[arg-type]
+                                          deadline=ctx.deadline)
+        return await handlers.get_key_metadata(pool, store, key_id, deadline=ctx.deadline)
+
+    def _notify(self, ctx: RequestContext, releases: list[Callable[[], None]]) -> None:
+        for release in releases:
+            try:
+                release()
+            except Exception:
+                log.exception("admission release failed")
+        for observer in self.observers:
+            try:
+                observer(ctx)
+            except Exception:
+                log.exception("request observer failed")
+
+
+async def _send(send: Any, status: int, body: bytes,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers = [h for h in headers if h[0] not in {k for k, _ in extra}] + extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(config: Config | None = None) -> XksApp:
+    """App factory for ASGI servers: ``xksproxy.app:create_app`` (config from ``XKSPROXY_CONFIG``).
+
+    Each server worker calls this after fork, so every worker opens its own HSM sessions.
+    """
+    if config is None:
+        path = os.environ.get("XKSPROXY_CONFIG")
+        if not path:
+            raise RuntimeError("XKSPROXY_CONFIG is not set: it must name the config file")
+        config = load_config(Path(path))
+    configure_logging(config.logging.level)
+    return XksApp(config)

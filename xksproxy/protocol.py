@@ -1,0 +1,233 @@
+"""XKS request parsing and validation: JSON bytes -> typed, checked requests.
+
+Rules (public XKS API spec v1.0.3, where ../shared/xks-spec.md is silent the spec decides):
+
+- The body must be a JSON object with a ``requestMetadata`` object, else 400 ValidationException
+  (also for GetHealthStatus: the reference implementation and the public test client do this).
+- Required metadata: ``kmsRequestId`` and ``kmsOperation`` everywhere; ``awsPrincipalArn`` for
+  metadata/encrypt/decrypt; ``kmsKeyArn`` for encrypt/decrypt.  Every present metadata field must
+  be a string.  Values are never shape-checked (``kmsOperation`` is open-ended, ``kmsRequestId``
+  is opaque).  Unknown fields, top-level or in the metadata, are ignored: KMS may add some.
+- Binary fields are *strict standard* base64: alphabet ``A-Za-z0-9+/``, correct ``=`` padding,
+  no whitespace or URL-safe characters -> otherwise 400 ValidationException naming the field.
+- ``encryptionAlgorithm`` other than ``AES_GCM`` and ``ciphertextDataIntegrityValueAlgorithm``
+  other than ``SHA_256`` -> 501 UnsupportedOperationException (the spec's "cryptographic
+  operation is not implemented"); a non-string value is a 400 ValidationException.
+- Sizes: plaintext/ciphertext above the token's ``max_plaintext_bytes`` (>= 4300) and AAD above
+  65535 bytes (the 2-byte length in the HSM AAD framing; the spec minimum is 8192) -> 501
+  UnsupportedOperationException, as the spec prescribes for "a parameter value exceeded the
+  maximum size ... supported by a specific implementation beyond the minimum size required".
+- IV must decode to 12 or 16 bytes, the tag to 16 bytes and ``ciphertextMetadata`` to at most 20
+  bytes, else 400 ValidationException (malformed input, not a failed authentication).
+
+Error messages name the field and the rule, never the value.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from xksproxy.errors import UnsupportedOperationException, ValidationException
+
+MAX_AAD_BYTES = 65535
+MAX_CIPHERTEXT_METADATA_BYTES = 20
+IV_LENGTHS = (12, 16)
+TAG_LENGTH = 16
+
+OP_HEALTH = "health"
+OP_METADATA = "metadata"
+OP_ENCRYPT = "encrypt"
+OP_DECRYPT = "decrypt"
+
+_REQUIRED_METADATA: dict[str, tuple[str, ...]] = {
+    OP_HEALTH: ("kmsRequestId", "kmsOperation"),
+    OP_METADATA: ("kmsRequestId", "kmsOperation", "awsPrincipalArn"),
+    OP_ENCRYPT: ("kmsRequestId", "kmsOperation", "awsPrincipalArn", "kmsKeyArn"),
+    OP_DECRYPT: ("kmsRequestId", "kmsOperation", "awsPrincipalArn", "kmsKeyArn"),
+}
+_OPTIONAL_METADATA = (
+    "awsPrincipalArn", "kmsKeyArn", "kmsViaService", "awsSourceVpc", "awsSourceVpce",
+)
+
+
+@dataclass(slots=True, frozen=True)
+class RequestMetadata:
+    """The ``requestMetadata`` object; ``None`` for absent optional fields."""
+
+    kms_request_id: str
+    kms_operation: str
+    aws_principal_arn: str | None = None
+    kms_key_arn: str | None = None
+    kms_via_service: str | None = None
+    aws_source_vpc: str | None = None
+    aws_source_vpce: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class HealthRequest:
+    metadata: RequestMetadata
+
+
+@dataclass(slots=True, frozen=True)
+class MetadataRequest:
+    metadata: RequestMetadata
+
+
+@dataclass(slots=True, frozen=True)
+class EncryptRequest:
+    metadata: RequestMetadata
+    plaintext: bytes
+    aad: bytes | None
+    want_cdiv: bool
+
+    def __repr__(self) -> str:  # never show plaintext or AAD
+        return f"EncryptRequest(len={len(self.plaintext)}, cdiv={self.want_cdiv})"
+
+
+@dataclass(slots=True, frozen=True)
+class DecryptRequest:
+    metadata: RequestMetadata
+    ciphertext: bytes
+    iv: bytes
+    tag: bytes
+    aad: bytes | None
+    ciphertext_metadata: bytes | None
+
+    def __repr__(self) -> str:
+        return f"DecryptRequest(len={len(self.ciphertext)})"
+
+
+XksRequest = HealthRequest | MetadataRequest | EncryptRequest | DecryptRequest
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    """Decode the body; anything but a JSON object is a ValidationException."""
+    if not body:
+        raise ValidationException("request body is empty: a JSON object is required")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValidationException("request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ValidationException("request body must be a JSON object")
+    return doc
+
+
+def peek_metadata(doc: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """Best-effort (kmsRequestId, kmsOperation, awsPrincipalArn) for logging invalid requests."""
+    meta = doc.get("requestMetadata")
+    if not isinstance(meta, dict):
+        return None, None, None
+    out = []
+    for name in ("kmsRequestId", "kmsOperation", "awsPrincipalArn"):
+        value = meta.get(name)
+        out.append(value if isinstance(value, str) else None)
+    return out[0], out[1], out[2]
+
+
+def parse_metadata(doc: dict[str, Any], operation: str) -> RequestMetadata:
+    meta = doc.get("requestMetadata")
+    if meta is None:
+        raise ValidationException("requestMetadata is required")
+    if not isinstance(meta, dict):
+        raise ValidationException("requestMetadata must be a JSON object")
+    for name in _REQUIRED_METADATA[operation]:
+        value = meta.get(name)
+        if value is None:
+            raise ValidationException(f"requestMetadata.{name} is required")
+        if not isinstance(value, str):
+            raise ValidationException(f"requestMetadata.{name} must be a string")
+    for name in _OPTIONAL_METADATA:
+        value = meta.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValidationException(f"requestMetadata.{name} must be a string")
+    return RequestMetadata(
+        kms_request_id=meta["kmsRequestId"],
+        kms_operation=meta["kmsOperation"],
+        aws_principal_arn=meta.get("awsPrincipalArn"),
+        kms_key_arn=meta.get("kmsKeyArn"),
+        kms_via_service=meta.get("kmsViaService"),
+        aws_source_vpc=meta.get("awsSourceVpc"),
+        aws_source_vpce=meta.get("awsSourceVpce"),
+    )
+
+
+def _b64(doc: dict[str, Any], name: str, *, required: bool, max_bytes: int | None = None,
+         too_big: type[Exception] = UnsupportedOperationException) -> bytes | None:
+    """Strictly decode the standard-base64 field ``name``.
+
+    The encoded length is checked *before* decoding so an oversized value costs nothing.
+    """
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise ValidationException(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise ValidationException(f"{name} must be a base64 string")
+    if max_bytes is not None and len(value) > 4 * ((max_bytes + 2) // 3):
+        raise too_big(f"{name} is larger than the supported maximum of {max_bytes} bytes")
+    if len(value) % 4:
+        raise ValidationException(f"{name} is not valid standard base64 (length/padding)")
+    try:
+        raw = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValidationException(f"{name} is not valid standard base64") from None
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise too_big(f"{name} is larger than the supported maximum of {max_bytes} bytes")
+    return raw
+
+
+def _algorithm(doc: dict[str, Any], name: str, expected: str, *, required: bool) -> bool:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise ValidationException(f"{name} is required")
+        return False
+    if not isinstance(value, str):
+        raise ValidationException(f"{name} must be a string")
+    if value != expected:
+        raise UnsupportedOperationException(f"{name} is not supported: only {expected} is")
+    return True
+
+
+def parse_request(operation: str, doc: dict[str, Any], *,
+                  max_plaintext_bytes: int) -> XksRequest:
+    """Validate ``doc`` for ``operation`` (one of the OP_* names) into a typed request."""
+    metadata = parse_metadata(doc, operation)
+    if operation == OP_ENCRYPT:
+        plaintext = _b64(doc, "plaintext", required=True, max_bytes=max_plaintext_bytes)
+        _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
+        aad = _b64(doc, "additionalAuthenticatedData", required=False, max_bytes=MAX_AAD_BYTES)
+        cdiv = _algorithm(doc, "ciphertextDataIntegrityValueAlgorithm", "SHA_256",
+                          required=False)
+        assert plaintext is not None
+        return EncryptRequest(metadata, plaintext, aad, cdiv)
+    if operation == OP_DECRYPT:
+        _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
+        ciphertext = _b64(doc, "ciphertext", required=True, max_bytes=max_plaintext_bytes)
+        iv = _b64(doc, "initializationVector", required=True, max_bytes=16,
+                  too_big=ValidationException)
+        tag = _b64(doc, "authenticationTag", required=True, max_bytes=TAG_LENGTH,
+                   too_big=ValidationException)
+        aad = _b64(doc, "additionalAuthenticatedData", required=False, max_bytes=MAX_AAD_BYTES)
+        meta = _b64(doc, "ciphertextMetadata", required=False,
+                    max_bytes=MAX_CIPHERTEXT_METADATA_BYTES, too_big=ValidationException)
+        assert ciphertext is not None and iv is not None and tag is not None
+        if len(iv) not in IV_LENGTHS:
+            raise ValidationException("initializationVector must be 12 or 16 bytes")
+        if len(tag) != TAG_LENGTH:
+            raise ValidationException("authenticationTag must be 16 bytes")
+        return DecryptRequest(metadata, ciphertext, iv, tag, aad, meta)
+    if operation == OP_METADATA:
+        return MetadataRequest(metadata)
+    return HealthRequest(metadata)
+
+
+def b64encode(data: bytes) -> str:
+    """Standard base64 without a trailing newline (response encoding)."""
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
