@@ -1,0 +1,82 @@
+"""Session fixtures: one real ``xksproxy`` server per configuration, shared by the whole suite.
+
+The main server runs plain HTTP on a loopback port with the embedded SoftHSMv2 token that
+``xksproxy init`` provisions, plus extra key stores appended to its config (second store, disabled
+key, disabled store, throttled store, 128-char URI path, second demo credential, a deny rule).
+A TLS server and a fault-injection server (HSM behind the FaultShim) start lazily from the same
+state directory when a test first needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conformance_helpers import BotocoreClient, CurlClient, RequestsClient
+from server_harness import (
+    Server,
+    StateDir,
+    copy_config,
+    extend_config,
+    init_state,
+    start_server,
+)
+
+LAST = "test_zz_logs.py"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The log audit stops the shared server and must see every request: run it last."""
+    items.sort(key=lambda item: item.path.name == LAST)
+
+
+@pytest.fixture(scope="session")
+def state(tmp_path_factory: pytest.TempPathFactory) -> StateDir:
+    st = init_state(tmp_path_factory.mktemp("xks-state"))
+    extend_config(st)
+    return st
+
+
+@pytest.fixture(scope="session")
+def server(state: StateDir) -> Iterator[Server]:
+    srv = start_server(state)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def boto(server: Server) -> Iterator[BotocoreClient]:
+    c = BotocoreClient(server.base_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def req(server: Server) -> Iterator[RequestsClient]:
+    c = RequestsClient(server.base_url, server.host)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def curl(server: Server) -> CurlClient:
+    return CurlClient(server.base_url)
+
+
+@pytest.fixture(scope="session")
+def stores(state: StateDir) -> dict:
+    return state.stores
+
+
+@pytest.fixture(scope="session")
+def tls_server(state: StateDir, server: Server) -> Iterator[Server]:
+    cfg = copy_config(state, "xksproxy-tls.toml",
+                      {("audit", "file"): '"audit/tls-audit.log"'})
+    srv = start_server(state, config=cfg, plain_http=False, log_name="server-tls")
+    yield srv
+    srv.stop()

@@ -1,0 +1,110 @@
+"""End-of-session audit of everything the proxy wrote: no plaintext, AAD, secret or PIN anywhere,
+and one request-log JSON line per request carrying its kmsRequestId.
+
+Runs last (conftest orders it): it stops the shared server with SIGTERM so buffered output is on
+disk, and asserts the server exits.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from conformance_helpers import LOGGED_REQUEST_IDS, SENSITIVE
+
+SKIP_DIRS = {"secrets", "tokens", "softhsm", "tls"}
+
+
+def log_files(state_dir: Path) -> list[Path]:
+    """Server output captures plus every file under audit/log locations of the state dir."""
+    found = []
+    for p in state_dir.rglob("*"):
+        if not p.is_file() or SKIP_DIRS & set(p.relative_to(state_dir).parts[:-1]):
+            continue
+        rel = p.relative_to(state_dir)
+        if (p.suffix in {".out", ".log", ".jsonl"} or rel.parts[0] in {"audit", "log", "logs"}
+                or ".log." in p.name):
+            found.append(p)
+    return found
+
+
+def needles(label: str, value: bytes) -> list[tuple[str, bytes]]:
+    """Search forms of one sensitive value: raw, standard and urlsafe base64, hex (prefixes for
+    large values, which a log might truncate)."""
+    head = value[:30]
+    forms = [("raw", head), ("base64", base64.b64encode(head)[:40]),
+             ("urlsafe-base64", base64.urlsafe_b64encode(head)[:40]), ("hex", head.hex().encode())]
+    return [(f"{label}/{kind}", n) for kind, n in forms if len(n) >= 16]
+
+
+@pytest.fixture(scope="module")
+def stopped(server):
+    code = server.stop()
+    return server, code
+
+
+def test_server_exits_on_sigterm(stopped):
+    _, code = stopped
+    assert code is not None, "server ignored SIGTERM for 20 s and was killed"
+    assert code in (0, -15), f"exit code {code}"
+
+
+def test_no_plaintext_aad_or_secret_in_logs(stopped, state):
+    server, _ = stopped
+    files = log_files(state.path)
+    assert server.log_path in files
+    values: list[tuple[str, bytes]] = list(SENSITIVE)
+    values += [(f"sigv4-secret-{i}", s.encode()) for i, s in enumerate(state.secrets_used)]
+    pins = sorted((state.path / "secrets").glob("*.pin"))
+    for pin_file in pins:
+        pin = pin_file.read_text().strip()
+        if len(pin) >= 6:
+            values.append((f"pin:{pin_file.name}", pin.encode()))
+    hits = []
+    for path in files:
+        data = path.read_bytes()
+        for label, value in values:
+            forms = needles(label, value) if len(value) >= 16 else [(label, value)]
+            for kind, needle in forms:
+                if needle in data:
+                    hits.append(f"{path.relative_to(state.path)}: {kind}")
+    assert not hits, "sensitive values found in logs:\n" + "\n".join(sorted(set(hits))[:40])
+
+
+def find_request_ids(obj: object) -> list[str]:
+    if isinstance(obj, dict):
+        out = [v for k, v in obj.items() if k == "kmsRequestId" and isinstance(v, str)]
+        for v in obj.values():
+            out += find_request_ids(v)
+        return out
+    if isinstance(obj, list):
+        return [x for v in obj for x in find_request_ids(v)]
+    return []
+
+
+def test_one_request_log_line_per_request(stopped):
+    server, _ = stopped
+    assert LOGGED_REQUEST_IDS, "suite recorded no request ids"
+    counts: dict[str, int] = {}
+    for line in server.log_text().splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        for request_id in set(find_request_ids(doc)):
+            counts[request_id] = counts.get(request_id, 0) + 1
+    bad = {r: counts.get(r, 0) for r in LOGGED_REQUEST_IDS if counts.get(r, 0) != 1}
+    assert not bad, f"{len(bad)}/{len(LOGGED_REQUEST_IDS)} request ids not logged exactly once: " \
+                    f"{list(bad.items())[:5]}"
+
+
+def test_startup_lines(stopped):
+    server, _ = stopped
+    text = server.log_text()
+    assert "xksproxy: listening on http://" + server.host in text, text[:2000]
+    assert "xksproxy: key store" in text
