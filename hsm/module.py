@@ -1,0 +1,154 @@
+"""Loading and (re-)initialising a PKCS#11 module, once per process.
+
+Why not ``pkcs11.lib(path)``: it calls ``C_Initialize(NULL)``, which lets the module assume a single
+thread (SoftHSMv2 then corrupts its heap as soon as two threads call it), and it caches and
+re-initialises instances behind our back. Here a subclass of python-pkcs11's ``lib`` replaces
+``initialize()`` with ``C_Initialize`` + ``CKF_OS_LOCKING_OK``, and this module keeps the only
+instance per path in a registry that knows the pid it was created in: after ``fork()`` the child
+must initialise again (PKCS#11 state is never inherited), so a pid change means "start over".
+
+python-pkcs11's ``lib.initialized`` is a read-only C attribute that our ``initialize()`` cannot set;
+it therefore stays False, which conveniently stops python-pkcs11 from ever calling ``C_Finalize``
+itself (its ``unload``/dealloc only finalise when that flag is set). Finalising is ours alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from pkcs11 import _pkcs11
+from pkcs11.exceptions import NoSuchToken, PKCS11Error
+
+from . import _ck
+from .errors import HsmFailure, HsmUnavailable
+
+log = logging.getLogger("hsm.module")
+
+
+class _OsLockingLib(_pkcs11.lib):  # type: ignore[misc]
+    """python-pkcs11 ``lib`` whose initialisation tells the module to use OS locking."""
+
+    # Set on a per-module subclass (see ``_make_lib``): Cython's ``__cinit__`` accepts exactly
+    # the library path, so the function table cannot be passed to the constructor.
+    _functions: _ck.FunctionList
+
+    def initialize(self) -> None:
+        """Called by ``lib.__init__``; initialise for multi-threaded use instead of NULL args."""
+        rv = self._functions.initialize_os_locking()
+        if rv == _ck.CKR_CRYPTOKI_ALREADY_INITIALIZED:
+            # Inherited across fork, or initialised by someone else in this process with NULL
+            # args: start over so that *our* flags are in force.
+            self._functions.finalize()
+            rv = self._functions.initialize_os_locking()
+        if rv != _ck.CKR_OK:
+            raise HsmUnavailable(f"C_Initialize failed: {_ck.rv_name(rv)}")
+
+
+def _make_lib(path: str, functions: _ck.FunctionList) -> Any:
+    cls = type("_OsLockingLibForModule", (_OsLockingLib,), {"_functions": functions})
+    return cls(path)
+
+
+class Module:
+    """One PKCS#11 module initialised in this process (shared by pools and admin calls)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.functions = _ck.FunctionList(path)
+        self.lib = _make_lib(path, self.functions)
+        self.generation = 1  # bumped by every re-initialisation
+        self.refs = 0
+        self._lock = threading.Lock()
+
+    def reinitialize(self) -> None:
+        """Finalise (ignoring errors: the module may already be gone) and initialise again."""
+        with self._lock:
+            self.functions.finalize()
+            rv = self.functions.initialize_os_locking()
+            if rv == _ck.CKR_CRYPTOKI_ALREADY_INITIALIZED:
+                self.functions.finalize()
+                rv = self.functions.initialize_os_locking()
+            self.generation += 1
+            if rv != _ck.CKR_OK:
+                raise HsmUnavailable(f"C_Initialize failed: {_ck.rv_name(rv)}")
+
+    def finalize(self) -> None:
+        with self._lock:
+            self.functions.finalize()
+            self.generation += 1
+
+    def find_token(self, label: str) -> Any:
+        """The python-pkcs11 ``Token`` with this label (one match required)."""
+        try:
+            return self.lib.get_token(token_label=label)
+        except NoSuchToken:
+            raise HsmUnavailable(f"no token labelled {label!r} in {self.path}") from None
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"token lookup failed: {type(exc).__name__}") from None
+
+    def open_session(self, token: Any, pin: str, *, rw: bool = False) -> Any:
+        """Open a session and make sure the token is logged in (login is per token, once).
+
+        A second ``C_Login`` on an already logged-in token answers USER_ALREADY_LOGGED_IN, which
+        is success for us; any other code is surfaced with its symbol (never the PIN).
+        """
+        try:
+            session = token.open(rw=rw)
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"C_OpenSession failed: {type(exc).__name__}") from None
+        try:
+            self.login(session.handle, pin)
+        except BaseException:
+            self.functions.C_CloseSession(session.handle)
+            raise
+        return session
+
+    def login(self, handle: int, pin: str) -> None:
+        raw = pin.encode()
+        rv = self.functions.C_Login(handle, _ck.CKU_USER, raw, len(raw))
+        if rv not in (_ck.CKR_OK, _ck.CKR_USER_ALREADY_LOGGED_IN):
+            raise HsmFailure(f"C_Login failed: {_ck.rv_name(rv)}", rv)
+
+
+_registry: dict[str, Module] = {}
+_registry_lock = threading.Lock()
+
+
+def apply_env(env: Mapping[str, str]) -> None:
+    """Set the module's environment (e.g. SOFTHSM2_CONF) before it is loaded/initialised."""
+    for key, value in env.items():
+        os.environ[key] = value
+
+
+def acquire(path: str, env: Mapping[str, str]) -> Module:
+    """The process's module for ``path``, loading and initialising it on first use.
+
+    A module created before ``fork()`` is discarded (never finalised from the child, which would
+    touch the parent's state) and a fresh one is initialised.
+    """
+    with _registry_lock:
+        apply_env(env)
+        mod = _registry.get(path)
+        if mod is not None and mod.pid != os.getpid():
+            mod = None
+        if mod is None:
+            mod = Module(path)
+            _registry[path] = mod
+        mod.refs += 1
+        return mod
+
+
+def release(mod: Module) -> None:
+    """Drop one reference; the last one finalises the module (so tests can start over)."""
+    with _registry_lock:
+        mod.refs -= 1
+        if mod.refs > 0 or _registry.get(mod.path) is not mod:
+            return
+        del _registry[mod.path]
+        if mod.pid == os.getpid():
+            mod.finalize()
