@@ -26,8 +26,8 @@ from sigv4.errors import (
     SigV4Error,
     UnknownAccessKey,
 )
-from sigv4.sign import sign
-from sigv4.verify import Verified, verify
+from sigv4.signer import sign
+from sigv4.verifier import Verified, verify
 
 __all__ = [
     "ContentHashMismatch",

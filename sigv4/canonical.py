@@ -108,8 +108,14 @@ def query_candidates(query: str) -> tuple[str, ...]:
     return result
 
 
-def header_value(values: list[str]) -> str:
-    """Trim each value, fold inner whitespace runs to one space, join repeated headers with ','."""
+def header_value(values: list[str | bytes]) -> str:
+    """Trim each value, fold inner whitespace runs to one space, join repeated headers with ','.
+
+    Bytes are decoded as latin-1 (one character per wire byte), as Python HTTP clients encode.
+    """
     if len(values) == 1:
-        return " ".join(values[0].split())
-    return ",".join(" ".join(v.split()) for v in values)
+        v = values[0]
+        return " ".join((v.decode("latin-1") if isinstance(v, bytes) else v).split())
+    return ",".join(
+        " ".join((v.decode("latin-1") if isinstance(v, bytes) else v).split()) for v in values
+    )

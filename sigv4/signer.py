@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from sigv4.canonical import botocore_path, botocore_query
 from sigv4.credentials import Credential
 from sigv4.keys import signing_key
-from sigv4.verify import ALGORITHM
+from sigv4.verifier import ALGORITHM
 
 # Headers botocore never signs (hop-by-hop, tracing, user agent).
 UNSIGNED_HEADERS = frozenset(

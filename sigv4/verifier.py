@@ -34,7 +34,7 @@ from sigv4.errors import (
     UnknownAccessKey,
     safe_fragment,
 )
-from sigv4.keys import signing_key
+from sigv4.keys import signing_mac
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 _PREFIX = ALGORITHM + " "
@@ -85,7 +85,9 @@ def verify(
         raise MissingAuthorization()
     if len(auth_values) > 1:
         raise DuplicateAuthorization()
-    akid, scope, date, region, signed, signature = _parse_authorization(auth_values[0], service)
+    (akid, scope, date, region, signed, signed_str), signature = _authorization(
+        _text(auth_values[0]), service
+    )
 
     # 2. Region.
     if regions and region not in regions:
@@ -97,7 +99,7 @@ def verify(
         raise MissingDate()
     if len(date_values) > 1:
         raise MalformedDate("more than one x-amz-date header")
-    amz_date = date_values[0].strip()
+    amz_date = _text(date_values[0]).strip()
     stamp = _parse_amz_date(amz_date)
     if amz_date[:8] != date:
         raise CredentialDateMismatch()
@@ -128,7 +130,7 @@ def verify(
     # 6. Body hash, checked against x-amz-content-sha256 when the client sent one.
     body_hash = hashlib.sha256(body).hexdigest()
     claimed = hv.get("x-amz-content-sha256")
-    if claimed is not None and (len(claimed) != 1 or claimed[0].strip() != body_hash):
+    if claimed is not None and (len(claimed) != 1 or _text(claimed[0]).strip() != body_hash):
         raise ContentHashMismatch()
 
     # 7. Signature over each canonical form a legitimate signer may have produced.
@@ -137,47 +139,71 @@ def verify(
     if isinstance(query, bytes):
         query = query.decode("latin-1")
     head = f"{method.upper()}\n"
-    tail = f"\n{canonical_headers}\n{';'.join(signed)}\n{body_hash}"
+    tail = f"\n{canonical_headers}\n{signed_str}\n{body_hash}"
     sts_head = f"{ALGORITHM}\n{amz_date}\n{scope}\n"
-    given = signature.encode("ascii")
-    keys = [signing_key(c.secret, date, region, service) for c in creds]
+    given = bytes.fromhex(signature)
+    macs = [signing_mac(c.secret, date, region, service) for c in creds]
     for cpath in canonical.path_candidates(path):
         for cquery in canonical.query_candidates(query):
-            creq = f"{head}{cpath}\n{cquery}{tail}"
-            sts = sts_head + hashlib.sha256(creq.encode("utf-8", "surrogateescape")).hexdigest()
-            msg = sts.encode("utf-8")
-            for cred, key in zip(creds, keys, strict=True):
-                expected = hmac.digest(key, msg, "sha256").hex().encode("ascii")
-                if hmac.compare_digest(expected, given):
+            creq = f"{head}{cpath}\n{cquery}{tail}".encode("utf-8", "surrogatepass")
+            sts = sts_head + hashlib.sha256(creq).hexdigest()
+            msg = sts.encode("utf-8", "surrogatepass")
+            for cred, template in zip(creds, macs, strict=True):
+                mac = template.copy()
+                mac.update(msg)
+                if hmac.compare_digest(mac.digest(), given):
                     return Verified(akid, region, date, cred)
     raise SignatureMismatch()
 
 
-def _collect(headers: Sequence[tuple[str | bytes, str | bytes]]) -> dict[str, list[str]]:
+def _collect(
+    headers: Sequence[tuple[str | bytes, str | bytes]],
+) -> dict[str, list[str | bytes]]:
     """Group headers by lower-case name, keeping every value in arrival order.
 
-    Bytes are decoded as latin-1 so each wire byte maps to one character, matching how Python HTTP
-    clients put str header values on the wire.
+    Values stay as given (decoded later with :func:`_text`, only for the few headers we use).
     """
-    hv: dict[str, list[str]] = {}
+    hv: dict[str, list[str | bytes]] = {}
     for name, value in headers:
-        if isinstance(name, bytes):
-            name = name.decode("latin-1")
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        name = name.lower()
-        lst = hv.get(name)
+        key = name.decode("latin-1").lower() if isinstance(name, bytes) else name.lower()
+        lst = hv.get(key)
         if lst is None:
-            hv[name] = [value]
+            hv[key] = [value]
         else:
             lst.append(value)
     return hv
 
 
-def _parse_authorization(
-    value: str, service: str
-) -> tuple[str, str, str, str, tuple[str, ...], str]:
-    """Split the header into (akid, scope, date, region, signed header names, signature)."""
+def _text(value: str | bytes) -> str:
+    """Header value as str. Bytes are decoded as latin-1 so each wire byte maps to one character,
+    matching how Python HTTP clients put str header values on the wire."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+_Parsed = tuple[str, str, str, str, tuple[str, ...], str]
+_auth_cache: dict[tuple[str, str], _Parsed] = {}
+_SIG_SEP = "Signature="
+
+
+def _authorization(value: str, service: str) -> tuple[_Parsed, str]:
+    """Parse the header, reusing earlier work for the part before the signature.
+
+    A client repeats ``AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., `` for every request
+    of the day; only the signature changes. Only successful parses are cached, per service.
+    """
+    head, sep, signature = value.rpartition(_SIG_SEP)
+    if sep and len(signature) == 64 and _HEX.issuperset(signature):
+        hit = _auth_cache.get((head, service))
+        if hit is not None:
+            return hit, signature
+    parsed, signature = _parse_authorization(value, service)
+    if sep and signature == value[len(head) + len(sep) :]:
+        remember(_auth_cache, (head, service), parsed, _CACHE_MAX)
+    return parsed, signature
+
+
+def _parse_authorization(value: str, service: str) -> tuple[_Parsed, str]:
+    """Split the header into ((akid, scope, date, region, names, SignedHeaders), signature)."""
     if len(value) > _MAX_AUTH_LEN:
         raise MalformedAuthorization("Authorization header is too long")
     value = value.strip()
@@ -219,7 +245,8 @@ def _parse_authorization(
 
     if len(signature) != 64 or not _HEX.issuperset(signature):
         raise MalformedAuthorization("Signature must be 64 lower-case hex digits")
-    return akid, credential[len(akid) + 1 :], date, region, _signed_headers(signed_str), signature
+    scope = credential[len(akid) + 1 :]
+    return (akid, scope, date, region, _signed_headers(signed_str), signed_str), signature
 
 
 def _signed_headers(value: str) -> tuple[str, ...]:
