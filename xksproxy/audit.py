@@ -444,8 +444,8 @@ def main_verify(
 ) -> int:
     """``xksproxy audit verify FILE...``: print the verdict; exit 0 only if the chain is intact.
 
-    The key comes from ``key``, else ``$XKSPROXY_AUDIT_KEY_FILE`` (file of 64 hex chars), else the
-    configuration (``config_path``, ``$XKSPROXY_CONFIG`` or the default state dir's config).
+    The key comes from ``key``, else ``$XKSPROXY_AUDIT_KEY_FILE`` (same text as ``[audit] key``),
+    else the configuration (``config_path``, ``$XKSPROXY_CONFIG`` or the state dir's config).
     """
     if not files:
         print("audit verify: no files given", file=sys.stderr)
@@ -488,9 +488,6 @@ def _resolve_key(config_path: Path | None) -> bytes:
 
 
 def parse_key_text(text: str) -> bytes:
-    """Audit key files hold hex (64 chars = 32 bytes); raw text is accepted as bytes otherwise."""
-    stripped = text.strip()
-    try:
-        return bytes.fromhex(stripped)
-    except ValueError:
-        return stripped.encode()
+    """The HMAC key is the key file's text (e.g. 64 hex characters) as UTF-8 bytes, exactly as
+    ``config.py`` resolves ``[audit] key``."""
+    return text.strip().encode("utf-8")
