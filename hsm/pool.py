@@ -246,9 +246,13 @@ class HsmPool:
         try:
             if time.monotonic() >= deadline:
                 raise SessionTimeout("deadline passed before the HSM call")
-            return self._execute(sess, op)
+            result = self._execute(sess, op)
         finally:
             self._release(sess)
+        if time.monotonic() > deadline:
+            # Same contract as threaded mode: an answer later than the deadline is a timeout.
+            raise SessionTimeout("the HSM did not answer before the deadline")
+        return result
 
     def _acquire_nowait(self) -> _Session | None:
         with self._lock:
