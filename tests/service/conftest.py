@@ -1,6 +1,7 @@
 """Fixtures for the service tests: a real SoftHSMv2 token with the demo keys, and the app.
 
-The token is provisioned once per session in a tmp dir (never ~/.local/state).  Each app test
+The token is the session-wide ``hsm_token`` (tests/conftest.py, a tmp dir, never
+~/.local/state).  Each app test
 gets its own config directory and its own app instance (own HSM pool), started and stopped
 through the same startup/shutdown the ASGI lifespan uses.
 """
@@ -16,29 +17,13 @@ from service_helpers import AKID, AKID2, SECRET, SECRET2, write_config
 
 import sigv4
 
-DEMO_KEYS = {
-    "demo": "encrypt-decrypt",
-    "demo-encrypt-only": "encrypt",
-    "demo-decrypt-only": "decrypt",
-    "demo-no-usage": "none",
-}
 HOST = "xks.example.com"
 
 
 @pytest.fixture(scope="session")
-def service_token(tmp_path_factory):
-    from hsm import HsmConfig, admin
-    from hsm.softhsm import provision
-
-    tok = provision(tmp_path_factory.mktemp("service-hsm"))
-    cfg = HsmConfig(name="softhsm-0", module=tok.module_path, token_label=tok.token_label,
-                    pin=tok.user_pin(), env=tok.env())
-    admin.ensure_health_key(cfg)
-    existing = {k.label for k in admin.list_keys(cfg)}
-    for label, usage in DEMO_KEYS.items():
-        if label not in existing:
-            admin.create_key(cfg, label, usage)
-    return tok
+def service_token(hsm_token):
+    """The suite-wide token (tests/conftest.py): SOFTHSM2_CONF is per process, so share it."""
+    return hsm_token
 
 
 def hsm_table(tok) -> str:
@@ -59,8 +44,11 @@ STORES = f'''
 name = "demo"
 path_prefix = "/demo"
 hsm = "softhsm-0"
-keys = ["demo", "demo-encrypt-only", "demo-decrypt-only", "demo-no-usage", "missing-on-hsm"]
+keys = ["demo", "demo-encrypt-only", "demo-decrypt-only", "demo-no-usage", "missing-on-hsm",
+        "known"]
 disabled_keys = ["demo-decrypt-only"]
+[keystore.key_labels]
+known = "test-known-material"
 [[keystore.deny]]
 name = "no-root"
 principal = "arn:aws:iam::*:root"

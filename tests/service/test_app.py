@@ -261,3 +261,27 @@ async def test_request_log_has_one_safe_line_per_request(client):
     assert first["keyId"] == "demo" and first["outcome"] == "ok" and first["status"] == 200
     assert first["principal"].endswith("user/Alice") and first["latency_ms"] >= 0
     assert orjson.loads(client.log[2])["outcome"] == "AuthenticationFailedException"
+
+
+async def test_framing_interoperates_with_an_independent_aes_gcm(client):
+    """Known key material: our HSM AAD framing and 16-byte IVs match a software AES-GCM."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from support.hsm_keys import KNOWN_KEY_MATERIAL
+
+    from xksproxy.framing import hsm_aad
+
+    path = "/demo/kms/xks/v1/keys/known/"
+    aead = AESGCM(KNOWN_KEY_MATERIAL)
+    aad, meta = b"ctx", b"\x01\x00"
+    enc = (await client.post(path + "encrypt", enc_body(b"secret", aad=aad))).json()
+    assert base64.b64decode(enc["ciphertextMetadata"]) == meta
+    raw = base64.b64decode(enc["ciphertext"]) + base64.b64decode(enc["authenticationTag"])
+    assert aead.decrypt(base64.b64decode(enc["initializationVector"]), raw,
+                        hsm_aad(aad, meta)) == b"secret"
+    for iv in (b"\x07" * 12, b"\x09" * 16):
+        ct = aead.encrypt(iv, b"from elsewhere", hsm_aad(aad, None))
+        ref = {"ciphertext": b64(ct[:-16]), "authenticationTag": b64(ct[-16:]),
+               "initializationVector": b64(iv)}
+        resp = await client.post(path + "decrypt", dec_body(ref, aad))
+        assert resp.status_code == 200, resp.text
+        assert base64.b64decode(resp.json()["plaintext"]) == b"from elsewhere"
