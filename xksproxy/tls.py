@@ -195,7 +195,15 @@ def _describe_ssl_error(exc: ssl.SSLError) -> str:
     """A short, secret-free reason for a failed handshake (OpenSSL's verify message when any)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"client certificate rejected: {exc.verify_message}"
+    if exc.reason in _NO_CERT_REASONS:
+        return "no client certificate"
     return f"handshake failed: {exc.reason or exc.__class__.__name__}"
+
+
+# OpenSSL reason codes for "the client sent no certificate" (1.2 and 1.3 spellings).
+_NO_CERT_REASONS = frozenset(
+    {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED", "NO_CERTIFICATE_RETURNED"}
+)
 
 
 def server_context(

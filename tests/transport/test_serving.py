@@ -1,0 +1,113 @@
+"""The launcher: HTTP/2 via ALPN with HTTP/1.1 fallback, plain HTTP warning, workers, shutdown."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from transport_support import REPO, serve_env, write_config
+
+SERVERS = ["granian", "hypercorn"]
+
+
+def _children(pid: int) -> list[str]:
+    """Command lines of the direct children of ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_http2_alpn_and_http11_fallback(tmp_path, serve_proc, server):
+    cfg = write_config(tmp_path)
+    s = serve_proc(cfg, "--server", server, "--workers", "1")
+    assert s.url.startswith("https://127.0.0.1:")
+    assert s.more_lines(1) == ["xksproxy: key store demo: /demo/kms/xks/v1"]
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "tls/server.crt"))
+    host = s.url.removeprefix("https://")
+    with httpx.Client(verify=ctx, http2=True) as c:
+        r = c.post(f"{s.url}/demo/kms/xks/v1/health", content=b"{}")
+    assert r.http_version == "HTTP/2"
+    seen = r.json()
+    assert seen["http_version"] == "2"
+    # The app gets the :authority as the host header on HTTP/2 (SigV4 signs "host").
+    assert ["host", host] in seen["headers"]
+    with httpx.Client(verify=ctx, http2=False) as c:
+        r = c.post(f"{s.url}/demo/kms/xks/v1/health", content=b"{}")
+    assert r.http_version == "HTTP/1.1"
+    assert r.json()["http_version"] == "1.1"
+    assert ["host", host] in r.json()["headers"]
+
+
+@pytest.mark.parametrize("alpn", ["h2", "http/1.1"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_alpn_negotiation_openssl(tmp_path, serve_proc, server, alpn):
+    cfg = write_config(tmp_path)
+    s = serve_proc(cfg, "--server", server, "--workers", "1")
+    r = subprocess.run(
+        ["openssl", "s_client", "-connect", s.url.removeprefix("https://"), "-alpn", alpn],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+    )
+    assert f"ALPN protocol: {alpn}".encode() in r.stdout
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_plain_http_warns_loudly_and_serves_h1_and_h2c(tmp_path, serve_proc, server):
+    cfg = write_config(tmp_path)
+    s = serve_proc(cfg, "--server", server, "--workers", "1", "--plain-http")
+    assert s.url.startswith("http://127.0.0.1:")
+    assert "WARNING: plain HTTP, NO TLS" in s.stderr()
+    with httpx.Client() as c:
+        assert c.post(f"{s.url}/x", content=b"{}").json()["http_version"] == "1.1"
+    with httpx.Client(http1=False, http2=True) as c:  # h2c with prior knowledge
+        assert c.post(f"{s.url}/x", content=b"{}").json()["http_version"] == "2"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_workers_and_clean_shutdown(tmp_path, serve_proc, server, sig):
+    cfg = write_config(tmp_path)
+    s = serve_proc(cfg, "--server", server, "--workers", "2", "--plain-http")
+    workers = [c for c in _children(s.proc.pid) if "resource_tracker" not in c]
+    assert len(workers) == 2, workers
+    with httpx.Client() as c:
+        assert c.post(f"{s.url}/x", content=b"{}").status_code == 200
+    assert s.stop(sig) == 0
+
+
+def test_missing_certificate_is_a_config_error(tmp_path):
+    cfg = write_config(tmp_path)
+    (tmp_path / "tls/server.crt").unlink()
+    r = subprocess.run(
+        [sys.executable, "-m", "xksproxy", "serve", "--config", str(cfg)],
+        cwd=REPO, env=serve_env(probe=True), capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2
+    assert "cert_file" in r.stderr
+
+
+def test_self_signed_files_are_private_and_cover_localhost(tmp_path):
+    from cryptography import x509
+
+    from xksproxy.tls import generate_self_signed
+
+    c, k = tmp_path / "a/server.crt", tmp_path / "a/server.key"
+    generate_self_signed(c, k, ["localhost", "127.0.0.1", "::1"])
+    assert c.stat().st_mode & 0o777 == 0o600
+    assert k.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate(c.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    assert k.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
