@@ -5,7 +5,7 @@ the same run, so the figure can be compared across machines as a ratio. The requ
 what KMS sends: ASGI-style lower-case byte headers, a ~600-byte JSON Encrypt body, SignedHeaders
 ``content-type;host;x-amz-date``.
 
-Usage: .venv/bin/python loadtest/bench_sigv4.py [--seconds 2] [--requests 1000]
+Usage: .venv/bin/python loadtest/bench_sigv4.py [--seconds 2] [--requests 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     ap.add_argument("--requests", type=int, default=1000, help="distinct pre-signed requests")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best is shown)")
     args = ap.parse_args()
 
     cred = sigv4.generate_credential()
@@ -120,16 +121,24 @@ def main() -> None:
         for _ in range(n_hmac):
             hmac.new(key, msg, hashlib.sha256).digest()
 
-    verify_batch()  # warm the signing-key, path and SignedHeaders caches
-    v_calls, v_elapsed = _time_loop(verify_batch, args.seconds)
-    h_calls, h_elapsed = _time_loop(hmac_batch, args.seconds / 2)
-    per_verify = v_elapsed / (v_calls * len(reqs))
-    per_hmac = h_elapsed / (h_calls * n_hmac)
+    verify_batch()  # warm the signing-key, path and Authorization-prefix caches
+    # Interleaved rounds, best of each: on a shared machine the minimum is the least noisy figure.
+    per_verify = per_hmac = float("inf")
+    for _ in range(args.rounds):
+        v_calls, v_elapsed = _time_loop(verify_batch, args.seconds)
+        h_calls, h_elapsed = _time_loop(hmac_batch, args.seconds / 2)
+        per_verify = min(per_verify, v_elapsed / (v_calls * len(reqs)))
+        per_hmac = min(per_hmac, h_elapsed / (h_calls * n_hmac))
     body_len = sum(len(b) for _, b in reqs) // len(reqs)
-    print(f"python {sys.version.split()[0]}, body ~{body_len} B, {len(reqs)} distinct requests")
+    print(
+        f"python {sys.version.split()[0]}, body ~{body_len} B, {len(reqs)} distinct requests, "
+        f"best of {args.rounds} rounds"
+    )
     print(f"verify (warm cache):        {per_verify * 1e6:7.2f} us/op  {1 / per_verify:10,.0f} /s")
     print(f"hmac.new(...).digest():     {per_hmac * 1e6:7.2f} us/op  {1 / per_hmac:10,.0f} /s")
     print(f"ratio verify / bare hmac:   {per_verify / per_hmac:7.1f}x")
+    verdict = "meets" if per_verify <= 25e-6 else "MISSES"
+    print(f"target <= 25 us per verify: {verdict}")
 
 
 if __name__ == "__main__":

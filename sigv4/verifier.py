@@ -110,7 +110,7 @@ def verify(
         )
 
     # 4. Who claims to have signed.
-    creds = lookup(akid)
+    creds = tuple(lookup(akid))  # iterated twice below; also tolerates a generator
     if not creds:
         raise UnknownAccessKey(f"unknown access key id {safe_fragment(akid, 32)!r}")
 
