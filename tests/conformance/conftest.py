@@ -9,6 +9,7 @@ state directory when a test first needs them.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,4 +80,39 @@ def tls_server(state: StateDir, server: Server) -> Iterator[Server]:
                       {("audit", "file"): '"audit/tls-audit.log"'})
     srv = start_server(state, config=cfg, plain_http=False, log_name="server-tls")
     yield srv
+    srv.stop()
+
+
+FAULTSHIM_SRC = Path(__file__).resolve().parents[1] / "support" / "faultshim.c"
+
+
+@pytest.fixture(scope="session")
+def fault_server(state: StateDir, server: Server) -> Iterator[Server]:
+    """A second server whose [[hsm]] module is the FaultShim wrapping SoftHSMv2.
+
+    "threaded" mode: a slowed HSM must block worker threads, not the event loop (that is the
+    configuration the reference recommends for HSMs that take milliseconds). Health probes every
+    second so a failing token shows up quickly.
+    """
+    if not FAULTSHIM_SRC.exists():
+        pytest.skip("tests/support/faultshim.c not available yet")
+    shim = state.path / "faultshim.so"
+    done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(FAULTSHIM_SRC),
+                           "-ldl", "-lpthread"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"faultshim build failed:\n{done.stderr}"
+    control = state.path / "faultshim.control"
+    control.write_text("ok\n")
+    cfg = copy_config(state, "xksproxy-fault.toml", {
+        ("hsm", "module"): f'"{shim}"',
+        ("hsm", "mode"): '"threaded"',
+        ("health", "interval_s"): "1",
+        ("audit", "file"): '"audit/fault-audit.log"',
+    })
+    srv = start_server(state, config=cfg, log_name="server-fault", env={
+        "FAULTSHIM_CONTROL": str(control),
+        "FAULTSHIM_MODULE": "/usr/lib/softhsm/libsofthsm2.so",
+    })
+    srv.control = control
+    yield srv
+    control.write_text("ok\n")
     srv.stop()

@@ -209,6 +209,7 @@ class Server:
     log_path: Path
     state: StateDir
     exit_code: int | None = None
+    control: Path | None = None  # FaultShim control file, for the fault-injection server
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

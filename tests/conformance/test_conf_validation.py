@@ -73,7 +73,7 @@ def test_malformed_body_is_validation(req, stores, raw):
 
 
 @pytest.mark.parametrize("field", ["plaintext", "additionalAuthenticatedData"])
-@pytest.mark.parametrize("bad", ["not base64!", "AAAA====", "A", "\u00e9t\u00e9"])
+@pytest.mark.parametrize("bad", ["not base64!", "AA=A", "A", "AAAAA", "\u00e9t\u00e9"])
 def test_non_base64_encrypt_field_is_validation(boto, stores, field, bad):
     s = stores["demo"]
     body = encrypt_body(secret_marker("pt"), aad=b"ctx")
@@ -201,7 +201,7 @@ def test_key_id_128_chars_is_well_formed(boto, stores):
                       "KeyNotFoundException")
 
 
-@pytest.mark.parametrize("key", ["k" * 129, "de!mo", "de%20mo", "de~mo", "de+mo", "de:mo",
+@pytest.mark.parametrize("key", ["", "k" * 129, "de!mo", "de%20mo", "de~mo", "de+mo", "de:mo",
                                  "de%2Fmo"])
 def test_malformed_key_id_rejected(boto, stores, key):
     """Outside 1..128 of [A-Za-z0-9._-]: rejected as bad input or bad path, never looked up."""
@@ -225,7 +225,6 @@ def test_malformed_key_id_rejected(boto, stores, key):
     "/demo/kms/xks/v1/healthz",
     "/demo/kms/xks/v1",
     "/kms/xks/v1/health",
-    "/demo/kms/xks/v1/keys//metadata",
     "/" + "p" * 118 + "/kms/xks/v1/health",
 ])
 def test_unknown_uri_path(boto, stores, path):
