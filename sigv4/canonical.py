@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 from sigv4._bounded import remember
 
 _CACHE_MAX = 4096
+_MAX_CACHED_LEN = 512  # caches hold attacker-chosen keys: bound their memory too
 
 _path_cache: dict[str, tuple[str, ...]] = {}
 _query_cache: dict[str, tuple[str, ...]] = {}
@@ -60,7 +61,8 @@ def path_candidates(path: str) -> tuple[str, ...]:
         if cand not in out:
             out.append(cand)
     result = tuple(out)
-    remember(_path_cache, path, result, _CACHE_MAX)
+    if len(path) <= _MAX_CACHED_LEN:
+        remember(_path_cache, path, result, _CACHE_MAX)
     return result
 
 
@@ -104,7 +106,8 @@ def query_candidates(query: str) -> tuple[str, ...]:
         if cand not in out:
             out.append(cand)
     result = tuple(out)
-    remember(_query_cache, query, result, _CACHE_MAX)
+    if len(query) <= _MAX_CACHED_LEN:
+        remember(_query_cache, query, result, _CACHE_MAX)
     return result
 
 

@@ -42,6 +42,7 @@ _TERMINATOR = "aws4_request"
 _HEX = frozenset("0123456789abcdef")
 _DIGITS = frozenset("0123456789")
 _MAX_AUTH_LEN = 4096
+_MAX_CACHED_HEAD = 1024  # caches hold attacker-chosen keys: bound their memory too
 
 _CACHE_MAX = 1024
 _signed_headers_cache: dict[str, tuple[str, ...]] = {}
@@ -128,10 +129,16 @@ def verify(
     canonical_headers = "".join(lines)
 
     # 6. Body hash, checked against x-amz-content-sha256 when the client sent one.
+    # botocore puts the header's value (not its own hash) in the canonical request, so a client
+    # that sent upper-case hex signed upper-case hex: compare case-insensitively, sign as sent.
+    # UNSIGNED-PAYLOAD is refused: the body must be authenticated.
     body_hash = hashlib.sha256(body).hexdigest()
     claimed = hv.get("x-amz-content-sha256")
-    if claimed is not None and (len(claimed) != 1 or _text(claimed[0]).strip() != body_hash):
-        raise ContentHashMismatch()
+    if claimed is not None:
+        claimed_hash = _text(claimed[0]).strip() if len(claimed) == 1 else ""
+        if claimed_hash.lower() != body_hash:
+            raise ContentHashMismatch()
+        body_hash = claimed_hash
 
     # 7. Signature over each canonical form a legitimate signer may have produced.
     if isinstance(path, bytes):
@@ -197,7 +204,7 @@ def _authorization(value: str, service: str) -> tuple[_Parsed, str]:
         if hit is not None:
             return hit, signature
     parsed, signature = _parse_authorization(value, service)
-    if sep and signature == value[len(head) + len(sep) :]:
+    if sep and len(head) <= _MAX_CACHED_HEAD and signature == value[len(head) + len(sep) :]:
         remember(_auth_cache, (head, service), parsed, _CACHE_MAX)
     return parsed, signature
 

@@ -328,3 +328,13 @@ def test_signature_mismatch_message_never_contains_the_expected_signature():
         do_verify(headers, body=body)
     assert expected.rsplit("=", 1)[1] not in repr(exc.value)
     assert good_sig not in repr(exc.value)
+
+
+def test_upper_case_content_sha256_is_accepted_as_signed():
+    upper = hashlib.sha256(BODY).hexdigest().upper()
+    signed = botocore_headers(
+        headers={"Content-Type": "application/json", "X-Amz-Content-SHA256": upper}
+    )
+    do_verify(signed)
+    with pytest.raises(sigv4.ContentHashMismatch):
+        do_verify(signed, body=b"")
