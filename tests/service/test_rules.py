@@ -1,0 +1,169 @@
+"""Pure rules: error bodies, key store resolution, deny policy, health status."""
+
+import orjson
+import pytest
+from service_helpers import AKID, write_config
+
+from xksproxy import errors, policy
+from xksproxy.config import DenyRule, HealthConfig, load_config
+from xksproxy.health import HealthMonitor, ProbeRecord
+from xksproxy.keystores import KeyStoreTable
+from xksproxy.protocol import RequestMetadata
+
+
+def test_error_messages_are_sanitised_and_bounded():
+    err = errors.ValidationException("bad\x00field\n" + "x" * 2000 + "é")
+    doc = orjson.loads(err.body())
+    assert doc["errorName"] == "ValidationException" and err.status == 400
+    assert len(doc["errorMessage"]) < 512
+    assert all(" " <= c <= "~" for c in doc["errorMessage"])
+
+
+@pytest.mark.parametrize("cls,status,name", [
+    (errors.InvalidStateException, 400, "InvalidStateException"),
+    (errors.InvalidCiphertextException, 400, "InvalidCiphertextException"),
+    (errors.InvalidKeyUsageException, 400, "InvalidKeyUsageException"),
+    (errors.AuthenticationFailedException, 401, "AuthenticationFailedException"),
+    (errors.AccessDeniedException, 403, "AccessDeniedException"),
+    (errors.KeyNotFoundException, 404, "KeyNotFoundException"),
+    (errors.InvalidUriPathException, 404, "InvalidUriPathException"),
+    (errors.ThrottlingException, 429, "ThrottlingException"),
+    (errors.UnsupportedOperationException, 501, "UnsupportedOperationException"),
+    (errors.DependencyTimeoutException, 503, "DependencyTimeoutException"),
+    (errors.InternalException, 500, "InternalException"),
+])
+def test_error_table(cls, status, name):
+    err = cls()
+    assert (err.status, orjson.loads(err.body())["errorName"]) == (status, name)
+
+
+def test_domain_errors_map_in_one_place():
+    import sigv4
+    from hsm import errors as h
+
+    cases = [
+        (sigv4.SignatureMismatch(), 401, "AuthenticationFailedException"),
+        (sigv4.RequestExpired(), 401, "AuthenticationFailedException"),
+        (h.KeyNotFound("k"), 404, "KeyNotFoundException"),
+        (h.KeyUsageNotPermitted("k"), 400, "InvalidKeyUsageException"),
+        (h.InvalidCiphertext("k"), 400, "InvalidCiphertextException"),
+        (h.SessionTimeout("k"), 503, "DependencyTimeoutException"),
+        (h.HsmUnavailable("k"), 500, "InternalException"),
+        (h.HsmFailure("CKR_DEVICE_ERROR detail"), 500, "InternalException"),
+    ]
+    for exc, status, name in cases:
+        mapped = errors.to_xks_error(exc)
+        assert (mapped.status, mapped.error_name) == (status, name), exc
+    assert "CKR_DEVICE_ERROR" not in errors.to_xks_error(cases[-1][0]).message
+    assert errors.to_xks_error(RuntimeError("x")) is None
+
+
+@pytest.fixture
+def table(tmp_path):
+    stores = f'''
+[[keystore]]
+name = "a"
+path_prefix = ""
+keys = ["k1", "k2"]
+disabled_keys = ["k2"]
+[keystore.key_labels]
+k1 = "label-one"
+[[keystore.credentials]]
+access_key_id = "{AKID}"
+secret = "file:secrets/demo-1.secret"
+[[keystore.credentials]]
+access_key_id = "AKIAROTATEDKEY234567"
+secret = "file:secrets/other.secret"
+
+[[keystore]]
+name = "b"
+path_prefix = "/b"
+keys = ["*"]
+enabled = false
+[[keystore.credentials]]
+access_key_id = "AKIAROTATEDKEY234567"
+secret = "file:secrets/demo-1.secret"
+'''
+    return KeyStoreTable(load_config(write_config(tmp_path, keystores=stores), env={}))
+
+
+def test_key_store_lookup(table):
+    a = table.for_base_path("/kms/xks/v1")
+    b = table.for_base_path("/b/kms/xks/v1")
+    assert a.name == "a" and b.name == "b" and table.for_base_path("/c/kms/xks/v1") is None
+    assert [c.access_key_id for c in a.lookup(AKID)] == [AKID]
+    assert len(a.lookup("AKIAROTATEDKEY234567")) == 1  # two credentials at once (rotation)
+    assert a.lookup("AKIAUNKNOWNKEY234567") == ()
+    assert b.lookup(AKID) == ()                           # another store's credential
+
+
+def test_key_resolution(table):
+    a = table.for_base_path("/kms/xks/v1")
+    b = table.for_base_path("/b/kms/xks/v1")
+    assert a.label_for("k1") == "label-one" and a.label_for("k2") == "k2"
+    with pytest.raises(errors.KeyNotFoundException):
+        a.label_for("k3")
+    assert a.is_disabled("k2") and not a.is_disabled("k1")
+    a.check_enabled()
+    assert b.label_for("anything") == "anything"
+    with pytest.raises(errors.KeyNotFoundException):
+        b.label_for("xks-health-test")                  # "*" never admits the health key
+    with pytest.raises(errors.InvalidStateException):
+        b.check_enabled()
+
+
+META = RequestMetadata(kms_request_id="r", kms_operation="Decrypt",
+                       aws_principal_arn="arn:aws:iam::111122223333:role/App",
+                       kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/x",
+                       kms_via_service="ebs")
+
+
+def test_deny_rules_first_match_and_all_fields():
+    rules = [
+        DenyRule("other-account", {"principal": "arn:aws:iam::999999999999:*"}),
+        DenyRule("no-ebs-decrypt", {"operation": "Decrypt", "via_service": "ebs"}),
+        DenyRule("catch-all", {"key_id": "*"}),
+    ]
+    assert policy.first_match(rules, META, "k").name == "no-ebs-decrypt"
+    with pytest.raises(policy.PolicyDenied) as info:
+        policy.check(rules, META, "k")
+    assert info.value.rule_name == "no-ebs-decrypt" and info.value.status == 403
+    assert policy.first_match(rules[:1], META, "k") is None
+    no_via = RequestMetadata(kms_request_id="r", kms_operation="Decrypt")
+    assert policy.first_match(rules[1:2], no_via, "k") is None   # absent field is ""
+    assert policy.first_match([DenyRule("r", {"via_service": "*"})], no_via, "k") is not None
+    policy.check([], META, "k")
+
+
+class FakeStats:
+    def __init__(self, state):
+        self.state = state
+
+
+class FakePool:
+    """Only what HealthMonitor.status reads; probing itself is covered by test_app."""
+
+    def __init__(self, state="ready"):
+        self._state = state
+
+    def stats(self):
+        return FakeStats(self._state)
+
+
+def test_health_status_rules():
+    cfg = HealthConfig(degraded_ms=100)
+    pools = {"ok": FakePool(), "slow": FakePool(), "rec": FakePool("recovering"),
+             "down": FakePool(), "old": FakePool(), "never": FakePool()}
+    mon = HealthMonitor(cfg, pools, {"ok": "Model X"})
+    now = 1000.0
+    mon._records.update({
+        "ok": ProbeRecord(True, 0.001, now), "slow": ProbeRecord(True, 0.5, now),
+        "rec": ProbeRecord(True, 0.001, now), "down": ProbeRecord(False, 0.001, now),
+        "old": ProbeRecord(True, 0.001, now - 61),
+    })
+    got = {name: mon.status(name, now=now) for name in pools}
+    assert got == {"ok": "ACTIVE", "slow": "DEGRADED", "rec": "DEGRADED",
+                   "down": "UNAVAILABLE", "old": "UNAVAILABLE", "never": "UNAVAILABLE"}
+    answer = mon.answer(["ok"])
+    assert answer["ekmFleetDetails"][0]["model"] == "Model X"
+    assert answer["xksProxyFleetSize"] == 1
