@@ -19,9 +19,11 @@ Neither gate looks at the clock of the request beyond its own deadline; there is
 
 from __future__ import annotations
 
+import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,119 @@ def deadline_from_ms(request_deadline_ms: int, start: float | None = None) -> fl
     """Absolute ``time.monotonic()`` deadline for a request that started at ``start``."""
     base = time.monotonic() if start is None else start
     return base + request_deadline_ms / 1000.0
+
+
+# -- wiring into the app --------------------------------------------------------------------------
+_SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar("xks_session_wait",
+                                                                      default=0.0)
+#: The current request's context (set by the admission hook; same task as the handler).
+_REQUEST: contextvars.ContextVar[Any] = contextvars.ContextVar("xks_request", default=None)
+
+
+class GuardedPool:
+    """An ``hsm.HsmPool`` seen through admission control and metrics.
+
+    Before each HSM operation: refuse with 429 if the session queue is too deep for the time
+    left. After it: feed the latency to the admission estimate and to the metrics, split into
+    session wait and call time. The split times the pool's inline-mode session wait by wrapping
+    that one method on the instance (the pool has no public hook for it); in threaded mode the
+    queueing time is counted inside the call latency and the wait is reported as 0.
+    """
+
+    def __init__(self, pool: Any, token: str, admission: Admission) -> None:
+        self._pool = pool
+        self._token = token
+        self._admission = admission
+        inner = getattr(pool, "_wait_for_session", None)
+        if inner is not None and getattr(pool.config, "mode", "inline") == "inline":
+
+            async def timed_wait(deadline: float) -> Any:
+                t0 = time.monotonic()
+                try:
+                    return await inner(deadline)
+                finally:
+                    _SESSION_WAIT.set(_SESSION_WAIT.get() + time.monotonic() - t0)
+
+            pool._wait_for_session = timed_wait
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def __repr__(self) -> str:
+        return f"GuardedPool({self._token!r})"
+
+    async def _guard(self, op: str, call: Callable[[], Awaitable[Any]], deadline: float) -> Any:
+        from xksproxy import metrics
+        from xksproxy.errors import ThrottlingException
+
+        decision = self._admission.check_pool(self._pool.stats(), deadline)
+        if not decision.ok:
+            ctx = _REQUEST.get()
+            if ctx is not None:
+                ctx.extra["throttled"] = decision.reason
+            metrics.observe_throttled(decision.reason, getattr(ctx, "store", None) or "")
+            raise ThrottlingException("the HSM session queue is too long for the request deadline")
+        _SESSION_WAIT.set(0.0)
+        t0 = time.monotonic()
+        try:
+            return await call()
+        finally:
+            elapsed = time.monotonic() - t0
+            wait = min(_SESSION_WAIT.get(), elapsed)
+            self._admission.observe_call(elapsed - wait)
+            metrics.observe_session_wait(self._token, wait)
+            metrics.observe_hsm_call(self._token, op, elapsed - wait)
+
+    async def key_info(self, label: str, *, deadline: float) -> Any:
+        return await self._guard(
+            "key_info", lambda: self._pool.key_info(label, deadline=deadline), deadline)
+
+    async def encrypt(self, label: str, plaintext: bytes, aad: bytes, *, deadline: float) -> Any:
+        return await self._guard(
+            "encrypt", lambda: self._pool.encrypt(label, plaintext, aad, deadline=deadline),
+            deadline)
+
+    async def decrypt(self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes,
+                      deadline: float) -> Any:
+        return await self._guard(
+            "decrypt",
+            lambda: self._pool.decrypt(label, iv=iv, ciphertext=ciphertext, tag=tag, aad=aad,
+                                       deadline=deadline),
+            deadline)
+
+
+def install(app: Any, *, quotas: Any = None) -> Admission:
+    """Add the in-flight gate and per-store quotas as an app admission hook, and guard the HSM
+    pools (session-queue gate, latency metrics) once they are started."""
+    from xksproxy import metrics
+    from xksproxy.errors import ThrottlingException
+
+    admission = Admission(app.config.server.max_in_flight)
+
+    def hook(ctx: Any) -> Callable[[], None]:
+        store = ctx.store or ""
+        _REQUEST.set(ctx)
+        decision = admission.enter()
+        if not decision.ok:
+            ctx.extra["throttled"] = "in_flight"
+            metrics.observe_throttled("in_flight", store)
+            raise ThrottlingException("too many requests in flight; retry shortly")
+        if quotas is not None and ctx.operation != "health" and not quotas.allow(store):
+            admission.leave()
+            ctx.extra["throttled"] = "quota"
+            metrics.observe_throttled("quota", store)
+            raise ThrottlingException(f"key store {store} is over its request quota")
+        return admission.leave
+
+    async def guard_pools() -> None:
+        guarded = {}
+        for name, pool in app.pools.items():
+            guarded[name] = pool if isinstance(pool, GuardedPool) else GuardedPool(
+                pool, name, admission)
+            metrics.register_pool(name, pool.stats)
+        app.pools = guarded
+
+    app.admission.append(hook)
+    app.on_startup.append(guard_pools)
+    metrics.register_in_flight(lambda: admission.in_flight)
+    return admission

@@ -259,6 +259,9 @@ class XksApp:
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
             doc = decode_json(body)
             ctx.kms_request_id, ctx.kms_operation, ctx.principal = peek_metadata(doc)
+            meta = doc.get("requestMetadata") if isinstance(doc, dict) else None
+            if isinstance(meta, dict):  # for the audit record (ARNs, VPC ids; no secrets here)
+                ctx.extra["metadata"] = meta
             result = await self._dispatch(store, op, key_id, doc, ctx)
             status, payload = 200, orjson.dumps(result)
             ctx.finish(200, None)
@@ -344,4 +347,8 @@ def create_app(config: Config | None = None) -> XksApp:
             raise RuntimeError("XKSPROXY_CONFIG is not set: it must name the config file")
         config = load_config(Path(path))
     configure_logging(config.logging.level)
-    return XksApp(config)
+    app = XksApp(config)
+    from xksproxy import operations  # admission, quotas, metrics, audit, reload (issue 6)
+
+    operations.install(app)
+    return app

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -491,3 +492,69 @@ def parse_key_text(text: str) -> bytes:
     """The HMAC key is the key file's text (e.g. 64 hex characters) as UTF-8 bytes, exactly as
     ``config.py`` resolves ``[audit] key``."""
     return text.strip().encode("utf-8")
+
+
+# -- wiring into the app --------------------------------------------------------------------------
+_METADATA_FIELDS = {
+    "kmsKeyArn": "kmsKeyArn",
+    "kmsViaService": "kmsViaService",
+    "awsSourceVpc": "awsSourceVpc",
+    "awsSourceVpce": "awsSourceVpce",
+}
+
+
+def install(app: Any) -> AuditLog | None:
+    """Write one audit record per finished request of ``app`` (``[audit] file``; None = off).
+
+    Request metadata beyond what the context carries (kmsKeyArn, kmsViaService, source VPC/VPCE)
+    is read from ``ctx.extra["metadata"]`` when the app provides it.
+    """
+    from xksproxy import metrics
+
+    cfg = app.config.audit
+    if cfg.file is None or cfg.key is None:
+        return None
+    audit_log = AuditLog(cfg.file, cfg.key, cfg.rotate_bytes, on_drop=metrics.audit_dropped)
+    worker = os.getpid()
+
+    def token_for(store: str | None) -> str | None:
+        if store is None:
+            return None
+        for s in app.config.keystores:
+            if s.name == store:
+                return s.hsm
+        return None
+
+    def observer(c: Any) -> None:  # c: xksproxy.requestlog.RequestContext
+        rec: dict[str, object] = {
+            "kmsRequestId": c.kms_request_id,
+            "kmsOperation": c.kms_operation,
+            "principal": c.principal,
+            "keystore": c.store,
+            "keyId": c.key_id,
+            "outcome": c.outcome,
+            "status": c.status,
+            "latencyMs": c.latency_ms,
+            "token": token_for(c.store),
+            "worker": worker,
+        }
+        if c.error_name:
+            rec["errorName"] = c.error_name
+        meta = c.extra.get("metadata")
+        if isinstance(meta, dict):
+            for src, dst in _METADATA_FIELDS.items():
+                value = meta.get(src)
+                if isinstance(value, str):
+                    rec[dst] = value
+        audit_log.record(rec)
+
+    async def start() -> None:
+        audit_log.start()
+
+    async def stop() -> None:
+        audit_log.close()
+
+    app.observers.append(observer)
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return audit_log

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -530,3 +531,36 @@ def start_listener(bind: str, *, multiprocess: bool = True) -> MetricsListener:
     holder["l"] = listener
     listener.start()
     return listener
+
+
+# -- wiring into the app -----------------------------------------------------------------------
+def install(app: Any) -> None:
+    """Record every finished request (app observer) and expose live pool/health gauges."""
+    configure(deadline_s=app.config.server.request_deadline_ms / 1000.0)
+
+    def observer(ctx: Any) -> None:
+        throttled = ctx.extra.get("throttled")
+        observe_request(
+            operation=ctx.operation or "unknown",
+            keystore=ctx.store or "",
+            status=ctx.status,
+            error_name=ctx.error_name,
+            seconds=ctx.latency_ms / 1000.0,
+            shed=throttled is not None and throttled != "quota",
+        )
+
+    def health_gauges() -> Iterable[tuple[str, Mapping[str, object], float]]:
+        monitor = getattr(app, "health", None)
+        if monitor is None:
+            return
+        for name in list(getattr(app, "pools", {}) or {}):
+            status = monitor.status(name)
+            for s in HEALTH_STATES:
+                yield "xksproxy_token_health", {"token": name, "status": s}, float(s == status)
+
+    async def start() -> None:
+        start_worker()
+
+    app.observers.append(observer)
+    REGISTRY.add_collector(health_gauges)
+    app.on_startup.append(start)
