@@ -24,6 +24,9 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.erro
 Seams for operations code:
 - ``app.admission``: callables ``(ctx) -> release | None`` run before the body is read; raise an
   ``XksError`` to refuse; a returned ``release()`` is called once the response is sent.
+- ``app.before_dispatch``: callables ``(ctx)`` run after authentication, validation and policy,
+  just before the HSM work (ctx then has the key store, key id, access key id and metadata);
+  raise an ``XksError`` (e.g. 429 for a per-store quota, 503 past the deadline) to refuse.
 - ``app.observers``: callables ``(ctx)`` run after every API response with the finished
   :class:`~xksproxy.requestlog.RequestContext` (outcome, errorName, latency, store, key id,
   metadata).  Observers must be cheap and must not raise (exceptions are logged and dropped).
@@ -94,6 +97,7 @@ class XksApp:
         self.health: HealthMonitor | None = None
         self.observers: list[RequestObserver] = []
         self.admission: list[AdmissionHook] = []
+        self.before_dispatch: list[RequestObserver] = []
         self.on_startup: list[LifecycleHook] = []
         self.on_shutdown: list[LifecycleHook] = []
         if config.logging.request_log:
@@ -150,6 +154,9 @@ class XksApp:
 
     def replace_keystores(self, config: Config) -> None:
         """Swap key stores (credentials, keys, policy) atomically for new requests."""
+        unknown = {ks.hsm for ks in config.keystores} - set(self._max_plaintext)
+        if unknown:
+            raise ValueError(f"new [[hsm]] tables need a restart: {sorted(unknown)}")
         table = KeyStoreTable(config)
         self.config = config
         self.table = table
@@ -296,13 +303,17 @@ class XksApp:
         if op != OP_HEALTH:
             store.check_enabled()
         req = parse_request(op, doc, max_plaintext_bytes=self._max_plaintext[store.hsm])
+        if op != OP_HEALTH:
+            assert key_id is not None
+            policy.check(store.config.deny, req.metadata, key_id)
+        for hook in self.before_dispatch:
+            hook(ctx)
         if op == OP_HEALTH:
             if self.health is None:
                 await self.startup()
             assert self.health is not None
             return self.health.answer([store.hsm])
         assert key_id is not None
-        policy.check(store.config.deny, req.metadata, key_id)
         if not self._started:
             await self.startup()
         pool = self.pools[store.hsm]

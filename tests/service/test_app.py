@@ -285,3 +285,24 @@ async def test_framing_interoperates_with_an_independent_aes_gcm(client):
         resp = await client.post(path + "decrypt", dec_body(ref, aad))
         assert resp.status_code == 200, resp.text
         assert base64.b64decode(resp.json()["plaintext"]) == b"from elsewhere"
+
+
+async def test_operations_hooks_see_one_context_per_request(client, app):
+    from xksproxy.errors import ThrottlingException
+
+    seen, released, finished = [], [], []
+    app.before_dispatch.append(lambda ctx: seen.append((ctx.store, ctx.key_id,
+                                                        ctx.access_key_id, ctx.kms_operation)))
+    app.observers.append(lambda ctx: finished.append((ctx.status, ctx.outcome)))
+    app.admission.append(lambda ctx: (lambda: released.append(ctx.operation)))
+    assert (await client.post(META, body("DescribeKey"))).status_code == 200
+    assert seen == [("demo", "demo", "AKIAEXAMPLEEXAMPLE23", "DescribeKey")]
+
+    def refuse(ctx):
+        raise ThrottlingException()
+
+    app.admission.append(refuse)
+    resp = await client.post(META, body("DescribeKey"))
+    assert (resp.status_code, error_name(resp)) == (429, "ThrottlingException")
+    assert released == ["metadata", "metadata"]          # released even when a later hook refuses
+    assert finished == [(200, "ok"), (429, "ThrottlingException")]
