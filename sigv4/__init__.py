@@ -2,6 +2,21 @@
 
 No HTTP framework, no HSM, no xksproxy import: a pure function of the request's parts, so the
 service, the load generators and the tests all share one implementation.
+
+Verifying (in an ASGI app; ``scope["headers"]`` can be passed as is)::
+
+    try:
+        who = verify(method="POST", path=scope["raw_path"], query=scope["query_string"],
+                     headers=scope["headers"], body=body, lookup=store.credentials_for,
+                     now=time.time(), regions=store.regions)
+    except SigV4Error as exc:
+        answer_401(exc.message)        # safe to send back; type(exc) names the cause for logs
+
+Signing (clients; send the returned headers plus Host and every header you passed)::
+
+    extra = sign(method="POST", host="xks.example.com:8443", path="/demo/kms/xks/v1/health",
+                 headers={"Content-Type": "application/json"}, body=body,
+                 credential=cred, region="us-east-1")
 """
 
 from sigv4.credentials import (

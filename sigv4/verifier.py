@@ -270,7 +270,8 @@ def _signed_headers(value: str) -> tuple[str, ...]:
         raise MalformedAuthorization("SignedHeaders lists a header twice")
     if "host" not in names or "x-amz-date" not in names:
         raise MalformedAuthorization("SignedHeaders must include host and x-amz-date")
-    remember(_signed_headers_cache, value, names, _CACHE_MAX)
+    if len(value) <= _MAX_CACHED_HEAD:
+        remember(_signed_headers_cache, value, names, _CACHE_MAX)
     return names
 
 
