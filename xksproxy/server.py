@@ -265,6 +265,9 @@ def _run_granian(p: Plan) -> int:
         websockets=False,
         log_level=_granian_level(p.log_level),
         workers_kill_timeout=10,
+        # A worker that dies (e.g. a PKCS#11 module abort) is replaced; granian still exits on
+        # a crash loop, so a persistent start-up failure does not spin.
+        respawn_failed_workers=True,
         **kwargs,  # type: ignore[arg-type]
     )
     try:

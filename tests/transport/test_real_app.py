@@ -1,0 +1,134 @@
+"""The real service through both servers: SigV4-signed XKS calls over HTTP/2 and HTTP/1.1.
+
+SigV4 signs the ``host`` header; over HTTP/2 the server must hand the app the ``:authority`` as
+host, or every signature would fail. One embedded state dir (``xksproxy init``) for the module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+from transport_support import REPO, Served, serve_env
+
+import sigv4
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    d = tmp_path_factory.mktemp("real") / "state"
+    r = subprocess.run(
+        [sys.executable, "-m", "xksproxy", "init", "--state-dir", str(d)],
+        cwd=REPO, env=serve_env(probe=False), capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    console = json.loads((d / "kms-console.json").read_text())
+    cred = console["XksProxyAuthenticationCredential"]
+    return {
+        "dir": d,
+        "config": d / "xksproxy.toml",
+        "uri": console["XksProxyUriPath"],
+        "cred": sigv4.Credential(cred["AccessKeyId"], cred["RawSecretAccessKey"]),
+    }
+
+
+def _meta(op: str) -> dict:
+    return {
+        "awsPrincipalArn": "arn:aws:iam::123456789012:user/transport-test",
+        "kmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/test",
+        "kmsOperation": op,
+        "kmsRequestId": str(uuid.uuid4()),
+    }
+
+
+def call(client: httpx.Client, base: str, state, path: str, body: dict) -> httpx.Response:
+    raw = json.dumps(body).encode()
+    host = base.split("://", 1)[1]
+    headers = {"content-type": "application/json"}
+    headers.update(
+        sigv4.sign(method="POST", host=host, path=state["uri"] + path, headers=headers,
+                   body=raw, credential=state["cred"], region=REGION)
+    )
+    return client.post(base + state["uri"] + path, content=raw, headers=headers)
+
+
+def round_trip(client: httpx.Client, base: str, state) -> None:
+    h = call(client, base, state, "/health", {"requestMetadata": _meta("KmsHealthCheck")})
+    assert h.status_code == 200, h.text
+    m = call(client, base, state, "/keys/demo/metadata", {"requestMetadata": _meta("DescribeKey")})
+    assert m.status_code == 200, m.text
+    assert m.json()["keyStatus"] == "ENABLED"
+    pt = b"k" * 32
+    aad = base64.b64encode(b"a" * 64).decode()
+    e = call(client, base, state, "/keys/demo/encrypt", {
+        "requestMetadata": _meta("Encrypt"),
+        "plaintext": base64.b64encode(pt).decode(),
+        "encryptionAlgorithm": "AES_GCM",
+        "additionalAuthenticatedData": aad,
+        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
+    })
+    assert e.status_code == 200, e.text
+    enc = e.json()
+    dec_body = {
+        "requestMetadata": _meta("Decrypt"),
+        "ciphertext": enc["ciphertext"],
+        "initializationVector": enc["initializationVector"],
+        "authenticationTag": enc["authenticationTag"],
+        "encryptionAlgorithm": "AES_GCM",
+        "additionalAuthenticatedData": aad,
+    }
+    if "ciphertextMetadata" in enc:
+        dec_body["ciphertextMetadata"] = enc["ciphertextMetadata"]
+    d = call(client, base, state, "/keys/demo/decrypt", dec_body)
+    assert d.status_code == 200, d.text
+    assert base64.b64decode(d.json()["plaintext"]) == pt
+    # A wrong signature never passes, on either protocol.
+    bad = client.post(base + state["uri"] + "/health", content=b"{}",
+                      headers={"authorization": "AWS4-HMAC-SHA256 Credential=x"})
+    assert bad.status_code == 401
+
+
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+def test_signed_calls_over_h2_and_h11(state, tmp_path, server):
+    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server", server,
+                "--workers", "2"], serve_env(probe=False), tmp_path)
+    try:
+        ctx = ssl.create_default_context(cafile=str(state["dir"] / "tls/server.crt"))
+        for http2 in (True, False):
+            with httpx.Client(verify=ctx, http2=http2, timeout=20) as c:
+                round_trip(c, s.url, state)
+                r = c.get(s.url + "/ping")
+                assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("proto", ["--http2", "--http1.1"])
+def test_curl_aws_sigv4(state, tmp_path, proto):
+    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--workers", "1"],
+               serve_env(probe=False), tmp_path)
+    try:
+        port = s.url.rsplit(":", 1)[1]
+        body = json.dumps({"requestMetadata": _meta("KmsHealthCheck")})
+        r = subprocess.run(
+            ["curl", "-sS", proto, "--cacert", str(state["dir"] / "tls/server.crt"),
+             "--aws-sigv4", f"aws:amz:{REGION}:kms-xks-proxy",
+             "--user", f"{state['cred'].access_key_id}:{state['cred'].secret}",
+             "-H", "content-type: application/json", "-d", body,
+             "-w", "\n%{http_code} %{http_version}",
+             f"https://localhost:{port}{state['uri']}/health"],
+            capture_output=True, text=True, timeout=30,
+        )
+        status, version = r.stdout.rsplit("\n", 1)[1].split()
+        assert status == "200", r.stdout + r.stderr
+        assert version == ("2" if proto == "--http2" else "1.1")
+    finally:
+        s.stop()
