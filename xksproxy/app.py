@@ -266,6 +266,9 @@ class XksApp:
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
             doc = decode_json(body)
             ctx.kms_request_id, ctx.kms_operation, ctx.principal = peek_metadata(doc)
+            meta = doc.get("requestMetadata")
+            if isinstance(meta, dict):  # for audit/policy observers; metadata is not secret
+                ctx.extra["metadata"] = meta
             meta = doc.get("requestMetadata") if isinstance(doc, dict) else None
             if isinstance(meta, dict):  # for the audit record (ARNs, VPC ids; no secrets here)
                 ctx.extra["metadata"] = meta
