@@ -116,3 +116,14 @@ def fault_server(state: StateDir, server: Server) -> Iterator[Server]:
     yield srv
     control.write_text("ok\n")
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def rotation_server(state: StateDir, server: Server) -> Iterator[Server]:
+    """A server on its own copy of the config, which the rotation test edits through the CLI."""
+    cfg = copy_config(state, "xksproxy-rotation.toml",
+                      {("audit", "file"): '"audit/rotation-audit.log"'}, private_secrets=True)
+    srv = start_server(state, config=cfg, log_name="server-rotation")
+    srv.config_path = cfg
+    yield srv
+    srv.stop()

@@ -210,6 +210,7 @@ class Server:
     state: StateDir
     exit_code: int | None = None
     control: Path | None = None  # FaultShim control file, for the fault-injection server
+    config_path: Path | None = None  # the config this server was started with, if not the default
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -267,11 +268,23 @@ def start_server(state: StateDir, *, config: Path | None = None, plain_http: boo
                          f"{server.log_text()[-4000:]}")
 
 
-def copy_config(state: StateDir, name: str, edits: dict[tuple[str, str], str]) -> Path:
-    """A variant of the state's config with some options replaced (e.g. the HSM module)."""
+def copy_config(state: StateDir, name: str, edits: dict[tuple[str, str], str],
+                private_secrets: bool = False) -> Path:
+    """A variant of the state's config with some options replaced (e.g. the HSM module).
+
+    ``private_secrets``: give the copy its own copies of the suite's secret files, so that a CLI
+    editing this config (``credentials remove`` deletes the removed secret's file) cannot break
+    the other servers, which reference the originals.
+    """
     text = state.config.read_text()
     for (section, key), value in edits.items():
         text = set_option(text, section, key, value)
+    if private_secrets:
+        stem = Path(name).stem
+        for src in sorted((state.path / "secrets").glob("conformance-*.secret")):
+            dst = src.with_name(f"{stem}-{src.name}")
+            shutil.copy2(src, dst)
+            text = text.replace(f"file:{src}\"", f"file:{dst}\"")
     path = state.path / name
     path.write_text(text)
     return path
