@@ -29,7 +29,8 @@ Seams for operations code:
   raise an ``XksError`` (e.g. 429 for a per-store quota, 503 past the deadline) to refuse.
 - ``app.observers``: callables ``(ctx)`` run after every API response with the finished
   :class:`~xksproxy.requestlog.RequestContext` (outcome, errorName, latency, store, key id,
-  metadata).  Observers must be cheap and must not raise (exceptions are logged and dropped).
+  metadata; the raw ``requestMetadata`` dict is in ``ctx.extra["metadata"]``).  Observers must
+  be cheap and must not raise (exceptions are logged and dropped).
 - ``app.on_startup`` / ``app.on_shutdown``: async callables run in the lifespan, after/before the
   HSM pools and the health task.
 - ``app.replace_keystores(config)``: swap the key store table (credentials, keys, policy) without
@@ -266,9 +267,6 @@ class XksApp:
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
             doc = decode_json(body)
             ctx.kms_request_id, ctx.kms_operation, ctx.principal = peek_metadata(doc)
-            meta = doc.get("requestMetadata")
-            if isinstance(meta, dict):  # for audit/policy observers; metadata is not secret
-                ctx.extra["metadata"] = meta
             meta = doc.get("requestMetadata") if isinstance(doc, dict) else None
             if isinstance(meta, dict):  # for the audit record (ARNs, VPC ids; no secrets here)
                 ctx.extra["metadata"] = meta
