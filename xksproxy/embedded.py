@@ -242,11 +242,11 @@ def console_json(uri_path: str, credential: sigv4.Credential) -> bytes:
 # --------------------------------------------------------------------------- init
 
 
-def _softhsm_missing_message(module: str | os.PathLike[str] | None) -> str:
-    where = f" ({module})" if module else ""
+def _softhsm_missing_message(what: str | os.PathLike[str] | None) -> str:
+    where = f" ({os.fspath(what)} not found)" if what else ""
     return (
-        f"the SoftHSMv2 PKCS#11 module{where} is not installed; "
-        "install it with: apt-get install softhsm2 (or run ./scripts/serve as root)"
+        f"SoftHSMv2 is not installed{where}; install it with: apt-get install softhsm2 "
+        "(or run ./scripts/serve as root, which installs it)"
     )
 
 

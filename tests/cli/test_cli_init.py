@@ -101,3 +101,47 @@ def test_kms_config_names_the_stores_when_the_prefix_is_unknown(initialised, cli
     assert r.returncode == 2
     assert "/nope" in r.stderr and "demo" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_odd_characters_in_the_state_dir_path_still_give_a_valid_config(tmp_path, cli):
+    odd = tmp_path / 'my "state" dir\\x'
+    r = cli("init", "--state-dir", str(odd))
+    assert r.returncode == 0, r.stderr
+    listed = cli("keys", "list", "--json", "--state-dir", str(odd))
+    assert listed.returncode == 0, listed.stderr
+    assert "demo" in {k["id"] for k in json.loads(listed.stdout)}
+
+
+def test_a_lost_console_file_is_rebuilt_with_the_same_credential(initialised, cli):
+    console = initialised / "kms-console.json"
+    before = json.loads(console.read_text())
+    console.unlink()
+    r = cli("init", "--state-dir", str(initialised))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(console.read_text()) == before
+    assert _mode(console) == 0o600
+
+
+def test_an_interrupted_init_is_completed_by_the_next_run(initialised, cli):
+    # xksproxy.toml is written last: without it, init starts over with a fresh credential.
+    (initialised / "xksproxy.toml").unlink()
+    old = json.loads((initialised / "kms-console.json").read_text())
+    r = cli("init", "--state-dir", str(initialised))
+    assert r.returncode == 0, r.stderr
+    new = json.loads((initialised / "kms-console.json").read_text())
+    assert new["XksProxyAuthenticationCredential"]["RawSecretAccessKey"] in r.stdout
+    assert new != old
+    ok = cli("kms-config", "--state-dir", str(initialised))
+    assert ok.returncode == 0 and json.loads(ok.stdout) == new
+
+
+def test_atomic_write_replaces_whole_files_privately(tmp_path):
+    from xksproxy.embedded import atomic_write
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    target.chmod(0o644)
+    atomic_write(target, b"new contents", 0o600)
+    assert target.read_bytes() == b"new contents"
+    assert _mode(target) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

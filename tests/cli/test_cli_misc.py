@@ -48,3 +48,13 @@ def test_unknown_subcommand_is_a_usage_error(cli):
     r = cli("frobnicate")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
+
+
+def test_missing_softhsm_says_how_to_install_it(tmp_path, cli, monkeypatch):
+    # An empty PATH hides softhsm2-util exactly as on a machine without the softhsm2 package.
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    r = cli("init", "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 1
+    assert "apt-get install softhsm2" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "state" / "xksproxy.toml").exists()
