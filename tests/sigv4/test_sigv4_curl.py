@@ -120,3 +120,12 @@ def test_curl_with_wrong_secret_is_a_signature_mismatch(server_url):
 def test_curl_from_another_region_is_refused(server_url):
     answer = _curl(server_url + "/kms/xks/v1/health", "-d", BODY, region="us-west-2")
     assert answer["error"] == "RegionNotAccepted"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/p//q/kms/xks/v1/health", "/kms/xks/v1/keys/a..b/metadata", "/kms/xks/v1/keys/_-./decrypt"],
+)
+def test_curl_odd_but_legal_paths_verify(server_url, path):
+    answer = _curl(server_url + path, "--path-as-is", "-d", BODY)
+    assert answer.get("akid") == CRED.access_key_id, answer

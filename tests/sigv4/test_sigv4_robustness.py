@@ -112,3 +112,25 @@ def test_paths_differing_only_in_dot_segments_do_not_share_a_literal_signature()
     signed, now = requests_auth_headers(path="/x//kms/xks/v1/health")
     with pytest.raises(sigv4.SignatureMismatch):
         do_verify(signed, path="/x/kms/xks/v1/health", now=now)
+
+
+def test_concurrent_verification_from_threads_shares_the_caches_safely():
+    import threading
+
+    signed = [botocore_headers(now=NOW + i, region=f"r-{i % 7}") for i in range(40)]
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(10):
+                for i, headers in enumerate(signed):
+                    assert do_verify(headers, now=NOW).region == f"r-{i % 7}"
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures
