@@ -271,7 +271,14 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
     store = _find_keystore(config, args.keystore)
     if not store.credentials:
         _fail(f"key store {store.name!r} has no credentials", EXIT_USAGE)
-    doc = embedded.console_json(_uri_path(store.path_prefix), store.credentials[0])
+    # Default: the newest credential (listed last), the one to hand KMS during a rotation.
+    credential = store.credentials[-1]
+    if args.access_key_id is not None:
+        matches = [c for c in store.credentials if c.access_key_id == args.access_key_id]
+        if not matches:
+            _fail(f"key store {store.name!r} has no credential {args.access_key_id}", EXIT_USAGE)
+        credential = matches[0]
+    doc = embedded.console_json(_uri_path(store.path_prefix), credential)
     sys.stdout.write(doc.decode("ascii"))
     sys.stdout.flush()
     return EXIT_OK
@@ -365,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kms-config", help="print the KMS console JSON for a key store")
     _add_location(p)
     p.add_argument("--keystore", metavar="PREFIX", help="path prefix or name (default: the first)")
+    p.add_argument("--access-key-id", metavar="AKID", help="which credential (default: the newest)")
     p.set_defaults(func=cmd_kms_config)
 
     audit = sub.add_parser("audit", help="audit log tools")

@@ -145,3 +145,16 @@ def test_atomic_write_replaces_whole_files_privately(tmp_path):
     assert target.read_bytes() == b"new contents"
     assert _mode(target) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_kms_config_hands_out_the_newest_credential_after_a_rotation(initialised, cli):
+    d = str(initialised)
+    old = json.loads(cli("kms-config", "--state-dir", d).stdout)
+    added = cli("credentials", "add", "--keystore", "/demo", "--state-dir", d)
+    assert added.returncode == 0, added.stderr
+    new = json.loads(cli("kms-config", "--state-dir", d).stdout)
+    assert new != old and new["XksProxyUriPath"] == old["XksProxyUriPath"]
+    assert AKID_RE.match(new["XksProxyAuthenticationCredential"]["AccessKeyId"])
+    akid = old["XksProxyAuthenticationCredential"]["AccessKeyId"]
+    picked = cli("kms-config", "--state-dir", d, "--access-key-id", akid)
+    assert json.loads(picked.stdout) == old
