@@ -1,0 +1,1 @@
+"""Load generators and benchmarks (see BENCHMARKS.md for the commands and figures)."""
