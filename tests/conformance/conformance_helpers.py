@@ -47,6 +47,8 @@ ALLOWED_USAGE = {"ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERI
 SENSITIVE: list[tuple[str, bytes]] = []
 # kmsRequestIds of requests that passed authentication and parsing: each logged exactly once.
 LOGGED_REQUEST_IDS: list[str] = []
+# kmsRequestIds of requests a deny rule refused: the log must name the rule (xks-spec §8).
+DENIED_REQUEST_IDS: list[str] = []
 
 
 def b64(data: bytes) -> str:

@@ -10,6 +10,7 @@ import pytest
 from conformance_helpers import (
     ALLOWED_USAGE,
     DENIED_PRINCIPAL,
+    DENIED_REQUEST_IDS,
     assert_encrypt_response,
     assert_json_error,
     assert_ok,
@@ -18,6 +19,7 @@ from conformance_helpers import (
     encrypt_body,
     expected_cdiv,
     metadata_body,
+    rid,
     secret_marker,
     sensitive_large,
     unb64,
@@ -376,9 +378,12 @@ def test_disabled_store_invalid_state(boto, stores, sealed, op):
 def test_deny_rule_access_denied(boto, stores, sealed, op):
     s = stores["demo"]
     _, _, aad, enc = sealed
-    body = {"metadata": metadata_body(principal=DENIED_PRINCIPAL),
-            "encrypt": encrypt_body(secret_marker("pt"), principal=DENIED_PRINCIPAL),
-            "decrypt": decrypt_body(enc, aad=aad, principal=DENIED_PRINCIPAL)}[op]
+    request_id = rid()
+    DENIED_REQUEST_IDS.append(request_id)
+    kw = {"principal": DENIED_PRINCIPAL, "request_id": request_id}
+    body = {"metadata": metadata_body(**kw),
+            "encrypt": encrypt_body(secret_marker("pt"), **kw),
+            "decrypt": decrypt_body(enc, aad=aad, **kw)}[op]
     assert_json_error(boto.post(s.key_path("demo", op), body, s.creds[0]), 403,
                       "AccessDeniedException")
 

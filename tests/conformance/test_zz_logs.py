@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from conformance_helpers import LOGGED_REQUEST_IDS, SENSITIVE
+from conformance_helpers import DENIED_REQUEST_IDS, LOGGED_REQUEST_IDS, PRINCIPAL, SENSITIVE
+from server_harness import run_cli
 
 SKIP_DIRS = {"secrets", "tokens", "softhsm", "tls"}
 
@@ -117,3 +119,71 @@ def test_startup_lines(stopped):
     text = server.log_text()
     assert "xksproxy: listening on http://" + server.host in text, text[:2000]
     assert "xksproxy: key store" in text
+
+
+def json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+    return out
+
+
+def test_request_records_carry_spec_fields(stopped):
+    """xks-spec §9: kmsRequestId, kmsOperation, principal, key store, key id, result, latency."""
+    server, _ = stopped
+    if not LOGGED_REQUEST_IDS:
+        pytest.skip("no request of this run was marked for the request-log check")
+    wanted = set(LOGGED_REQUEST_IDS)
+    records = [d for d in json_lines(server.log_text())
+               if set(find_request_ids(d)) & wanted and {"status", "outcome", "result"} & set(d)]
+    assert records
+    for doc in records:
+        text = json.dumps(doc)
+        assert PRINCIPAL in text, doc
+        assert any(op in text for op in ("Encrypt", "Decrypt", "DescribeKey")), doc
+        assert '"demo"' in text, f"no key store / key id in {doc}"
+        assert any("latency" in k or "duration" in k for k in doc), f"no latency in {doc}"
+
+
+def test_denials_name_the_rule(stopped):
+    server, _ = stopped
+    if not DENIED_REQUEST_IDS:
+        pytest.skip("no denied request in this run")
+    lines = json_lines(server.log_text())
+    for request_id in DENIED_REQUEST_IDS:
+        mine = [json.dumps(d) for d in lines if request_id in find_request_ids(d)]
+        assert mine, f"denied request {request_id} not logged"
+        assert any("conformance-denied-role" in m for m in mine), mine
+
+
+def test_audit_log_verifies_and_detects_tampering(stopped, state, tmp_path):
+    """The audit trail exists, `xksproxy audit verify` accepts it and rejects a changed copy."""
+    if not LOGGED_REQUEST_IDS:
+        pytest.skip("no request in this run")
+    audit_dir = state.path / "audit"
+    files = sorted(p for p in audit_dir.glob("xksproxy-audit.log*")
+                   if p.is_file() and p.suffix not in {".head", ".lock"})
+    assert files, f"no audit log under {audit_dir}: {sorted(audit_dir.glob('*'))}"
+    done = run_cli("audit", "verify", "--config", str(state.config), *map(str, files))
+    assert done.returncode == 0, done.stdout + done.stderr
+    victim = max(files, key=lambda p: p.stat().st_size)
+    lines = victim.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 3, "audit log suspiciously short"
+    copy = tmp_path / victim.name
+    shutil.copy2(victim, copy)
+    others = [str(p) for p in files if p != victim]
+    done = run_cli("audit", "verify", "--config", str(state.config), *others, str(copy))
+    assert done.returncode == 0, "control: an untouched copy must verify: " + done.stderr
+    middle = len(lines) // 2
+    lines[middle] = lines[middle].replace(b"demo", b"dem0", 1) if b"demo" in lines[middle] \
+        else lines[middle][:-2] + b"X" + lines[middle][-1:]
+    copy.write_bytes(b"".join(lines))
+    done = run_cli("audit", "verify", "--config", str(state.config), *others, str(copy))
+    assert done.returncode != 0, "audit verify accepted a tampered log"
