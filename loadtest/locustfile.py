@@ -1,0 +1,115 @@
+"""Locust scenario: the KMS call mix against any XKS proxy, each request freshly SigV4-signed.
+
+Mix (weights): Encrypt 60 (32-byte data key, 64-byte AAD, CDIV), Decrypt 35 (of ciphertexts this
+user made), GetKeyMetadata 4, GetHealthStatus 1. One keep-alive connection per user, as KMS does.
+
+Target (command line or env): ``--host https://127.0.0.1:8443`` (or ``XKS_URL``), and either
+``XKS_STATE_DIR=<state dir>`` (reads its kms-console.json) or ``XKS_URI_PATH``,
+``XKS_ACCESS_KEY_ID``, ``XKS_SECRET``; optional ``XKS_KEY_ID`` (default ``demo``), ``XKS_REGION``.
+Rate: ``--xks-rate R`` spreads R requests/s over the users (constant throughput per user).
+
+    XKS_STATE_DIR=~/.local/state/xksproxy locust -f loadtest/locustfile.py --headless \\
+        --host https://127.0.0.1:8443 -u 20 -r 20 -t 60s --xks-rate 300
+
+``python -m loadtest.slo`` wraps this with a p99 budget and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import deque
+from pathlib import Path
+
+from locust import FastHttpUser, constant_throughput, events, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loadtest.xks_requests import (
+    Target,
+    decrypt_body,
+    encrypt_body,
+    health_body,
+    metadata_body,
+    signed_headers,
+    target_from_env,
+)
+
+_target: Target | None = None
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    parser.add_argument("--xks-rate", type=float, default=0.0,
+                        help="total requests/s over all users (0: as fast as possible)")
+
+
+@events.init.add_listener
+def _configure(environment, **_kw) -> None:
+    opts = environment.parsed_options
+    rate = getattr(opts, "xks_rate", 0.0) if opts else 0.0
+    users = getattr(opts, "num_users", None) if opts else None
+    if rate and users:
+        XksUser.wait_time = constant_throughput(rate / users)
+
+
+def target(host: str | None) -> Target:
+    global _target
+    if _target is None:
+        _target = target_from_env(host)
+    return _target
+
+
+class XksUser(FastHttpUser):
+    """One KMS connection: signs every request as KMS would (fresh timestamp, fresh request id)."""
+
+    abstract = False
+    insecure = True  # the embedded default is self-signed; TLS is still on
+
+    def on_start(self) -> None:
+        self.t = target(self.host)
+        self.made: deque[dict] = deque(maxlen=64)
+        self._encrypt()  # so the first Decrypt has something to open
+
+    def _post(self, op: str, body: bytes, name: str):
+        path = self.t.path(op)
+        return self.client.post(path, data=body, headers=signed_headers(self.t, path, body),
+                                name=name, catch_response=True)
+
+    @task(60)
+    def encrypt(self) -> None:
+        self._encrypt()
+
+    def _encrypt(self) -> None:
+        with self._post("encrypt", encrypt_body(), "Encrypt") as r:
+            if r.status_code == 200:
+                self.made.append(json.loads(r.content))
+                r.success()
+            else:
+                r.failure(f"{r.status_code} {r.text[:200]}")
+
+    @task(35)
+    def decrypt(self) -> None:
+        if not self.made:
+            return self._encrypt()
+        enc = self.made[0]
+        self.made.rotate(-1)
+        with self._post("decrypt", decrypt_body(enc), "Decrypt") as r:
+            _check(r)
+
+    @task(4)
+    def metadata(self) -> None:
+        with self._post("metadata", metadata_body(), "GetKeyMetadata") as r:
+            _check(r)
+
+    @task(1)
+    def health(self) -> None:
+        with self._post("health", health_body(), "GetHealthStatus") as r:
+            _check(r)
+
+
+def _check(r) -> None:
+    if r.status_code == 200:
+        r.success()
+    else:
+        r.failure(f"{r.status_code} {r.text[:200]}")
