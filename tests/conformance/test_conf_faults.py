@@ -112,3 +112,30 @@ def test_failing_hsm_reported_unavailable_then_recovers(fault, stores):
             break
         time.sleep(0.2)
     assert last is not None and last.status == 200, f"no recovery: {last and last.describe()}"
+
+
+def poll_health(client, stores, want: str, tries: int = 40) -> list[str]:
+    """Health fleet statuses until ``want`` shows up (bounded: ~8 s at 1 probe/s)."""
+    s = stores["demo"]
+    statuses: list[str] = []
+    for _ in range(tries):
+        doc = assert_ok(client.post(s.health_path, health_body(), s.creds[0]))
+        check_health_shape(doc)
+        statuses = [e["healthStatus"] for e in doc["ekmFleetDetails"]]
+        if want in statuses:
+            break
+        time.sleep(0.2)
+    return statuses
+
+
+def test_slowish_hsm_reported_degraded_then_active(fault, stores):
+    """Probe latency above degraded_ms (100) but far from failing → DEGRADED, then ACTIVE again."""
+    server, client = fault
+    set_mode(server, "delay 70")
+    try:
+        statuses = poll_health(client, stores, "DEGRADED")
+        assert "DEGRADED" in statuses, f"slow token never reported DEGRADED: {statuses}"
+    finally:
+        set_mode(server, "ok")
+    statuses = poll_health(client, stores, "ACTIVE")
+    assert statuses == ["ACTIVE"] * len(statuses) and statuses, statuses

@@ -73,6 +73,9 @@ def test_no_plaintext_aad_or_secret_in_logs(stopped, state):
                 if needle in data:
                     hits.append(f"{path.relative_to(state.path)}: {kind}")
     assert not hits, "sensitive values found in logs:\n" + "\n".join(sorted(set(hits))[:40])
+    # Control: the same scan does find what *should* be logged (the caller's principal ARN).
+    if LOGGED_REQUEST_IDS:
+        assert any(PRINCIPAL.encode() in p.read_bytes() for p in files), "scan read no logs"
 
 
 def find_request_ids(obj: object) -> list[str]:
