@@ -158,3 +158,20 @@ def test_kms_config_hands_out_the_newest_credential_after_a_rotation(initialised
     akid = old["XksProxyAuthenticationCredential"]["AccessKeyId"]
     picked = cli("kms-config", "--state-dir", d, "--access-key-id", akid)
     assert json.loads(picked.stdout) == old
+
+
+def _shape(value):
+    """Table structure without values: nested dict keys; arrays of tables by their first entry."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [_shape(value[0])]
+    return type(value).__name__
+
+
+def test_generated_config_sets_every_option_of_the_reference(initialised):
+    import tomllib
+
+    reference = tomllib.loads((Path(__file__).parents[2] / "conf" / "xksproxy.toml").read_text())
+    generated = tomllib.loads((initialised / "xksproxy.toml").read_text())
+    assert _shape(generated) == _shape(reference)
