@@ -77,7 +77,13 @@ class Admission:
     def check_session_queue(
         self, *, sessions: int, waiting: int, in_use: int, deadline: float
     ) -> Decision:
-        """Refuse if waiting for a session plus one call would overrun ``deadline`` (monotonic)."""
+        """Refuse if waiting for a session plus one call would overrun ``deadline`` (monotonic).
+
+        A free session is always taken: that keeps latency samples flowing, so the estimate
+        recovers by itself after the HSM was slow (no request would ever be admitted otherwise).
+        """
+        if in_use < sessions and waiting == 0:
+            return ADMIT
         remaining = deadline - self._clock()
         needed = self.expected_wait_s(sessions, waiting, in_use) + self.call_ewma_s
         if needed > remaining:

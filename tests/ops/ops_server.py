@@ -1,0 +1,81 @@
+"""Run a real multi-worker proxy (granian) with the operations launcher hooks, for ops tests."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    base_url: str
+    host: str
+    metrics_url: str
+    lines: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def start(config_path: Path, *, workers: int = 2, env: dict[str, str] | None = None,
+          timeout: float = 40.0) -> Server:
+    port, mport = free_port(), free_port()
+    full = dict(os.environ)
+    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
+    full.pop("XKSPROXY_CONFIG", None)
+    full.pop("XKSPROXY_METRICS_DIR", None)
+    full.pop("XKSPROXY_RELOAD_FILE", None)
+    full.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "launch_with_ops.py"), str(config_path),
+         f"127.0.0.1:{port}", f"127.0.0.1:{mport}", str(workers)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=full)
+    srv = Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{port}",
+                 f"http://127.0.0.1:{mport}/metrics")
+    ready: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            srv.lines.append(line.rstrip("\n"))
+            if "listening on" in line:
+                ready.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ready.get(timeout=0.2)
+            return srv
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+    srv.stop()
+    raise RuntimeError("server did not start:\n" + srv.output()[-3000:])
