@@ -1,0 +1,135 @@
+"""Per-request cost of the ASGI app itself, without any server: µs/op per operation + a profile.
+
+Why: a server benchmark says *that* Encrypt is slower than /ping, not *where* the time goes. This
+drives ``xksproxy.app:create_app`` in-process (lifespan, HSM pools, observers: the real thing, on
+a throw-away embedded state dir) with pre-signed requests and prints µs per call and, with
+``--profile OP``, the top functions by cumulative and own time.
+
+    python -m loadtest.profile_app             # µs/op: ping, health, metadata, encrypt, decrypt
+    python -m loadtest.profile_app --profile encrypt --count 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loadtest.embedded_server import init_state
+from loadtest.xks_requests import Prepared, decrypt_body, prepare, target_from_env
+
+HOST = "127.0.0.1:8443"
+REPORT = sys.stdout  # figures go here; fd 1 (the app's request log) goes to /dev/null
+
+
+def scope_of(req: Prepared) -> dict:
+    headers = [(b"host", HOST.encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in req.headers.items()]
+    headers.append((b"content-length", str(len(req.body)).encode()))
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": req.method, "scheme": "https", "path": req.path,
+        "raw_path": req.path.encode(), "query_string": b"", "root_path": "",
+        "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8443),
+    }
+
+
+async def call(app, req: Prepared) -> tuple[int, bytes]:
+    sent: list[dict] = []
+    body_msg = {"type": "http.request", "body": req.body, "more_body": False}
+
+    async def receive() -> dict:
+        return body_msg
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    await app(scope_of(req), receive, send)
+    return sent[0]["status"], sent[1].get("body", b"")
+
+
+async def lifespan(app):
+    q: asyncio.Queue = asyncio.Queue()
+    out: asyncio.Queue = asyncio.Queue()
+    await q.put({"type": "lifespan.startup"})
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}},
+                                   q.get, out.put))
+    msg = await out.get()
+    if msg["type"] != "lifespan.startup.complete":
+        raise SystemExit(f"startup failed: {msg}")
+    return q, out, task
+
+
+async def amain(args: argparse.Namespace, state: Path) -> None:
+    os.environ["XKSPROXY_CONFIG"] = str(state / "xksproxy.toml")
+    os.environ["XKS_STATE_DIR"] = str(state)
+    from xksproxy.app import create_app
+
+    app = create_app()
+    q, _out, task = await lifespan(app)
+    target = target_from_env(f"https://{HOST}")
+    enc = prepare(target, "encrypt")
+    status, body = await call(app, enc)
+    assert status == 200, body
+    reqs = {
+        "ping": prepare(target, "ping"),
+        "health": prepare(target, "health"),
+        "metadata": prepare(target, "metadata"),
+        "encrypt": enc,
+        "decrypt": prepare(target, "decrypt", decrypt_body(json.loads(body))),
+    }
+    for op, req in reqs.items():
+        for _ in range(200):
+            await call(app, req)
+        t0 = time.perf_counter()
+        for _ in range(args.count):
+            status, _b = await call(app, req)
+        dt = time.perf_counter() - t0
+        print(f"{op:9s} {dt / args.count * 1e6:8.1f} µs/op  (status {status})", file=REPORT,
+              flush=True)
+    if args.profile:
+        req = reqs[args.profile]
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.count):
+            await call(app, req)
+        prof.disable()
+        for key in ("cumulative", "tottime"):
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats(key).print_stats(args.top)
+            print(s.getvalue(), file=REPORT, flush=True)
+    await q.put({"type": "lifespan.shutdown"})
+    await task
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.profile_app", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=3000)
+    p.add_argument("--profile", choices=["ping", "health", "metadata", "encrypt", "decrypt"])
+    p.add_argument("--top", type=int, default=25)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state"
+        init_state(state)
+        # The request log goes to stdout; send it where a log shipper would (not the terminal).
+        global REPORT
+        REPORT = os.fdopen(os.dup(1), "w")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        asyncio.run(amain(args, state))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
