@@ -12,7 +12,8 @@ import argparse
 import importlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -102,6 +103,21 @@ def _hsm_config(config: Any, name: str | None):  # -> hsm.HsmConfig
     _fail(f"no [[hsm]] named {name!r} in the configuration (have: {names})", EXIT_USAGE)
 
 
+@contextmanager
+def _module_errors(cfg: Any) -> Iterator[None]:
+    """A PKCS#11 module that cannot be loaded is an operator problem: say which and why."""
+    try:
+        yield
+    except OSError as exc:
+        hint = ""
+        if not Path(cfg.module).exists():
+            hint = " (file not found"
+            if "softhsm" in cfg.module.lower():
+                hint += "; install SoftHSMv2 with: apt-get install softhsm2"
+            hint += ")"
+        _fail(f"[[hsm]] {cfg.name}: cannot use PKCS#11 module {cfg.module}{hint}: {exc}", 1)
+
+
 def _uri_path(prefix: str) -> str:
     return prefix + embedded.XKS_SUFFIX
 
@@ -181,40 +197,42 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     from hsm import admin
 
-    keys = sorted(admin.list_keys(cfg), key=lambda k: k.label)
-    if args.json:
-        _out(
-            json.dumps(
-                [
-                    {
-                        "id": k.label,
-                        "usage": embedded.usage_text(k.usage).split(", ") if k.usage else [],
-                        "health_key": k.label == cfg.health_key_label,
-                    }
-                    for k in keys
-                ]
+    with _module_errors(cfg):
+        keys = sorted(admin.list_keys(cfg), key=lambda k: k.label)
+        if args.json:
+            _out(
+                json.dumps(
+                    [
+                        {
+                            "id": k.label,
+                            "usage": embedded.ordered_usage(k.usage),
+                            "health_key": k.label == cfg.health_key_label,
+                        }
+                        for k in keys
+                    ]
+                )
             )
-        )
+            return EXIT_OK
+        width = max([len(k.label) for k in keys] + [2])
+        _out(f"{'ID':<{width}}  USAGE")
+        for k in keys:
+            note = "  (health test key)" if k.label == cfg.health_key_label else ""
+            _out(f"{k.label:<{width}}  {embedded.usage_text(k.usage)}{note}")
         return EXIT_OK
-    width = max([len(k.label) for k in keys] + [2])
-    _out(f"{'ID':<{width}}  USAGE")
-    for k in keys:
-        note = "  (health test key)" if k.label == cfg.health_key_label else ""
-        _out(f"{k.label:<{width}}  {embedded.usage_text(k.usage)}{note}")
-    return EXIT_OK
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     from hsm import admin
 
-    _check_key_id(args.id)
-    if any(k.label == args.id for k in admin.list_keys(cfg)):
-        _fail(f"a key labelled {args.id!r} already exists on token {cfg.token_label!r}", 1)
-    usage = USAGES[args.usage]
-    admin.create_key(cfg, args.id, usage)
-    _out(f"created key {args.id} on {cfg.name} (usage: {embedded.usage_text(usage)})")
-    return EXIT_OK
+    with _module_errors(cfg):
+        _check_key_id(args.id)
+        if any(k.label == args.id for k in admin.list_keys(cfg)):
+            _fail(f"a key labelled {args.id!r} already exists on token {cfg.token_label!r}", 1)
+        usage = USAGES[args.usage]
+        admin.create_key(cfg, args.id, usage)
+        _out(f"created key {args.id} on {cfg.name} (usage: {embedded.usage_text(usage)})")
+        return EXIT_OK
 
 
 def _check_key_id(key_id: str) -> None:
@@ -233,17 +251,18 @@ def cmd_keys_delete(args: argparse.Namespace) -> int:
     cfg = _hsm_config(_load(_config_path(args)), args.hsm)
     from hsm import admin
 
-    if args.id == cfg.health_key_label and not args.force:
-        _fail(
-            f"{args.id!r} is the health test key: GetHealthStatus needs it. "
-            "Pass --force to delete it anyway.",
-            EXIT_USAGE,
-        )
-    if not any(k.label == args.id for k in admin.list_keys(cfg)):
-        _fail(f"no key labelled {args.id!r} on token {cfg.token_label!r}", EXIT_FAILURE)
-    admin.delete_key(cfg, args.id)
-    _out(f"deleted key {args.id} from {cfg.name}")
-    return EXIT_OK
+    with _module_errors(cfg):
+        if args.id == cfg.health_key_label and not args.force:
+            _fail(
+                f"{args.id!r} is the health test key: GetHealthStatus needs it. "
+                "Pass --force to delete it anyway.",
+                EXIT_USAGE,
+            )
+        if not any(k.label == args.id for k in admin.list_keys(cfg)):
+            _fail(f"no key labelled {args.id!r} on token {cfg.token_label!r}", EXIT_FAILURE)
+        admin.delete_key(cfg, args.id)
+        _out(f"deleted key {args.id} from {cfg.name}")
+        return EXIT_OK
 
 
 def cmd_credentials_new(args: argparse.Namespace) -> int:

@@ -397,11 +397,15 @@ def init(state_dir: Path | None = None) -> InitResult:
     )
 
 
-def usage_text(usage: Iterable[str]) -> str:
-    """ "ENCRYPT, DECRYPT" in a stable order, or "none"."""
+def ordered_usage(usage: Iterable[str]) -> list[str]:
+    """Usage names in the order KMS lists them (ENCRYPT before DECRYPT ...), then any others."""
     order = ["ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE"]
-    items = sorted(usage, key=lambda u: (order.index(u) if u in order else len(order), u))
-    return ", ".join(items) if items else "none"
+    return sorted(usage, key=lambda u: (order.index(u) if u in order else len(order), u))
+
+
+def usage_text(usage: Iterable[str]) -> str:
+    """ "ENCRYPT, DECRYPT", or "none" for a key that may do nothing."""
+    return ", ".join(ordered_usage(usage)) or "none"
 
 
 def summary(result: InitResult) -> str:

@@ -67,3 +67,15 @@ def test_invalid_key_id_is_refused(initialised, cli):
     r = cli("keys", "create", "bad id!", "--state-dir", str(initialised))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
+
+
+def test_unloadable_pkcs11_module_is_reported_without_a_traceback(initialised, cli):
+    text = (initialised / "xksproxy.toml").read_text()
+    bad = initialised / "bad-module.toml"
+    bad.write_text(text.replace("libsofthsm2.so", "libsofthsm2-missing.so"))
+    bad.chmod(0o600)
+    r = cli("keys", "list", "--config", str(bad))
+    assert r.returncode == 1
+    assert "libsofthsm2-missing.so" in r.stderr
+    assert "apt-get install softhsm2" in r.stderr
+    assert "Traceback" not in r.stderr
