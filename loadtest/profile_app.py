@@ -76,6 +76,8 @@ async def amain(args: argparse.Namespace, state: Path) -> None:
     from xksproxy.app import create_app
 
     app = create_app()
+    if args.no_observers:  # what the request log, audit and metrics cost per request
+        app.observers.clear()
     q, _out, task = await lifespan(app)
     target = target_from_env(f"https://{HOST}")
     enc = prepare(target, "encrypt")
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--profile", choices=["ping", "health", "metadata", "encrypt", "decrypt"])
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--no-observers", action="store_true",
+                   help="drop the app's observers (request log, audit, metrics) to price them")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
