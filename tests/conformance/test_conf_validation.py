@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 
 import pytest
@@ -257,3 +258,49 @@ def test_get_with_valid_signature_is_405(boto, stores):
     url = boto.base_url + s.health_path
     headers = botocore_headers(url, b"", s.creds[0], method="GET")
     assert_json_error(boto.raw("GET", s.health_path, None, headers), 405, None)
+
+
+def test_key_id_one_char_is_well_formed(boto, stores):
+    s = stores["demo"]
+    assert_json_error(boto.post(s.key_path("k", "metadata"), metadata_body(), s.creds[0]), 404,
+                      "KeyNotFoundException")
+
+
+@pytest.mark.parametrize("request_id", ["x", "not a uuid !@#$%^&*()", "\u00fcnicode-\u2603",
+                                        "r" * 1000, ""])
+def test_kms_request_id_is_opaque(boto, stores, request_id):
+    """kmsRequestId: never validate its shape (spec: MUST treat it as an opaque string)."""
+    s = stores["demo"]
+    body = metadata_body()
+    body["requestMetadata"]["kmsRequestId"] = request_id
+    assert_ok(boto.post(s.key_path("demo", "metadata"), body, s.creds[0]))
+
+
+def exact_size_body(size: int) -> bytes:
+    """A valid Encrypt body of exactly ``size`` bytes (padded with an unknown field)."""
+    body = encrypt_body(b"x")
+    body["padding"] = ""
+    base = len(json.dumps(body).encode())
+    body["padding"] = "A" * (size - base)
+    data = json.dumps(body).encode()
+    assert len(data) == size
+    return data
+
+
+def test_body_exactly_max_body_bytes_accepted(boto, stores):
+    s = stores["demo"]
+    assert_ok(boto.post(s.key_path("demo", "encrypt"), exact_size_body(262144), s.creds[0]))
+
+
+def test_body_one_over_max_body_bytes_rejected(boto, stores):
+    s = stores["demo"]
+    assert_json_error(boto.post(s.key_path("demo", "encrypt"), exact_size_body(262145),
+                                s.creds[0]), 400, "ValidationException")
+
+
+def test_decrypt_ciphertext_over_configured_maximum_is_unsupported(boto, sealed):
+    s, enc = sealed
+    body = decrypt_body(enc)
+    body["ciphertext"] = b64(secrets.token_bytes(65537))
+    assert_json_error(boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 501,
+                      "UnsupportedOperationException")
