@@ -109,13 +109,15 @@ def _module_errors(cfg: Any) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        hint = ""
-        if not Path(cfg.module).exists():
-            hint = " (file not found"
-            if "softhsm" in cfg.module.lower():
-                hint += "; install SoftHSMv2 with: apt-get install softhsm2"
-            hint += ")"
-        _fail(f"[[hsm]] {cfg.name}: cannot use PKCS#11 module {cfg.module}{hint}: {exc}", 1)
+        _fail(_module_problem(cfg, exc), EXIT_FAILURE)
+
+
+def _module_problem(cfg: Any, exc: BaseException | None = None) -> str:
+    where = f"[[hsm]] {cfg.name}: PKCS#11 module {cfg.module}"
+    if Path(cfg.module).exists():
+        return f"{where} cannot be used: {exc}"
+    hint = "; install SoftHSMv2 with: apt-get install softhsm2" if "softhsm" in cfg.module else ""
+    return f"{where} not found{hint}"
 
 
 def _uri_path(prefix: str) -> str:
@@ -172,7 +174,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         result = _run_init(args.state_dir)
         _out(embedded.summary(result))
         path = result.config_path
-    _load(path)  # precise config errors (exit 2) before the server starts any worker
+    config = _load(path)  # precise config errors (exit 2) before the server starts any worker
+    for h in config.hsms:  # a missing module would otherwise surface as a worker crash loop
+        if not Path(h.module).exists():
+            _fail(_module_problem(h), EXIT_FAILURE)
     server = _optional("xksproxy.server", "serve", "serve")
     from xksproxy.config import ConfigError
 

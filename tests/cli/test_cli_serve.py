@@ -121,3 +121,14 @@ def test_serve_refuses_a_broken_config_before_starting(tmp_path: Path, cli):
     assert r.returncode == 2
     assert str(bad) in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_serve_with_a_missing_pkcs11_module_says_so_and_does_not_start(initialised, cli):
+    text = (initialised / "xksproxy.toml").read_text()
+    bad = initialised / "bad-module.toml"
+    bad.write_text(text.replace("libsofthsm2.so", "libsofthsm2-missing.so"))
+    bad.chmod(0o600)
+    r = cli("serve", "--config", str(bad), "--plain-http", "--bind", "127.0.0.1:0")
+    assert r.returncode == 1
+    assert "libsofthsm2-missing.so" in r.stderr and "apt-get install softhsm2" in r.stderr
+    assert "listening" not in r.stdout
