@@ -69,6 +69,8 @@ CKR_AEAD_DECRYPT_FAILED = 0x1B3  # PKCS#11 3.0
 # --- other constants ---------------------------------------------------------------------
 CKF_OS_LOCKING_OK = 0x2
 CKU_USER = 1
+CKS_RO_USER_FUNCTIONS = 1
+CKS_RW_USER_FUNCTIONS = 3
 CKO_SECRET_KEY = 4
 CKK_AES = 0x1F
 CKM_AES_GCM = 0x1087

@@ -98,6 +98,16 @@ def _read_attributes(fl: _ck.FunctionList, session: int, handle: int) -> dict[in
     return result
 
 
+def ensure_logged_in(fl: _ck.FunctionList, session: int) -> None:
+    """Raise a session-level CkError unless ``session`` is open and in a user state."""
+    info = _ck.CK_SESSION_INFO()
+    rv = fl.C_GetSessionInfo(session, byref(info))
+    if rv != _ck.CKR_OK:
+        raise CkError(rv, "C_GetSessionInfo")
+    if info.state not in (_ck.CKS_RO_USER_FUNCTIONS, _ck.CKS_RW_USER_FUNCTIONS):
+        raise CkError(_ck.CKR_USER_NOT_LOGGED_IN, "C_GetSessionInfo (session not logged in)")
+
+
 def read_id(fl: _ck.FunctionList, session: int, handle: int) -> bytes:
     """CKA_ID (empty if the key has none): tells a replaced key from the one we cached."""
     attr = (_ck.CK_ATTRIBUTE * 1)(_ck.CK_ATTRIBUTE(_ck.CKA_ID, None, 0))
@@ -118,6 +128,9 @@ def resolve(fl: _ck.FunctionList, session: int, label: str) -> ResolvedKey:
     """Find the one 32-byte AES secret key labelled ``label`` or raise KeyNotFound."""
     handles = find_handles(fl, session, label)
     if not handles:
+        # Private keys are invisible to a session that is not logged in (e.g. the token was
+        # logged out by C_CloseAllSessions a moment ago): only a logged-in "not found" is real.
+        ensure_logged_in(fl, session)
         raise KeyNotFound(f"no secret key labelled {label!r} on the token")
     if len(handles) > 1:
         raise KeyNotFound(

@@ -14,6 +14,7 @@ itself (its ``unload``/dealloc only finalise when that flag is set). Finalising 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -48,6 +49,19 @@ class _OsLockingLib(_pkcs11.lib):  # type: ignore[misc]
             raise HsmUnavailable(f"C_Initialize failed: {_ck.rv_name(rv)}")
 
 
+def _needs_serialising(manufacturer_id: str) -> bool:
+    """SoftHSMv2 is thread-safe under OS locking *until someone calls C_Finalize*: its singleton
+    is then deleted under running calls and lazily re-created without a lock, so concurrent
+    calls at that moment crash the process (seen: SIGSEGV in C_EncryptInit with 4 worker threads
+    and an external C_Finalize). A local software token is CPU-bound, so running its calls one at
+    a time costs little and turns that crash into an ordinary, recoverable CKR error. Override
+    with XKSPROXY_PKCS11_SERIALIZE=0/1."""
+    forced = os.environ.get("XKSPROXY_PKCS11_SERIALIZE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return manufacturer_id.strip().startswith("SoftHSM")
+
+
 def _make_lib(path: str, functions: _ck.FunctionList) -> Any:
     cls = type("_OsLockingLibForModule", (_OsLockingLib,), {"_functions": functions})
     return cls(path)
@@ -64,6 +78,10 @@ class Module:
         self.generation = 1  # bumped by every re-initialisation
         self.refs = 0
         self._lock = threading.Lock()
+        self.serialize = _needs_serialising(self.lib.manufacturer_id)
+        # Held around every pool operation when ``serialize`` is set (see _needs_serialising).
+        self.call_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self.serialize else contextlib.nullcontext())
 
     def reinitialize(self) -> None:
         """Finalise (ignoring errors: the module may already be gone) and initialise again."""

@@ -364,23 +364,31 @@ class HsmPool:
 
     # ------------------------------------------------------------------ execution + recovery
     def _execute(self, sess: _Session, op: Callable[[_Session], T]) -> T:
-        """Run ``op`` on ``sess``; replace the session / re-resolve keys once; map errors."""
+        """Run ``op`` on ``sess``; map errors.
+
+        At most one session replacement and one key re-resolution per call: a token logged out
+        behind our back (C_CloseAllSessions) first kills the session, then, once logged in again,
+        invalidates the private objects' handles, so both retries can be needed in sequence.
+        """
         mod = self._module
         assert mod is not None
-        for attempt in (0, 1):
-            if sess.handle is None or sess.generation != mod.generation:
-                self._replace(sess)
+        session_retry = key_retry = True
+        while True:
             try:
-                return op(sess)
+                with mod.call_lock:
+                    if sess.handle is None or sess.generation != mod.generation:
+                        self._replace(sess)
+                    return op(sess)
             except CkError as exc:
-                if attempt == 0 and exc.fault is Fault.STALE_KEY:
+                if key_retry and exc.fault is Fault.STALE_KEY:
+                    key_retry = False
                     self._keys.clear()
                     continue
-                if attempt == 0 and exc.fault is Fault.SESSION:
-                    self._replace(sess)
+                if session_retry and exc.fault is Fault.SESSION:
+                    session_retry = False
+                    sess.handle = self._closed_handle(sess)
                     continue
                 raise self._translate(exc) from None
-        raise AssertionError("unreachable")
 
     def _translate(self, exc: CkError) -> HsmError:
         if exc.fault is Fault.MODULE:
@@ -401,6 +409,14 @@ class HsmPool:
         session = mod.open_session(self._token, self.config.pin)
         sess.handle = session.handle
         sess.generation = generation
+
+    def _closed_handle(self, sess: _Session) -> None:
+        """Forget a broken session (best-effort close); the next attempt opens a new one."""
+        mod = self._module
+        if sess.handle is not None and mod is not None:
+            with mod.call_lock:
+                mod.functions.C_CloseSession(sess.handle)
+        return None
 
     def _replace(self, sess: _Session) -> None:
         """Close (best effort) and reopen one session; a failure means the module is down."""
@@ -439,13 +455,14 @@ class HsmPool:
         delay = BACKOFF_START_S
         while not self._closed.is_set():
             try:
-                if mod.generation == fault_generation:
-                    mod.reinitialize()  # else: another pool on this module already did
-                self._keys.clear()
-                self._token = mod.find_token(self.config.token_label)
-                for sess in self._sessions:
-                    sess.handle = None  # the old handles died with the old initialisation
-                    self._open(sess)
+                with mod.call_lock:
+                    if mod.generation == fault_generation:
+                        mod.reinitialize()  # else: another pool on this module already did
+                    self._keys.clear()
+                    self._token = mod.find_token(self.config.token_label)
+                    for sess in self._sessions:
+                        sess.handle = None  # the old handles died with the old initialisation
+                        self._open(sess)
             except HsmError as exc:
                 self._last_error = f"recovery attempt failed: {exc}"
                 fault_generation = mod.generation

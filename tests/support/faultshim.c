@@ -105,7 +105,7 @@ typedef uintptr_t U;
     return ((CK_RV (*)(U, U, U, U, U, U, U, U))real_list->f[i])(a, b, d, e, g, h, j, k); }
 
 /* index, arity and whether the call counts as "crypto" (delayed in delay mode) */
-W1(0, 0)  W1(1, 0)  W1(2, 0)  /* 3: C_GetFunctionList, not wrapped */
+W1(0, 0)  W1(1, 0)  /* 2: C_GetInfo, 3: C_GetFunctionList, below */
 W3(4, 0)  W2(5, 0)  W2(6, 0)  W3(7, 0)  W3(8, 0)  W4(9, 0)  W3(10, 0) W5(11, 0)
 W5(12, 0) W1(13, 0) W1(14, 0) W2(15, 0) W3(16, 0) W5(17, 0) W4(18, 0) W1(19, 0)
 W4(20, 0) W5(21, 0) W2(22, 0) W3(23, 0) W4(24, 0) W4(25, 0) W3(26, 0) W4(27, 0)
@@ -114,6 +114,20 @@ W3(36, 1) W2(37, 0) W5(38, 1) W3(39, 1) W2(40, 1) W3(41, 1) W3(42, 0) W5(43, 1)
 W3(44, 1) W3(45, 1) W3(46, 0) W5(47, 1) W3(48, 0) W5(49, 1) W3(50, 1) W3(51, 1)
 W3(52, 0) W5(53, 1) W5(54, 1) W5(55, 1) W5(56, 1) W5(57, 1) W5(58, 1) W8(59, 1)
 W6(60, 1) W8(61, 1) W6(62, 1) W3(63, 0) W3(64, 1) W1(65, 0) W1(66, 0) W3(67, 0)
+
+/* C_GetInfo reports the shim as manufacturer, so the pool treats it as an ordinary (network-like)
+ * module and does not apply its SoftHSMv2-specific call serialisation. */
+static CK_RV w2(U info) {
+    if (gate(0)) return CKR_DEVICE_ERROR;
+    CK_RV rv = ((CK_RV (*)(U))real_list->f[2])(info);
+    if (rv == CKR_OK && info) {
+        static const char name[] = "xksproxy faultshim";
+        unsigned char *id = (unsigned char *)info + 2; /* after CK_VERSION cryptokiVersion */
+        memset(id, ' ', 32);
+        memcpy(id, name, sizeof name - 1);
+    }
+    return rv;
+}
 
 CK_RV C_GetFunctionList(function_list **out);
 
