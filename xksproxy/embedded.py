@@ -13,6 +13,7 @@ config or secret behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -335,9 +336,23 @@ def _resolve_secret(ref: str, base: Path) -> str:
 
 
 def init(state_dir: Path | None = None) -> InitResult:
-    """Bring `state_dir` to the embedded default; see the module docstring for the rules."""
+    """Bring `state_dir` to the embedded default; see the module docstring for the rules.
+
+    Two inits on one directory at once (say, two `serve` started together) take turns on a lock
+    file: otherwise both could create the same demo key twice or pair one's secret with the
+    other's access key id.
+    """
     state_dir = Path(state_dir or default_state_dir()).expanduser().absolute()
     private_dir(state_dir)
+    fd = os.open(state_dir / ".init.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _init_locked(state_dir)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _init_locked(state_dir: Path) -> InitResult:
     secrets_dir = private_dir(state_dir / "secrets")
     tls_dir = private_dir(state_dir / "tls")
     audit_dir = private_dir(state_dir / "audit")

@@ -175,3 +175,17 @@ def test_generated_config_sets_every_option_of_the_reference(initialised):
     reference = tomllib.loads((Path(__file__).parents[2] / "conf" / "xksproxy.toml").read_text())
     generated = tomllib.loads((initialised / "xksproxy.toml").read_text())
     assert _shape(generated) == _shape(reference)
+
+
+def test_concurrent_inits_agree_on_one_credential_and_one_key_each(state_dir, cli):
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        runs = list(pool.map(lambda _: cli("init", "--state-dir", str(state_dir)), range(3)))
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    assert sum("already initialised" not in r.stdout for r in runs) == 1
+    console = json.loads((state_dir / "kms-console.json").read_text())
+    assert json.loads(cli("kms-config", "--state-dir", str(state_dir)).stdout) == console
+    listed = json.loads(cli("keys", "list", "--json", "--state-dir", str(state_dir)).stdout)
+    ids = [k["id"] for k in listed]
+    assert sorted(ids) == sorted(set(ids))
