@@ -96,7 +96,10 @@ def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients:
     """One bounded h2load run of one pre-signed request; percentiles from its request log."""
     log = workdir / "h2load.log"
     log.unlink(missing_ok=True)
-    cmd = ["h2load", "-D", f"{duration:g}", "--warm-up-time", "1", "-c", str(clients), "-t", "1",
+    # Same number of requests in flight on both protocols: h1 `clients` connections, h2
+    # clients/streams connections with `streams` streams each.
+    conns = clients if h1 else max(1, clients // streams)
+    cmd = ["h2load", "-D", f"{duration:g}", "--warm-up-time", "1", "-c", str(conns), "-t", "1",
            "-m", str(1 if h1 else streams), f"--log-file={log}"]
     if h1:
         cmd.append("--h1")
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default="h1,h2")
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--duration", type=float, default=5.0, help=f"seconds per run (≤ {MAX_RUN_S})")
-    p.add_argument("--clients", type=int, default=32, help="h2load connections")
+    p.add_argument("--clients", type=int, default=32,
+                   help="requests in flight (h1: connections; h2: clients/streams connections)")
     p.add_argument("--streams", type=int, default=4, help="HTTP/2 streams per connection")
     p.add_argument("--workers", type=int, help="server workers (default: config = cores)")
     args = p.parse_args(argv)
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--duration must be in (0, {MAX_RUN_S}]")
     if shutil.which("h2load") is None:
         p.error("h2load not found (apt-get install nghttp2-client)")
-    print(f"h2load: -c {args.clients} -t 1, HTTP/2 -m {args.streams}, HTTP/1.1 -m 1, "
+    print(f"h2load: {args.clients} in flight (HTTP/1.1 -c {args.clients}; HTTP/2 "
+          f"-c {max(1, args.clients // args.streams)} -m {args.streams}), -t 1, "
           f"-D {args.duration:g}s after 1 s warm-up; workers={args.workers or 'default'}")
     print_header()
     with tempfile.TemporaryDirectory() as tmp:

@@ -120,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--profile", choices=["ping", "health", "metadata", "encrypt", "decrypt"])
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--state-dir", type=Path,
+                   help="an existing (or new) state dir, e.g. with an edited xksproxy.toml")
     p.add_argument("--no-observers", action="store_true",
                    help="drop the app's observers (request log, audit, metrics) to price them")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp) / "state"
+        state = args.state_dir or Path(tmp) / "state"
         init_state(state)
         # The request log goes to stdout; send it where a log shipper would (not the terminal).
         global REPORT
