@@ -47,6 +47,8 @@ ALLOWED_USAGE = {"ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERI
 SENSITIVE: list[tuple[str, bytes]] = []
 # kmsRequestIds of requests that passed authentication and parsing: each logged exactly once.
 LOGGED_REQUEST_IDS: list[str] = []
+# SigV4 signatures the suite sent (a sample): Authorization headers must never be logged.
+SIGNATURES: list[str] = []
 # kmsRequestIds of requests a deny rule refused: the log must name the rule (xks-spec §8).
 DENIED_REQUEST_IDS: list[str] = []
 
@@ -280,6 +282,8 @@ class BotocoreClient:
         data = _as_bytes(body)
         signed = botocore_headers(self.base_url + path, data, cred, region=region,
                                   service=service, headers=headers, at=at)
+        if len(SIGNATURES) < 500:
+            SIGNATURES.append(signed["Authorization"].rsplit("Signature=", 1)[-1])
         if mutate is not None:
             signed, data = mutate(signed, data)
         return self.raw("POST", path, data, signed)
@@ -376,6 +380,9 @@ def assert_json_error(reply: Reply, status: int, name: str | set[str] | None) ->
         assert doc["errorName"] == name, f"expected {name}, got {reply.describe()}"
     elif name is not None:
         assert doc["errorName"] in name, f"expected one of {name}, got {reply.describe()}"
+    for label, value in SENSITIVE[-50:]:  # the values this request may have carried
+        for form in (value[:30], base64.b64encode(value[:30])[:40]):
+            assert len(form) < 16 or form not in reply.body, f"error body echoes {label}"
     if "errorMessage" in doc:
         msg = doc["errorMessage"]
         assert isinstance(msg, str), doc

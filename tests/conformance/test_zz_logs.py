@@ -13,7 +13,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conformance_helpers import DENIED_REQUEST_IDS, LOGGED_REQUEST_IDS, PRINCIPAL, SENSITIVE
+from conformance_helpers import (
+    DENIED_REQUEST_IDS,
+    LOGGED_REQUEST_IDS,
+    PRINCIPAL,
+    SENSITIVE,
+    SIGNATURES,
+)
 from server_harness import run_cli
 
 SKIP_DIRS = {"secrets", "tokens", "softhsm", "tls"}
@@ -64,6 +70,7 @@ def test_no_plaintext_aad_or_secret_in_logs(stopped, state):
         pin = pin_file.read_text().strip()
         if len(pin) >= 6:
             values.append((f"pin:{pin_file.name}", pin.encode()))
+    values += [(f"sigv4-signature-{i}", s.encode()) for i, s in enumerate(SIGNATURES)]
     hits = []
     for path in files:
         data = path.read_bytes()
