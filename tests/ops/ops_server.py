@@ -79,3 +79,23 @@ def start(config_path: Path, *, workers: int = 2, env: dict[str, str] | None = N
                 break
     srv.stop()
     raise RuntimeError("server did not start:\n" + srv.output()[-3000:])
+
+
+def assert_clean_and_chained(srv: Server, config_path: Path, plaintexts: list[bytes]) -> int:
+    """After ``srv`` stopped: no plaintext (raw or base64) in its output or any audit file, and
+    the audit files (rotated ones included) form one intact chain. Returns the record count."""
+    import base64
+
+    from xksproxy.audit import verify_files
+    from xksproxy.config import load_config
+
+    cfg = load_config(config_path)
+    audit_dir = cfg.audit.file.parent
+    files = sorted(p for p in audit_dir.iterdir() if p.suffix == ".log")
+    blobs = [srv.output().encode()] + [p.read_bytes() for p in files]
+    for pt in plaintexts:
+        for form in (pt, base64.b64encode(pt)):
+            assert not any(form in b for b in blobs), f"plaintext {pt!r} leaked"
+    res = verify_files(files, cfg.audit.key)
+    assert res.ok, res.message
+    return res.records
