@@ -15,11 +15,16 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from xksproxy import embedded
 
+if TYPE_CHECKING:
+    from hsm import HsmConfig
+    from xksproxy.config import Config, KeystoreConfig
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# The CLI's words for key usage (the same presets hsm.admin.create_key accepts by name).
 USAGES: dict[str, frozenset[str]] = {
     "encrypt-decrypt": frozenset({"ENCRYPT", "DECRYPT"}),
     "encrypt": frozenset({"ENCRYPT"}),
@@ -79,7 +84,7 @@ def _config_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def _load(path: Path):  # -> xksproxy.config.Config
+def _load(path: Path) -> Config:
     """Load and validate a config; ConfigError becomes a usage/config error (exit 2)."""
     from xksproxy.config import ConfigError, load_config
 
@@ -91,7 +96,7 @@ def _load(path: Path):  # -> xksproxy.config.Config
         _fail(f"{path}: cannot read the configuration: {exc.strerror}", EXIT_USAGE)
 
 
-def _hsm_config(config: Any, name: str | None):  # -> hsm.HsmConfig
+def _hsm_config(config: Config, name: str | None) -> HsmConfig:
     if not config.hsms:
         _fail("the configuration has no [[hsm]] table", EXIT_USAGE)
     if name is None:
@@ -104,7 +109,7 @@ def _hsm_config(config: Any, name: str | None):  # -> hsm.HsmConfig
 
 
 @contextmanager
-def _module_errors(cfg: Any) -> Iterator[None]:
+def _module_errors(cfg: HsmConfig) -> Iterator[None]:
     """A PKCS#11 module that cannot be loaded is an operator problem: say which and why."""
     try:
         yield
@@ -112,7 +117,7 @@ def _module_errors(cfg: Any) -> Iterator[None]:
         _fail(_module_problem(cfg, exc), EXIT_FAILURE)
 
 
-def _module_problem(cfg: Any, exc: BaseException | None = None) -> str:
+def _module_problem(cfg: HsmConfig, exc: BaseException | None = None) -> str:
     where = f"[[hsm]] {cfg.name}: PKCS#11 module {cfg.module}"
     if Path(cfg.module).exists():
         return f"{where} cannot be used: {exc}"
@@ -124,7 +129,7 @@ def _uri_path(prefix: str) -> str:
     return prefix + embedded.XKS_SUFFIX
 
 
-def _find_keystore(config: Any, wanted: str | None):  # -> KeystoreConfig
+def _find_keystore(config: Config, wanted: str | None) -> KeystoreConfig:
     """A store by path prefix ("/demo") or name ("demo"); the only/first store when not given."""
     stores = config.keystores
     if not stores:

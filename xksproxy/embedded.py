@@ -23,8 +23,13 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sigv4
+
+if TYPE_CHECKING:
+    from hsm import HsmConfig
+    from hsm.softhsm import ProvisionedToken
 
 DEMO_KEYSTORE = "demo"
 DEMO_PREFIX = "/demo"
@@ -251,7 +256,7 @@ def _softhsm_missing_message(what: str | os.PathLike[str] | None) -> str:
     )
 
 
-def _provision(state_dir: Path):  # -> hsm.softhsm.ProvisionedToken
+def _provision(state_dir: Path) -> ProvisionedToken:
     """Provision the token, turning a missing SoftHSMv2 into an actionable message."""
     try:
         from hsm import softhsm
@@ -273,20 +278,7 @@ def _provision(state_dir: Path):  # -> hsm.softhsm.ProvisionedToken
     return token
 
 
-def _hsm_config(token, pin: str):  # -> hsm.HsmConfig
-    from hsm import HsmConfig
-
-    return HsmConfig(
-        name=HSM_NAME,
-        module=str(token.module_path),
-        token_label=TOKEN_LABEL,
-        pin=pin,
-        health_key_label=HEALTH_KEY_LABEL,
-        env={"SOFTHSM2_CONF": str(token.conf_path)},
-    )
-
-
-def _ensure_keys(cfg) -> tuple[dict[str, frozenset[str]], list[str]]:
+def _ensure_keys(cfg: HsmConfig) -> tuple[dict[str, frozenset[str]], list[str]]:
     """Health key plus the four demo keys, each created only if missing. Returns usage, created."""
     from hsm import admin
 
@@ -360,8 +352,7 @@ def _init_locked(state_dir: Path) -> InitResult:
     console_path = state_dir / CONSOLE_NAME
 
     token = _provision(state_dir)
-    pin = _read_text(Path(token.user_pin_file))
-    keys, created_keys = _ensure_keys(_hsm_config(token, pin))
+    keys, created_keys = _ensure_keys(token.hsm_config(HSM_NAME, health_key_label=HEALTH_KEY_LABEL))
 
     audit_key = secrets_dir / "audit.key"
     if not audit_key.exists():
