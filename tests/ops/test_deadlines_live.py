@@ -22,7 +22,7 @@ from faultshim import FaultShim
 PATH = "/demo/kms/xks/v1/keys/demo/encrypt"
 DEADLINE_S = 0.150
 #: The proxy's own answer time (audit latencyMs, from request arrival in the app to the response):
-SERVER_MARGIN_S = 0.030
+SERVER_MARGIN_S = 0.100  # a starved worker on a shared CI box can overrun by tens of ms
 #: What the client sees also includes the test client itself and the socket on a shared 2-core CI
 #: machine running other suites; a generous margin keeps this check about "answered, not hung".
 CLIENT_MARGIN_S = 0.500
