@@ -118,11 +118,13 @@ class CK_MECHANISM(Structure):
 
 
 class CK_GCM_PARAMS(Structure):
+    # c_char_p fields take a bytes object directly (pointer to its buffer, no copy, reference kept
+    # by ctypes); a writable buffer can be assigned with ctypes.cast(buf, c_char_p).
     _fields_ = [
-        ("pIv", c_void_p),
+        ("pIv", c_char_p),
         ("ulIvLen", CK_ULONG),
         ("ulIvBits", CK_ULONG),
-        ("pAAD", c_void_p),
+        ("pAAD", c_char_p),
         ("ulAADLen", CK_ULONG),
         ("ulTagBits", CK_ULONG),
     ]

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import gcm, module
+from . import module
 from .classify import AMBIGUOUS_DECRYPT_RVS, CkError, Fault
 from .errors import (
     HsmError,
@@ -39,6 +39,7 @@ from .errors import (
     KeyUsageNotPermitted,
     SessionTimeout,
 )
+from .gcm import Gcm
 from .keys import KeyCache, ResolvedKey
 from .types import GcmResult, HsmConfig, KeyInfo, PoolStats, ProbeResult
 
@@ -54,14 +55,26 @@ DRAIN_WAIT_S = 30.0
 _HEALTH_AAD = b"xksproxy health probe"
 
 
+_forks_seen = 0  # bumped in every child after fork(): a pool from before the fork is unusable
+
+
+def _after_fork_in_child() -> None:
+    global _forks_seen
+    _forks_seen += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Session:
     """One PKCS#11 session; ``generation`` is the module generation it was opened under."""
 
-    __slots__ = ("generation", "handle", "index")
+    __slots__ = ("gcm", "generation", "handle", "index")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.handle: int | None = None
+        self.gcm: Gcm | None = None
         self.generation = 0
 
 
@@ -114,6 +127,7 @@ class HsmPool:
         self._workers: list[threading.Thread] = []
         self._closed = threading.Event()
         self._pid = 0
+        self._forks = -1
         self._recoveries = 0
         self._replacements = 0
         self._last_error: str | None = None
@@ -138,6 +152,7 @@ class HsmPool:
 
     def _start_sync(self) -> None:
         self._pid = os.getpid()
+        self._forks = _forks_seen
         self._module = module.acquire(self.config.module, self.config.env)
         try:
             self._token = self._module.find_token(self.config.token_label)
@@ -233,7 +248,7 @@ class HsmPool:
             if self._state == "stopped":
                 raise HsmUnavailable(f"HSM pool {self.config.name!r} is not started")
             raise HsmUnavailable(f"HSM {self.config.name!r} is recovering; try again shortly")
-        if self._pid != os.getpid():
+        if self._forks != _forks_seen:
             raise HsmUnavailable("HSM pool was created in another process; create it after fork")
 
     async def _run(self, op: Callable[[_Session], T], deadline: float) -> T:
@@ -292,8 +307,8 @@ class HsmPool:
                     return
             self._in_use -= 1
             self._free.append(sess)
-            if self._in_use == 0:
-                self._drained.notify_all()
+            if self._in_use == 0 and self._state != "ready":
+                self._drained.notify_all()  # recovery or close is waiting for the drain
 
     def _fail_waiters(self, exc: HsmError) -> None:
         loop = self._loop
@@ -358,7 +373,7 @@ class HsmPool:
             finally:
                 with self._lock:
                     self._in_use -= 1
-                    if self._in_use == 0:
+                    if self._in_use == 0 and self._state != "ready":
                         self._drained.notify_all()
             job.deliver(result, error)
 
@@ -408,6 +423,7 @@ class HsmPool:
         generation = mod.generation
         session = mod.open_session(self._token, self.config.pin)
         sess.handle = session.handle
+        sess.gcm = Gcm(mod.functions, session.handle)
         sess.generation = generation
 
     def _closed_handle(self, sess: _Session) -> None:
@@ -486,23 +502,20 @@ class HsmPool:
         key = self._key(sess, label)
         if "ENCRYPT" not in key.info.usage:
             raise KeyUsageNotPermitted(f"key {label!r} does not permit encryption")
-        fl = self._module.functions  # type: ignore[union-attr]
-        handle = sess.handle
-        assert handle is not None
-        iv = gcm.generate_random(fl, handle, IV_BYTES) if self.config.iv_source == "rng" else None
-        used_iv, ciphertext, tag = gcm.encrypt(fl, handle, key.handle, iv, aad, plaintext)
-        return GcmResult(used_iv, ciphertext, tag)
+        ctx = sess.gcm
+        assert ctx is not None
+        iv = ctx.random(IV_BYTES) if self.config.iv_source == "rng" else None
+        return GcmResult(*ctx.encrypt(key.handle, iv, aad, plaintext))
 
     def _decrypt(self, sess: _Session, label: str, iv: bytes, ciphertext: bytes, tag: bytes,
                  aad: bytes) -> bytes:
         key = self._key(sess, label)
         if "DECRYPT" not in key.info.usage:
             raise KeyUsageNotPermitted(f"key {label!r} does not permit decryption")
-        fl = self._module.functions  # type: ignore[union-attr]
-        handle = sess.handle
-        assert handle is not None
+        ctx = sess.gcm
+        assert ctx is not None
         try:
-            return gcm.decrypt(fl, handle, key.handle, iv, aad, ciphertext, tag)
+            return ctx.decrypt(key.handle, iv, aad, ciphertext, tag)
         except CkError as exc:
             ambiguous = exc.call == "C_Decrypt" and exc.rv in AMBIGUOUS_DECRYPT_RVS
             if ambiguous and self._module_sane(sess):
@@ -512,19 +525,18 @@ class HsmPool:
 
     def _module_sane(self, sess: _Session) -> bool:
         """After an ambiguous decrypt failure: does the module still work on this session?"""
-        fl = self._module.functions  # type: ignore[union-attr]
-        handle = sess.handle
-        assert handle is not None
+        ctx = sess.gcm
+        assert ctx is not None and self._module is not None
         try:
-            gcm.generate_random(fl, handle, 1)
-            key = self._keys.get(fl, handle, self.config.health_key_label)
+            ctx.random(1)
+            key = self._keys.get(self._module.functions, ctx.handle, self.config.health_key_label)
         except KeyNotFound:
             return True  # RNG works and there is no health key to check more deeply with
         except CkError:
             return False
         try:
-            iv, ct, tag = gcm.encrypt(fl, handle, key.handle, b"\x01" * IV_BYTES, b"", b"\x00")
-            return gcm.decrypt(fl, handle, key.handle, iv, b"", ct, tag) == b"\x00"
+            iv, ct, tag = ctx.encrypt(key.handle, b"\x01" * IV_BYTES, b"", b"\x00")
+            return ctx.decrypt(key.handle, iv, b"", ct, tag) == b"\x00"
         except CkError:
             return False
 

@@ -1,0 +1,161 @@
+"""HSM pool throughput and latency, next to a bare single-session loop measured in the same run.
+
+    .venv/bin/python loadtest/bench_hsm.py [--seconds 3] [--tasks 32] [--sessions 4]
+                                           [--slow-ms 2]
+
+Provisions a throw-away SoftHSMv2 token in a temp dir. Per operation (encrypt = RNG IV + AES-GCM
+encrypt, decrypt = AES-GCM decrypt; 32-byte plaintext, 64-byte AAD, i.e. an XKS data key):
+
+* bare:   one session, one thread, the same ctypes calls in a plain loop (no pool, no asyncio);
+* inline / threaded: HsmPool with ``--tasks`` concurrent asyncio tasks.
+
+With ``--slow-ms N`` the runs are repeated through the fault-injection shim (tests/support) adding
+N ms to every crypto call, i.e. a network HSM, where threaded mode should win by ~``sessions``x.
+Figures are ratios against the bare loop of the same run: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from hsm import HsmConfig, HsmPool, admin, keys, module  # noqa: E402
+from hsm.gcm import Gcm  # noqa: E402
+from hsm.softhsm import provision  # noqa: E402
+
+PLAINTEXT = os.urandom(32)
+AAD = os.urandom(64)
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
+
+
+def bare(cfg: HsmConfig, seconds: float) -> dict[str, object]:
+    mod = module.acquire(cfg.module, cfg.env)
+    try:
+        session = mod.open_session(mod.find_token(cfg.token_label), cfg.pin)
+        fl, h = mod.functions, session.handle
+        key = keys.resolve(fl, h, "bench").handle
+        ctx = Gcm(fl, h)
+        enc: list[float] = []
+        dec: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            iv = ctx.random(12)
+            _, ct, tag = ctx.encrypt(key, iv, AAD, PLAINTEXT)
+            t1 = time.perf_counter()
+            assert ctx.decrypt(key, iv, AAD, ct, tag) == PLAINTEXT
+            t2 = time.perf_counter()
+            enc.append(t1 - t0)
+            dec.append(t2 - t1)
+        mod.functions.C_CloseSession(h)
+    finally:
+        module.release(mod)
+    return {"ops_s": (len(enc) + len(dec)) / seconds, "enc": enc, "dec": dec}
+
+
+async def pooled(cfg: HsmConfig, seconds: float, tasks: int) -> dict[str, object]:
+    pool = HsmPool(cfg)
+    await pool.start()
+    enc: list[float] = []
+    dec: list[float] = []
+    end = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            r = await pool.encrypt("bench", PLAINTEXT, AAD, deadline=time.monotonic() + 10)
+            t1 = time.perf_counter()
+            back = await pool.decrypt("bench", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag,
+                                      aad=AAD, deadline=time.monotonic() + 10)
+            t2 = time.perf_counter()
+            assert back == PLAINTEXT
+            enc.append(t1 - t0)
+            dec.append(t2 - t1)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+    finally:
+        await pool.close()
+    return {"ops_s": (len(enc) + len(dec)) / seconds, "enc": enc, "dec": dec}
+
+
+def row(name: str, runs: list[dict[str, object]], ratios: list[float]) -> str:
+    """Median run of several (by ops/s) and the median of the per-round ratios to bare."""
+    runs = sorted(runs, key=lambda r: float(r["ops_s"]))  # type: ignore[arg-type]
+    result = runs[len(runs) // 2]
+    enc, dec = result["enc"], result["dec"]
+    ops = float(result["ops_s"])  # type: ignore[arg-type]
+    ratio = statistics.median(ratios)
+    return (f"| {name:<30} | {ops:>9,.0f} | {ratio:>5.2f}x | {pct(enc, .5):>7.0f} | "  # type: ignore[arg-type]
+            f"{pct(enc, .99):>7.0f} | {pct(dec, .5):>7.0f} | {pct(dec, .99):>7.0f} |")  # type: ignore[arg-type]
+
+
+def rounds(variants: dict[str, HsmConfig | None], cfg_bare: HsmConfig, seconds: float,
+           tasks: int, n: int) -> None:
+    """Run bare + each pool variant ``n`` times, interleaved, so load drift hits all alike."""
+    results: dict[str, list[dict[str, object]]] = {"bare": []}
+    ratios: dict[str, list[float]] = {"bare": []}
+    for _ in range(n):
+        base = bare(cfg_bare, seconds)
+        results["bare"].append(base)
+        ratios["bare"].append(1.0)
+        for name, cfg in variants.items():
+            assert cfg is not None
+            r = asyncio.run(pooled(cfg, seconds, tasks))
+            results.setdefault(name, []).append(r)
+            ratios.setdefault(name, []).append(float(r["ops_s"]) / float(base["ops_s"]))  # type: ignore[arg-type]
+    for name in results:
+        label = "bare single-session loop" if name == "bare" else name
+        print(row(label, results[name], ratios[name]), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tasks", type=int, default=32)
+    ap.add_argument("--sessions", type=int, default=4)
+    ap.add_argument("--slow-ms", type=int, default=0,
+                    help="also run through the fault shim adding N ms per crypto call")
+    args = ap.parse_args()
+    state = tempfile.mkdtemp(prefix="bench-hsm-")
+    token = provision(state, "bench")
+    cfg = token.hsm_config(sessions=args.sessions)
+    admin.create_key(cfg, "bench")
+    admin.ensure_health_key(cfg)
+    print(f"# SoftHSMv2, {os.cpu_count()} CPUs, {args.rounds} interleaved rounds of "
+          f"{args.seconds:g}s per run (median shown), {args.tasks} tasks, {args.sessions} "
+          f"sessions; ops/s counts encrypts + decrypts; latencies in us")
+    print("| run | ops/s | vs bare | enc p50 | enc p99 | dec p50 | dec p99 |")
+    print("|---|---|---|---|---|---|---|")
+    rounds({f"pool {m}": dataclasses.replace(cfg, mode=m) for m in ("inline", "threaded")},
+           cfg, args.seconds, args.tasks, args.rounds)
+    if args.slow_ms:
+        from support.faultshim import FaultShim
+
+        shim = FaultShim.create(state)
+        shim.set("delay", delay_ms=args.slow_ms)
+        slow = shim.hsm_config(cfg)
+        time.sleep(0.05)
+        print(f"# through the fault shim: +{args.slow_ms} ms per crypto call (network HSM); "
+              f"'vs bare' = against a bare loop on the same slow module")
+        rounds({f"pool {m}, +{args.slow_ms} ms/call": dataclasses.replace(slow, mode=m)
+                for m in ("inline", "threaded")}, slow, args.seconds, args.tasks, 1)
+
+
+if __name__ == "__main__":
+    main()
