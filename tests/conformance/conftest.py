@@ -129,3 +129,18 @@ def rotation_server(state: StateDir, server: Server) -> Iterator[Server]:
     srv.config_path = cfg
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module", params=[("granian", 2), ("hypercorn", 1), ("hypercorn", 2)],
+                ids=lambda p: f"{p[0]}-{p[1]}w")
+def alt_server(request: pytest.FixtureRequest, state: StateDir,
+               server: Server) -> Iterator[Server]:
+    """The same config under the other launcher choices of the stable CLI."""
+    impl, workers = request.param
+    name = f"{impl}-{workers}w"
+    cfg = copy_config(state, f"xksproxy-{name}.toml",
+                      {("audit", "file"): f'"audit/{name}-audit.log"'})
+    srv = start_server(state, config=cfg, log_name=f"server-{name}", workers=workers,
+                       server_impl=impl)
+    yield srv
+    srv.stop()

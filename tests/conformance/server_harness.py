@@ -242,13 +242,16 @@ class Server:
 
 def start_server(state: StateDir, *, config: Path | None = None, plain_http: bool = True,
                  log_name: str = "server", env: dict[str, str] | None = None,
-                 startup_s: float = 60.0) -> Server:
+                 startup_s: float = 60.0, workers: int = 1,
+                 server_impl: str | None = None) -> Server:
     """``xksproxy serve`` on a free loopback port; wait for the "listening on" line or /ping."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     log_path = state.path / f"{log_name}.out"
     cmd = [*cli_command(), "serve", "--config", str(config or state.config), "--bind", host,
-           "--workers", "1"]
+           "--workers", str(workers)]
+    if server_impl is not None:
+        cmd += ["--server", server_impl]
     if plain_http:
         cmd.append("--plain-http")
     full_env = cli_env()
