@@ -246,6 +246,26 @@ def prepare_parent() -> Path:
     return Path(name)
 
 
+def route_granian_sighup() -> bool:
+    """Make granian's parent turn SIGHUP into :func:`request_reload` instead of respawning workers.
+
+    granian installs its own SIGHUP handler inside ``serve()`` ("gracefully respawning workers",
+    which closes their connections); its handler is a method looked up at signal time, so we
+    replace that method. Returns False when granian is not importable. (hypercorn installs a
+    closure we cannot reach: under hypercorn, reload by editing the file, or SIGHUP the workers.)
+    """
+    try:
+        from granian.server.common import AbstractServer
+    except ImportError:
+        return False
+
+    def on_sighup(self: object, *_args: object, **_kwargs: object) -> None:
+        request_reload()
+
+    AbstractServer.signal_handler_reload = on_sighup  # type: ignore[method-assign]
+    return True
+
+
 def request_reload(*_args: object) -> None:
     """Ask every worker to reload (usable directly as a signal handler in the launcher)."""
     trigger = os.environ.get(ENV_TRIGGER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -96,6 +97,20 @@ def test_rotate_without_failed_requests(server, config_path):
 
 
 def test_sighup_and_invalid_file(server, config_path):
+    def reloads() -> list[str]:
+        return [line for line in server.lines if "configuration reloaded" in line]
+
+    # SIGHUP to the launcher: every worker reloads itself; none is respawned
+    before = len(reloads())
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while len(reloads()) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(reloads()) >= before + 2, server.output()[-2000:]
+    assert "respawning" not in server.output()
+    assert _status_fresh_connection(server, demo_credential(config_path)) == 200
+
+    # an invalid file: the running configuration stays, the log says exactly what is wrong
     good = config_path.read_text()
     config_path.write_text(good.replace("request_deadline_ms = 150",
                                         "request_deadline_ms = -5"))
