@@ -17,6 +17,7 @@ from conformance_helpers import (
     secret_marker,
     unb64,
 )
+from server_harness import run_cli
 from test_conf_health import check_health_shape
 
 
@@ -47,3 +48,12 @@ def test_launcher_smoke(alt_server, stores):
 
     with ThreadPoolExecutor(4) as pool:
         assert sum(pool.map(worker, range(4))) == 40
+
+
+def test_launcher_audit_chain_intact(alt_server, state):
+    """Several workers append to one audit chain: it must still verify."""
+    logs = [p for p in (state.path / "audit").glob("*-audit.log")
+            if alt_server.log_path.stem.removeprefix("server-") in p.name]
+    assert len(logs) == 1, logs
+    done = run_cli("audit", "verify", "--config", str(state.config), str(logs[0]))
+    assert done.returncode == 0, done.stdout + done.stderr
