@@ -294,37 +294,31 @@ def _ensure_keys(cfg: HsmConfig) -> tuple[dict[str, frozenset[str]], list[str]]:
 
 
 def _existing_credential(config_path: Path) -> tuple[str, str, sigv4.Credential]:
-    """(store name, URI path, credential) of the first store in an existing config.
+    """(store name, URI path, newest credential) of the first store in an existing config.
 
     Read with tomllib rather than the full config loader: `init` must keep working (and say
     "already initialised") even while the operator's edits make the config invalid for `serve`.
     """
+    from xksproxy.config import ConfigError, resolve_secret
+
     try:
         doc = tomllib.loads(config_path.read_text(encoding="utf-8"))
         store = doc["keystore"][0]
-        cred = store["credentials"][0]
-        ref = cred["secret"]
-        secret = _resolve_secret(ref, config_path.parent)
+        cred = store["credentials"][-1]
+        where = f"{config_path}: keystore[0].credentials secret"
+        secret = resolve_secret(cred["secret"], where, config_path.parent)
         return (
             store.get("name", DEMO_KEYSTORE),
             store.get("path_prefix", "") + XKS_SUFFIX,
             sigv4.Credential(cred["access_key_id"], secret),
         )
+    except ConfigError as exc:
+        raise InitError(str(exc)) from exc
     except (OSError, tomllib.TOMLDecodeError, KeyError, IndexError, TypeError) as exc:
         raise InitError(
             f"{config_path} exists but its first [[keystore]] credential could not be read "
             f"({type(exc).__name__}); fix the file or move it away and run init again"
         ) from exc
-
-
-def _resolve_secret(ref: str, base: Path) -> str:
-    """Resolve a "file:" or "env:" secret reference (same rules as the config loader)."""
-    if ref.startswith("file:"):
-        p = Path(ref[5:]).expanduser()
-        return _read_text(p if p.is_absolute() else base / p)
-    if ref.startswith("env:"):
-        return os.environ[ref[4:]]
-    raise KeyError("secret is not a file: or env: reference")
 
 
 def init(state_dir: Path | None = None) -> InitResult:
