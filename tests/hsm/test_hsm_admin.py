@@ -1,0 +1,231 @@
+"""Provisioning, key administration, lifecycle and fork behaviour against real SoftHSMv2."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pkcs11 import Attribute, KeyType, ObjectClass
+from support.hsm_keys import DEMO_KEYS, HEALTH_KEY_LABEL, KNOWN_KEY_LABEL
+
+from hsm import HsmConfig, HsmPool, admin, module
+from hsm.errors import HsmFailure, HsmUnavailable, KeyNotFound
+from hsm.softhsm import ProvisionedToken, provision
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_provision_is_idempotent_and_private(tmp_path: Path) -> None:
+    # Runs softhsm2-util only (no module load in this process): safe next to the session token.
+    state = tmp_path / "state"
+    first = provision(state, "tok-a")
+    pin = first.user_pin()
+    second = provision(state, "tok-a")
+    assert second == first and second.user_pin() == pin
+    assert len(pin) >= 16 and first.so_pin_file.read_text().strip() != pin
+    assert _mode(state) == 0o700 and _mode(first.token_dir) == 0o700
+    for f in (first.conf_path, first.user_pin_file, first.so_pin_file):
+        assert _mode(f) == 0o600
+    for p in first.token_dir.rglob("*"):
+        assert _mode(p) == (0o700 if p.is_dir() else 0o600)
+    assert f"directories.tokendir = {first.token_dir}" in first.conf_path.read_text()
+    token_dirs = [p for p in first.token_dir.iterdir() if p.is_dir()]
+    assert len(token_dirs) == 1  # the second call did not create another token
+    assert pin not in repr(first) and pin not in repr(first.hsm_config())
+
+
+def test_list_keys_reports_usage(hsm_config: HsmConfig) -> None:
+    listed = {k.label: k.usage for k in admin.list_keys(hsm_config)}
+    assert listed["demo"] == {"ENCRYPT", "DECRYPT"}
+    assert listed["demo-encrypt-only"] == {"ENCRYPT"}
+    assert listed["demo-decrypt-only"] == {"DECRYPT"}
+    assert listed["demo-no-usage"] == frozenset()
+    assert listed[HEALTH_KEY_LABEL] == {"ENCRYPT", "DECRYPT"}
+    assert set(DEMO_KEYS) | {HEALTH_KEY_LABEL, KNOWN_KEY_LABEL} <= set(listed)
+
+
+def test_created_keys_are_sensitive_non_extractable_token_objects(hsm_config: HsmConfig) -> None:
+    label = f"admin-created-{os.getpid()}"
+    info = admin.create_key(hsm_config, label, "encrypt")
+    try:
+        assert info.usage == {"ENCRYPT"}
+        with pytest.raises(ValueError, match="already exists"):
+            admin.create_key(hsm_config, label)
+        mod = module.acquire(hsm_config.module, hsm_config.env)
+        try:
+            session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin)
+            key = session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
+            assert key[Attribute.TOKEN] and key[Attribute.SENSITIVE]
+            assert not key[Attribute.EXTRACTABLE]
+            assert key[Attribute.ENCRYPT] and not key[Attribute.DECRYPT]
+            assert key[Attribute.VALUE_LEN] == 32
+            mod.functions.C_CloseSession(session.handle)
+        finally:
+            module.release(mod)
+    finally:
+        admin.delete_key(hsm_config, label)
+    assert label not in {k.label for k in admin.list_keys(hsm_config)}
+    with pytest.raises(KeyNotFound):
+        admin.delete_key(hsm_config, label)
+    with pytest.raises(ValueError):
+        admin.create_key(hsm_config, "x", "sign-everything")
+
+
+def test_ensure_health_key_is_idempotent(hsm_config: HsmConfig) -> None:
+    before = [k for k in admin.list_keys(hsm_config) if k.label == HEALTH_KEY_LABEL]
+    assert admin.ensure_health_key(hsm_config).usage == {"ENCRYPT", "DECRYPT"}
+    after = [k for k in admin.list_keys(hsm_config) if k.label == HEALTH_KEY_LABEL]
+    assert before == after and len(after) == 1
+
+
+async def test_non_aes256_keys_are_refused(hsm_config: HsmConfig) -> None:
+    label = f"aes128-{os.getpid()}"
+    mod = module.acquire(hsm_config.module, hsm_config.env)
+    try:
+        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin,
+                                   rw=True)
+        session.generate_key(KeyType.AES, 128, label=label, store=True)
+        session.generate_key(KeyType.GENERIC_SECRET, 256, label=label + "-generic", store=True)
+        mod.functions.C_CloseSession(session.handle)
+        pool = HsmPool(hsm_config)
+        await pool.start()
+        try:
+            for bad in (label, label + "-generic"):
+                with pytest.raises(KeyNotFound, match="not a 32-byte AES secret key"):
+                    await pool.encrypt(bad, b"x", b"", deadline=time.monotonic() + 5)
+        finally:
+            await pool.close()
+        assert label not in {k.label for k in admin.list_keys(hsm_config)}
+    finally:
+        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin,
+                                   rw=True)
+        for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
+            if str(obj[Attribute.LABEL]).startswith(label):
+                obj.destroy()
+        mod.functions.C_CloseSession(session.handle)
+        module.release(mod)
+
+
+async def test_lifecycle_and_input_limits(hsm_config: HsmConfig) -> None:
+    pool = HsmPool(hsm_config)
+    with pytest.raises(HsmUnavailable, match="not started"):
+        await pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 1)
+    await pool.start()
+    with pytest.raises(RuntimeError):
+        await pool.start()
+    with pytest.raises(ValueError):
+        await pool.encrypt("demo", b"x" * (hsm_config.max_plaintext_bytes + 1), b"",
+                           deadline=time.monotonic() + 1)
+    with pytest.raises(ValueError):
+        await pool.encrypt("demo", b"x", b"a" * 65536, deadline=time.monotonic() + 1)
+    from hsm.errors import SessionTimeout
+
+    with pytest.raises(SessionTimeout):
+        await pool.encrypt("demo", b"x", b"", deadline=time.monotonic() - 1)
+    await pool.close()
+    await pool.close()
+    with pytest.raises(HsmUnavailable):
+        await pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 1)
+
+
+async def test_wrong_pin_and_unknown_token(hsm_config: HsmConfig) -> None:
+    with pytest.raises(HsmFailure, match="PIN_INCORRECT"):
+        await HsmPool(dataclasses.replace(hsm_config, pin="wrong-pin-0000")).start()
+    with pytest.raises(HsmUnavailable, match="no token"):
+        await HsmPool(dataclasses.replace(hsm_config, token_label="nope")).start()
+
+
+async def test_module_iv_source_never_returns_an_unchanged_iv(hsm_config: HsmConfig) -> None:
+    """SoftHSMv2 does not generate GCM IVs: iv_source="module" must fail, not leak a zero IV."""
+    pool = HsmPool(dataclasses.replace(hsm_config, iv_source="module"))
+    await pool.start()
+    try:
+        with pytest.raises(HsmFailure, match="no IV"):
+            await pool.encrypt("demo", b"x" * 32, b"", deadline=time.monotonic() + 5)
+        assert not (await pool.probe()).ok
+    finally:
+        await pool.close()
+
+
+def test_pool_after_fork(hsm_token: ProvisionedToken, hsm_config: HsmConfig) -> None:
+    """A pool from the parent refuses to work in a child; a pool made in the child works."""
+    script = r"""
+import asyncio, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from hsm import HsmConfig, HsmPool
+from hsm.errors import HsmUnavailable
+from hsm.softhsm import provision
+cfg = provision(sys.argv[2], sys.argv[3]).hsm_config()
+
+async def use(pool):
+    r = await pool.encrypt("demo", b"abc", b"", deadline=time.monotonic() + 5)
+    return await pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=b"",
+                              deadline=time.monotonic() + 5)
+
+async def parent():
+    pool = HsmPool(cfg)
+    await pool.start()
+    assert await use(pool) == b"abc"
+    pid = os.fork()
+    if pid == 0:
+        async def child():
+            try:
+                await use(pool)
+                os._exit(10)
+            except HsmUnavailable:
+                pass
+            fresh = HsmPool(cfg)
+            await fresh.start()
+            ok = await use(fresh) == b"abc"
+            await fresh.close()
+            os._exit(0 if ok else 11)
+        asyncio.new_event_loop().run_until_complete(child())
+    _, status = os.waitpid(pid, 0)
+    assert await use(pool) == b"abc"  # the parent is unaffected
+    await pool.close()
+    print("child", os.waitstatus_to_exitcode(status))
+
+asyncio.run(parent())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT), str(hsm_token.state_dir),
+         hsm_token.token_label],
+        env={**os.environ, **hsm_token.env()}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "child 0"
+
+
+def test_two_threads_share_one_module(hsm_config: HsmConfig) -> None:
+    """Pools in different threads (one event loop each) share the process's module."""
+    results: list[bytes] = []
+
+    def run() -> None:
+        async def main() -> None:
+            pool = HsmPool(hsm_config)
+            await pool.start()
+            r = await pool.encrypt("demo", b"shared", b"", deadline=time.monotonic() + 5)
+            results.append(await pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext,
+                                              tag=r.tag, aad=b"", deadline=time.monotonic() + 5))
+            await pool.close()
+
+        asyncio.run(main())
+
+    import threading
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [b"shared", b"shared"]
