@@ -58,3 +58,18 @@ def test_missing_softhsm_says_how_to_install_it(tmp_path, cli, monkeypatch):
     assert "apt-get install softhsm2" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "state" / "xksproxy.toml").exists()
+
+
+def test_doctor_checks_a_fresh_embedded_default(initialised, cli):
+    r = cli("doctor", "--state-dir", str(initialised))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "configuration" in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_audit_verify_reports_a_missing_file_cleanly(initialised, cli):
+    missing = initialised / "audit" / "nothing-here.log"
+    r = cli("audit", "verify", "--state-dir", str(initialised), str(missing))
+    assert r.returncode == 2
+    assert str(missing) in r.stderr
+    assert "Traceback" not in r.stderr
