@@ -15,6 +15,7 @@ from conformance_helpers import (
     decrypt_body,
     encrypt_body,
     health_body,
+    metadata_body,
     secret_marker,
     unb64,
 )
@@ -116,3 +117,17 @@ def test_tls_offers_a_spec_tls13_suite(tls_server):
     # server that supports the spec suites negotiates one of them.
     with handshake(host, int(port), ctx) as tls:
         assert tls.cipher()[0] in {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
+
+
+def test_tls_curl_http2(tls_server, stores, cert):
+    s = stores["demo"]
+    r = CurlClient(tls_server.base_url, cacert=cert).post(
+        s.key_path("demo", "metadata"), metadata_body(), s.creds[0], extra_args=["--http2"])
+    assert_ok(r)
+    assert r.http_version == "HTTP/2", r.http_version
+
+
+def test_tls_plain_http_request_refused(tls_server, stores):
+    """The TLS listener does not serve plain HTTP."""
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(tls_server.base_url.replace("https://", "http://") + "/ping", timeout=5)
