@@ -190,6 +190,10 @@ class GuardedPool:
             deadline)
 
 
+def _noop() -> None:
+    return None
+
+
 def install(app: Any, *, quotas: Any = None) -> Admission:
     """Add the in-flight gate and per-store quotas as an app admission hook, and guard the HSM
     pools (session-queue gate, latency metrics) once they are started."""
@@ -201,12 +205,14 @@ def install(app: Any, *, quotas: Any = None) -> Admission:
     def hook(ctx: Any) -> Callable[[], None]:
         store = ctx.store or ""
         _REQUEST.set(ctx)
+        if ctx.operation == "health":
+            return _noop  # cached answer, no HSM work: KMS must see health even under overload
         decision = admission.enter()
         if not decision.ok:
             ctx.extra["throttled"] = "in_flight"
             metrics.observe_throttled("in_flight", store)
             raise ThrottlingException("too many requests in flight; retry shortly")
-        if quotas is not None and ctx.operation != "health" and not quotas.allow(store):
+        if quotas is not None and not quotas.allow(store):
             admission.leave()
             ctx.extra["throttled"] = "quota"
             metrics.observe_throttled("quota", store)

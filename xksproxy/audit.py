@@ -548,13 +548,12 @@ def install(app: Any) -> AuditLog | None:
                     rec[dst] = value
         audit_log.record(rec)
 
-    async def start() -> None:
-        audit_log.start()
-
     async def stop() -> None:
         audit_log.close()
 
+    # Started here, not in the lifespan: create_app runs in the worker after fork, and requests
+    # answered before startup (404s, 401s) must be recorded too.
+    audit_log.start()
     app.observers.append(observer)
-    app.on_startup.append(start)
     app.on_shutdown.append(stop)
     return audit_log

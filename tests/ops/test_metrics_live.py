@@ -39,7 +39,7 @@ def total(m: dict[str, float], prefix: str, *must: str) -> float:
                if k.startswith(prefix + "{") and all(x in k for x in must))
 
 
-async def test_scraped_figures_match_client_counts(server, config_path):
+async def test_scraped_figures_match_client_counts(server, config_path, cli):
     cred = demo_credential(config_path)
     results: list[tuple[int, float]] = []
     scrapes: list[dict[str, float]] = []
@@ -109,5 +109,9 @@ async def test_scraped_figures_match_client_counts(server, config_path):
     # the audit log of both workers: one chain over rotated files, one record per request
     server.stop()
     assert assert_clean_and_chained(server, config_path, [b"pt-metrics-7f3a9c"]) == n
-    audit_files = list(load_config(config_path).audit.file.parent.glob("*.log"))
-    assert len(audit_files) >= 3  # rotated at 20 kB
+    audit_dir = load_config(config_path).audit.file.parent
+    assert len(list(audit_dir.glob("*.log"))) >= 3  # rotated at 20 kB
+    everything = [str(p) for p in sorted(audit_dir.iterdir())]  # a shell glob: .head/.lock too
+    r = cli("audit", "verify", *everything, "--config", str(config_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"OK: {n} records" in r.stdout
