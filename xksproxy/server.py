@@ -15,7 +15,10 @@ the launcher therefore serves with hypercorn, whose Python ``ssl`` handshake we 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.connection as mp_connection
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -264,6 +267,7 @@ def _run_granian(p: Plan) -> int:
         loop=Loops.uvloop,
         websockets=False,
         log_level=_granian_level(p.log_level),
+        log_dictconfig=_GRANIAN_LOG_TO_STDERR,
         workers_kill_timeout=10,
         # A worker that dies (e.g. a PKCS#11 module abort) is replaced; granian still exits on
         # a crash loop, so a persistent start-up failure does not spin.
@@ -284,6 +288,16 @@ def _app_factory() -> str:
     return os.environ.get("XKSPROXY_APP_FACTORY", APP_FACTORY)
 
 
+# granian logs to stdout by default; stdout carries our start-up lines and the JSON request log,
+# so the server's own (plain-text) messages go to stderr with the other diagnostics.
+_GRANIAN_LOG_TO_STDERR = {
+    "handlers": {
+        name: {"formatter": fmt, "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+        for name, fmt in (("console", "generic"), ("access", "access"))
+    }
+}
+
+
 def _granian_level(level: str) -> object:
     from granian.log import LogLevels
 
@@ -291,8 +305,12 @@ def _granian_level(level: str) -> object:
 
 
 def _run_hypercorn(p: Plan) -> int:
-    from hypercorn.run import run
+    """Run hypercorn workers under our own supervisor.
 
+    hypercorn's ``run()`` loses a failed worker's exit status (it returns 0 when a worker's
+    lifespan start-up failed), so the worker processes are supervised here: a worker that exits
+    without a stop request stops the others and makes ``serve`` return 1.
+    """
     cfg = HypercornConfig()
     host = f"[{p.host}]" if ":" in p.host else p.host
     cfg.bind = [f"{host}:{p.port}"]
@@ -306,7 +324,54 @@ def _run_hypercorn(p: Plan) -> int:
         cfg.keyfile = str(p.key_file)
         cfg.xks_client_ca = str(p.client_ca_file) if p.client_ca_file else None
         cfg.xks_allowed_subjects = tuple(p.allowed_subjects)
-    return int(run(cfg))
+    return _supervise_hypercorn(cfg)
+
+
+def _supervise_hypercorn(cfg: HypercornConfig) -> int:
+    from hypercorn.asyncio.run import uvloop_worker
+
+    sockets = cfg.create_sockets()
+    ctx = multiprocessing.get_context("spawn")
+    shutdown = ctx.Event()
+    stopping = threading.Event()
+    # Workers inherit "ignore SIGINT" (a terminal's Ctrl-C reaches the whole process group);
+    # this process turns SIGINT/SIGTERM into one orderly shutdown through the shared event.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    procs = []
+    try:
+        for _ in range(cfg.workers):
+            proc = ctx.Process(target=uvloop_worker,
+                               kwargs={"config": cfg, "sockets": sockets,
+                                       "shutdown_event": shutdown})
+            proc.start()
+            procs.append(proc)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    def stop(*_args: object) -> None:
+        stopping.set()
+        shutdown.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    failed = False
+    try:
+        while procs and not stopping.is_set():
+            done = mp_connection.wait([proc.sentinel for proc in procs], timeout=0.5)
+            if done and not stopping.is_set():
+                failed = True
+                _say("a hypercorn worker exited unexpectedly; stopping")
+                shutdown.set()
+                break
+    finally:
+        for proc in procs:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+    return 1 if failed else 0
 
 
 class HypercornConfig(_HypercornBase):

@@ -111,3 +111,18 @@ def test_self_signed_files_are_private_and_cover_localhost(tmp_path):
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
     assert k.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_worker_startup_failure_exits_non_zero(tmp_path, server):
+    """An app whose start-up fails (e.g. HSM unreachable) must not leave a silent, dead server."""
+    cfg = write_config(tmp_path)
+    env = serve_env(probe=True, extra={"XKSPROXY_APP_FACTORY": "transport_probe_app:broken"})
+    r = subprocess.run(
+        [sys.executable, "-m", "xksproxy", "serve", "--config", str(cfg), "--bind",
+         "127.0.0.1:0", "--server", server, "--workers", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode != 0
+    assert "listening on" not in r.stdout
+    assert "HSM unreachable" in r.stderr

@@ -48,3 +48,14 @@ def create_app() -> Any:
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+def broken() -> Any:
+    """A factory whose app fails its lifespan start-up (like an unreachable HSM)."""
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": "probe: HSM unreachable"})
+
+    return app
