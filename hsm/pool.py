@@ -184,6 +184,13 @@ class HsmPool:
     def _finish_close(self, workers: list[threading.Thread]) -> None:
         for t in workers:
             t.join(timeout=10)
+        while True:  # jobs queued behind the stop sentinels: answer them instead of letting hang
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.claim():
+                job.deliver(None, HsmUnavailable(f"HSM pool {self.config.name!r} is closed"))
         with self._lock:
             self._drained.wait_for(lambda: self._in_use == 0, timeout=10)
         self._close_sessions()
@@ -465,9 +472,16 @@ class HsmPool:
     def _recover(self, fault_generation: int) -> None:
         mod = self._module
         assert mod is not None
+        # Never re-initialise under a call still inside the module (undefined behaviour, and a
+        # crash with SoftHSMv2): wait for in-flight calls, however long a hung HSM takes.
+        waited = 0.0
         with self._lock:
-            self._drained.wait_for(lambda: self._in_use == 0 or self._closed.is_set(),
-                                   timeout=DRAIN_WAIT_S)
+            while self._in_use and not self._closed.is_set():
+                self._drained.wait(timeout=1.0)
+                waited += 1.0
+                if waited == DRAIN_WAIT_S:
+                    log.warning("hsm %s: %d call(s) still inside the module after %.0f s",
+                                self.config.name, self._in_use, waited)
         delay = BACKOFF_START_S
         while not self._closed.is_set():
             try:
