@@ -155,6 +155,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _run_init(state_dir: Path | None) -> embedded.InitResult:
     try:
         return embedded.init(state_dir)
+    except embedded.InitConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
     except embedded.InitError as exc:
         _fail(str(exc), EXIT_FAILURE)
     except PermissionError as exc:

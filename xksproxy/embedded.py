@@ -53,6 +53,10 @@ class InitError(Exception):
     """An expected failure of `init` (message is safe to show and says what to do)."""
 
 
+class InitConfigError(InitError):
+    """The existing config in the state directory cannot be read: an operator edit to fix."""
+
+
 @dataclass(frozen=True)
 class InitResult:
     """What `init` produced; `first` is true only on the run that wrote the config."""
@@ -313,11 +317,11 @@ def _existing_credential(config_path: Path) -> tuple[str, str, sigv4.Credential]
             sigv4.Credential(cred["access_key_id"], secret),
         )
     except ConfigError as exc:
-        raise InitError(str(exc)) from exc
+        raise InitConfigError(str(exc)) from exc
     except (OSError, tomllib.TOMLDecodeError, KeyError, IndexError, TypeError) as exc:
-        raise InitError(
+        raise InitConfigError(
             f"{config_path} exists but its first [[keystore]] credential could not be read "
-            f"({type(exc).__name__}); fix the file or move it away and run init again"
+            f"({type(exc).__name__}: {exc}); fix the file or move it away and run init again"
         ) from exc
 
 

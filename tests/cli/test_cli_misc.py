@@ -73,3 +73,11 @@ def test_audit_verify_reports_a_missing_file_cleanly(initialised, cli):
     assert r.returncode == 2
     assert str(missing) in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_serve_on_a_state_dir_with_a_broken_config_is_a_config_error(initialised, cli):
+    (initialised / "xksproxy.toml").write_text("[keystore\n")
+    r = cli("serve", "--state-dir", str(initialised), "--plain-http", "--bind", "127.0.0.1:0")
+    assert r.returncode == 2
+    assert "xksproxy.toml" in r.stderr
+    assert "Traceback" not in r.stderr
