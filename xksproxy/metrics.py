@@ -138,8 +138,8 @@ class Registry:
 
     def snapshot(self) -> dict:
         """Plain-data copy of everything, gauges from collectors included."""
-        gauges = dict(self.gauges)
         with self._lock:
+            gauges = dict(self.gauges)
             collectors = list(self._collectors)
         for fn in collectors:
             with contextlib.suppress(Exception):  # a collector must never break a scrape
