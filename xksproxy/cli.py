@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xksproxy",
         description="AWS KMS External Key Store (XKS) proxy: AES-256-GCM inside your HSM.",
     )
+    parser.add_argument("--version", action="version", version=f"xksproxy {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("init", help="provision the embedded SoftHSMv2 default (idempotent)")
@@ -417,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_location(p)
     p.set_defaults(func=cmd_doctor)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xksproxy")
+    except PackageNotFoundError:  # running from a source tree that was never pip-installed
+        return "(source tree)"
 
 
 def _non_negative(text: str) -> int:
