@@ -131,6 +131,7 @@ class HsmPool:
         self._recoveries = 0
         self._replacements = 0
         self._last_error: str | None = None
+        self._recovery_thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<HsmPool {self.config.name!r} {self.config.mode} {self._state}>"
@@ -193,6 +194,8 @@ class HsmPool:
                 job.deliver(None, HsmUnavailable(f"HSM pool {self.config.name!r} is closed"))
         with self._lock:
             self._drained.wait_for(lambda: self._in_use == 0, timeout=10)
+        if self._recovery_thread is not None:
+            self._recovery_thread.join(timeout=10)  # it stops at the next check of _closed
         self._close_sessions()
         if self._module is not None and self._pid == os.getpid():
             module.release(self._module)
@@ -238,6 +241,9 @@ class HsmPool:
             await self._run(self._probe, time.monotonic() + 5.0)
         except HsmError as exc:
             return ProbeResult(False, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a health loop must survive our own bugs too
+            log.exception("hsm %s: probe failed unexpectedly", self.config.name)
+            return ProbeResult(False, time.perf_counter() - start, type(exc).__name__)
         return ProbeResult(True, time.perf_counter() - start, None)
 
     def stats(self) -> PoolStats:
@@ -466,8 +472,10 @@ class HsmPool:
             fault_generation = mod.generation
         log.warning("hsm %s: module fault, recovering: %s", self.config.name, reason)
         self._fail_waiters(HsmUnavailable(f"HSM {self.config.name!r} is recovering"))
-        threading.Thread(target=self._recover, args=(fault_generation,), daemon=True,
-                         name=f"hsm-{self.config.name}-recovery").start()
+        thread = threading.Thread(target=self._recover, args=(fault_generation,), daemon=True,
+                                  name=f"hsm-{self.config.name}-recovery")
+        self._recovery_thread = thread
+        thread.start()
 
     def _recover(self, fault_generation: int) -> None:
         mod = self._module
