@@ -152,14 +152,14 @@ def init_state(path: Path) -> StateDir:
 
 
 def store_toml(state: StateDir, name: str, prefix: str, extra: str = "",
-               regions: str = "[]") -> tuple[str, Store]:
+               regions: str = "[]", keys: str = '["demo"]') -> tuple[str, Store]:
     """A ``[[keystore]]`` table with its own fresh credential written to a 0600 secret file."""
     cred = new_credential()
     secret_file = state.write_secret(f"conformance-{name}.secret", cred.secret)
     state.secrets_used.append(cred.secret)
     text = (
         f"\n[[keystore]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\n"
-        f"hsm = \"{state.hsm_name}\"\nregions = {regions}\nkeys = [\"demo\"]\n{extra}"
+        f"hsm = \"{state.hsm_name}\"\nregions = {regions}\nkeys = {keys}\n{extra}"
         f"\n[[keystore.credentials]]\naccess_key_id = \"{cred.akid}\"\n"
         f"secret = \"file:{secret_file}\"\n"
     )
@@ -195,8 +195,13 @@ def extend_config(state: StateDir) -> None:
         text, store = store_toml(state, name, prefix, extra)
         parts.append(text)
         stores[name] = store
-    for name, prefix, regions in [("regional", "/regional", '["eu-west-1", "us-east-1"]')]:
-        text, store = store_toml(state, name, prefix, regions=regions)
+    for name, prefix, regions, keys, extra in [
+        ("regional", "/regional", '["eu-west-1", "us-east-1"]', '["demo"]', ""),
+        ("wildcard", "/wildcard", "[]", '["*"]', ""),
+        ("aliased", "/aliased", "[]", '["alias-1"]',
+         '\n[keystore.key_labels]\n"alias-1" = "demo"\n'),
+    ]:
+        text, store = store_toml(state, name, prefix, extra, regions=regions, keys=keys)
         parts.append(text)
         stores[name] = store
     with state.config.open("a") as f:

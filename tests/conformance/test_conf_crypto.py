@@ -422,3 +422,37 @@ def test_throttling_quota(boto, stores):
     for r in throttled:
         assert_json_error(r, 429, "ThrottlingException")
     assert set(statuses) <= {200, 429}, statuses
+
+
+# ---------------------------------------------------------------------------------------------
+# Key id resolution: wildcard stores and explicit key_labels
+# ---------------------------------------------------------------------------------------------
+
+
+def test_wildcard_store_reaches_token_keys(boto, stores):
+    s = stores["wildcard"]
+    for key, usage in EXPECTED_USAGE.items():
+        doc = assert_ok(boto.post(s.key_path(key, "metadata"), metadata_body(), s.creds[0]))
+        assert set(doc["keyUsage"]) & {"ENCRYPT", "DECRYPT"} == usage
+
+
+@pytest.mark.parametrize("op", ["metadata", "encrypt"])
+def test_wildcard_store_never_exposes_health_key(boto, stores, op):
+    """keys = ["*"] means every key *except* the dedicated health test key."""
+    s = stores["wildcard"]
+    body = metadata_body() if op == "metadata" else encrypt_body(secret_marker("pt"))
+    assert_json_error(boto.post(s.key_path("xks-health-test", op), body, s.creds[0]), 404,
+                      "KeyNotFoundException")
+
+
+def test_key_labels_map_external_id_to_hsm_key(boto, stores):
+    """alias-1 → HSM key "demo": same key material as the demo store's "demo" key."""
+    aliased, demo = stores["aliased"], stores["demo"]
+    pt = secret_marker("pt")
+    enc = assert_ok(boto.post(aliased.key_path("alias-1", "encrypt"), encrypt_body(pt, cdiv=True),
+                              aliased.creds[0]))
+    dec = assert_ok(boto.post(demo.key_path("demo", "decrypt"), decrypt_body(enc), demo.creds[0]))
+    assert unb64(dec["plaintext"]) == pt
+    # The HSM label itself is not an external id of this store.
+    assert_json_error(boto.post(aliased.key_path("demo", "metadata"), metadata_body(),
+                                aliased.creds[0]), 404, "KeyNotFoundException")
