@@ -21,6 +21,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import pkcs11
 from pkcs11 import _pkcs11
 from pkcs11.exceptions import NoSuchToken, PKCS11Error
 
@@ -38,7 +39,14 @@ class _OsLockingLib(_pkcs11.lib):  # type: ignore[misc]
     _functions: _ck.FunctionList
 
     def initialize(self) -> None:
-        """Called by ``lib.__init__``; initialise for multi-threaded use instead of NULL args."""
+        """Called by ``lib.__init__``; initialise for multi-threaded use instead of NULL args.
+
+        Later calls (``pkcs11.lib(path)`` re-initialises cached instances whose read-only
+        ``initialized`` flag is False, which ours always is) are no-ops: re-initialising is the
+        pool's job, done only when no call is in flight.
+        """
+        if self.__dict__.get("_constructed"):
+            return
         rv = self._functions.initialize_os_locking()
         if rv == _ck.CKR_CRYPTOKI_ALREADY_INITIALIZED:
             # Inherited across fork, or initialised by someone else in this process with NULL
@@ -64,7 +72,12 @@ def _needs_serialising(manufacturer_id: str) -> bool:
 
 def _make_lib(path: str, functions: _ck.FunctionList) -> Any:
     cls = type("_OsLockingLibForModule", (_OsLockingLib,), {"_functions": functions})
-    return cls(path)
+    lib = cls(path)
+    lib._constructed = True
+    # Anyone in this process calling pkcs11.lib(path) now gets this instance instead of a second
+    # one that would call C_Initialize(NULL) (ALREADY_INITIALIZED) on the same module.
+    pkcs11._loaded[path] = lib
+    return lib
 
 
 class Module:
@@ -99,6 +112,8 @@ class Module:
         with self._lock:
             self.functions.finalize()
             self.generation += 1
+            if pkcs11._loaded.get(self.path) is self.lib:
+                del pkcs11._loaded[self.path]
 
     def find_token(self, label: str) -> Any:
         """The python-pkcs11 ``Token`` with this label (one match required)."""
