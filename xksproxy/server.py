@@ -55,6 +55,7 @@ class Plan:
     allowed_subjects: tuple[str, ...]
     log_level: str
     stores: tuple[tuple[str, str], ...]  # (name, URI path)
+    notes: tuple[str, ...] = ()  # decisions the operator must see at start
 
     @property
     def scheme(self) -> str:
@@ -102,14 +103,18 @@ def plan(
         raise ConfigError(f"[server] workers must be >= 0, got {n}")
     n = n or os.cpu_count() or 1
     ca = config.tls.client_ca_file
-    if ca is not None and not plain and chosen == "granian":
+    notes: list[str] = []
+    if ca is not None and plain:
+        notes.append("[tls] client_ca_file is ignored with plain HTTP: the load balancer that "
+                     "terminates TLS must authenticate KMS")
+    elif ca is not None and chosen == "granian":
         if server == "granian":
             raise ConfigError(
                 "--server granian cannot enforce [tls] allowed_client_subjects (granian does not "
                 "expose the client certificate); use --server hypercorn for mTLS"
             )
-        _say("mTLS is configured: serving with hypercorn, which can pin the client subject "
-             "(granian cannot)")
+        notes.append("mTLS is configured: serving with hypercorn, which can pin the client "
+                     "subject (granian cannot)")
         chosen = "hypercorn"
     patterns = tls.allowed_subject_patterns(
         config.tls.allowed_client_subjects, [ks.regions for ks in config.keystores]
@@ -127,9 +132,10 @@ def plan(
         cert_file=config.tls.cert_file,
         key_file=config.tls.key_file,
         client_ca_file=None if plain else ca,
-        allowed_subjects=patterns if ca is not None else (),
+        allowed_subjects=patterns if ca is not None and not plain else (),
         log_level=config.logging.level,
         stores=stores,
+        notes=tuple(notes),
     )
 
 
@@ -156,6 +162,11 @@ def serve(
         return 2
     if p.plain_http:
         _warn_plain_http()
+    for note in p.notes:
+        _say(note)
+    if p.allowed_subjects:
+        _say(f"mTLS: client CA {p.client_ca_file}, "
+             f"allowed subjects {', '.join(p.allowed_subjects)}")
     # Each worker process builds its own app (and HSM pools) from this path after the fork.
     os.environ["XKSPROXY_CONFIG"] = str(p.config_path)
     stop = threading.Event()

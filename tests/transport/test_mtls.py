@@ -15,13 +15,14 @@ from transport_pki import CA, KMS_CN
 from transport_support import Served, serve_env, write_config
 
 
-def _client(server_cert: Path, cert: tuple[Path, Path] | None, *, tls12: bool = False):
+def _client(server_cert: Path, cert: tuple[Path, Path] | None, *, tls12: bool = False,
+            http2: bool = False):
     ctx = ssl.create_default_context(cafile=str(server_cert))
     if tls12:
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if cert is not None:
         ctx.load_cert_chain(str(cert[0]), str(cert[1]))
-    return httpx.Client(verify=ctx, http2=False, timeout=10)
+    return httpx.Client(verify=ctx, http2=http2, timeout=10)
 
 
 def attempt(url: str, server_cert: Path, cert, *, tls12: bool = False) -> int | str:
@@ -84,6 +85,14 @@ def test_good_client_certificate_passes(mtls_server, pki):
     g = pki["good"]
     assert attempt(mtls_server.url, mtls_server.server_cert, (g.cert, g.key)) == 200
     assert len(_requests_seen(mtls_server)) == before + 1
+
+
+def test_good_client_certificate_over_http2(mtls_server, pki):
+    g = pki["good"]
+    with _client(mtls_server.server_cert, (g.cert, g.key), http2=True) as c:
+        r = c.post(f"{mtls_server.url}/demo/kms/xks/v1/health", content=b"{}")
+    assert r.status_code == 200
+    assert r.http_version == "HTTP/2"
 
 
 @pytest.mark.parametrize(
