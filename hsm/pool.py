@@ -46,7 +46,9 @@ from .types import GcmResult, HsmConfig, KeyInfo, PoolStats, ProbeResult
 log = logging.getLogger("hsm.pool")
 T = TypeVar("T")
 
-MAX_AAD_BYTES = 65535
+# Caller AAD is at most 65,535 bytes (2-byte length in the XKS framing); the service sends the
+# *framed* AAD: 2-byte length + AAD + 1-byte length + metadata (<= 255 bytes).
+MAX_AAD_BYTES = 2 + 65535 + 1 + 255
 IV_BYTES = 12
 TAG_BYTES = 16
 BACKOFF_START_S = 0.05

@@ -128,7 +128,7 @@ async def test_lifecycle_and_input_limits(hsm_config: HsmConfig) -> None:
         await pool.encrypt("demo", b"x" * (hsm_config.max_plaintext_bytes + 1), b"",
                            deadline=time.monotonic() + 1)
     with pytest.raises(ValueError):
-        await pool.encrypt("demo", b"x", b"a" * 65536, deadline=time.monotonic() + 1)
+        await pool.encrypt("demo", b"x", b"a" * 70000, deadline=time.monotonic() + 1)
     from hsm.errors import SessionTimeout
 
     with pytest.raises(SessionTimeout):

@@ -29,7 +29,7 @@ async def pool(request: pytest.FixtureRequest, hsm_config: HsmConfig):
 async def test_round_trip_sizes(pool: HsmPool) -> None:
     for size in (1, 2, 15, 16, 17, 255, 4300, 4301, 65536):
         pt = os.urandom(size)
-        for aad in (b"", b"a", os.urandom(8192), os.urandom(65535)):
+        for aad in (b"", b"a", os.urandom(8192), os.urandom(65535), os.urandom(65793)):
             r = await pool.encrypt("demo", pt, aad, deadline=soon())
             assert len(r.iv) == 12 and len(r.tag) == 16 and len(r.ciphertext) == size
             assert r.ciphertext != pt
