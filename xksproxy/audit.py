@@ -156,6 +156,7 @@ class AuditLog:
         self._drop_lock = threading.Lock()
         self.dropped_total = 0
         self.written_total = 0
+        self.last_seq = 0  # chain position after our last batch (exported as a metric)
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
 
@@ -269,6 +270,7 @@ class AuditLog:
                     data = b"\n" + data  # never glue a record onto a torn line
                 os.write(fd, data)
                 self.written_total += len(batch)
+                self.last_seq = seq
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -551,6 +553,8 @@ def install(app: Any) -> AuditLog | None:
     async def stop() -> None:
         audit_log.close()
 
+    metrics.REGISTRY.add_collector(
+        lambda: [("xksproxy_audit_last_seq", {}, float(audit_log.last_seq))])
     # Started here, not in the lifespan: create_app runs in the worker after fork, and requests
     # answered before startup (404s, 401s) must be recorded too.
     audit_log.start()

@@ -80,10 +80,13 @@ HELP: dict[str, tuple[str, str]] = {
         "gauge", "Error-budget burn rate over a sliding window (1 = exactly on budget)."),
     "xksproxy_audit_dropped_total": ("counter", "Audit records dropped (queue full)."),
     "xksproxy_config_reloads_total": ("counter", "Configuration reloads by result."),
+    "xksproxy_audit_last_seq": (
+        "gauge", "Sequence number of the newest audit record (an off-host truncation anchor)."),
     "xksproxy_workers": ("gauge", "Worker processes reporting metrics."),
 }
 #: Gauges merged with max instead of sum across workers.
-_MAX_GAUGES = {"xksproxy_token_health", "xksproxy_slo_latency_target_seconds"}
+_MAX_GAUGES = {"xksproxy_token_health", "xksproxy_slo_latency_target_seconds",
+               "xksproxy_audit_last_seq"}
 
 
 def _labels(labels: Mapping[str, object]) -> Labels:
