@@ -149,6 +149,8 @@ def _find_keystore(config: Config, wanted: str | None) -> KeystoreConfig:
 def cmd_init(args: argparse.Namespace) -> int:
     result = _run_init(args.state_dir)
     _out(embedded.summary(result))
+    if result.first:
+        _out(f"  start it with:     xksproxy serve --state-dir {result.state_dir}")
     return EXIT_OK
 
 

@@ -426,6 +426,7 @@ def summary(result: InitResult) -> str:
 xksproxy: initialised {result.state_dir}
   config file:       {result.config_path}
   KMS console file:  {result.console_path}
+  TLS certificate:   {result.state_dir / "tls" / "server.crt"} (self-signed, for local tests)
   key store:         {result.keystore}
   URI path:          {result.uri_path}
   external keys (id, usage):
