@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,24 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-@pytest.fixture
-def initialised(state_dir: Path) -> Path:
-    """A state dir after one successful `xksproxy init`."""
-    r = run_cli("init", "--state-dir", str(state_dir))
+@pytest.fixture(scope="session")
+def _initialised_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real `xksproxy init`, cloned by `initialised` (init itself is tested on its own)."""
+    d = tmp_path_factory.mktemp("template") / "state"
+    r = run_cli("init", "--state-dir", str(d))
     assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture
+def initialised(state_dir: Path, _initialised_template: Path) -> Path:
+    """A private state dir as `xksproxy init` leaves it: a copy of the template with its paths
+    (absolute in softhsm2.conf and xksproxy.toml) pointed at the copy. Much cheaper than a fresh
+    init per test, and each test still owns its token and files."""
+    shutil.copytree(_initialised_template, state_dir, symlinks=True)
+    for name in ("softhsm2.conf", "xksproxy.toml"):
+        f = state_dir / name
+        f.write_text(f.read_text().replace(str(_initialised_template), str(state_dir)))
     return state_dir
 
 
