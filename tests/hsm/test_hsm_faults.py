@@ -80,6 +80,7 @@ class Load:
 
 
 def _slot_id(cfg: HsmConfig) -> int:
+    """Slot of the token (SoftHSMv2 derives it from the token serial: same in every instance)."""
     mod = module.acquire(cfg.module, cfg.env)
     try:
         return mod.find_token(cfg.token_label).slot.slot_id
@@ -111,11 +112,25 @@ async def _with_fault(cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0) 
         await pool.close()
 
 
+@pytest.fixture
+def isolated(hsm_config: HsmConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[HsmConfig, ctypes.CDLL]:
+    """The session token through the shim, i.e. a private SoftHSMv2 instance of its own.
+
+    Faults injected "from outside" then hit only this test's pool, never a pool another test may
+    hold open in this process on the real module. SoftHSM call serialisation is forced on, as it
+    is for the real module (the shim reports another manufacturer).
+    """
+    monkeypatch.setenv("XKSPROXY_PKCS11_SERIALIZE", "1")
+    shim = FaultShim.create(tmp_path)
+    return shim.hsm_config(hsm_config), ctypes.CDLL(shim.real_module_copy)
+
+
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
-async def test_sessions_closed_from_outside(hsm_config: HsmConfig, mode: str) -> None:
-    cfg = dataclasses.replace(hsm_config, mode=mode)
+async def test_sessions_closed_from_outside(isolated: tuple[HsmConfig, ctypes.CDLL],
+                                            mode: str) -> None:
+    cfg, lib = dataclasses.replace(isolated[0], mode=mode), isolated[1]
     slot = _slot_id(cfg)
-    lib = ctypes.CDLL(cfg.module)
 
     def inject() -> None:
         assert lib.C_CloseAllSessions(ctypes.c_ulong(slot)) == 0
@@ -124,16 +139,17 @@ async def test_sessions_closed_from_outside(hsm_config: HsmConfig, mode: str) ->
 
 
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
-async def test_module_finalised_from_outside(hsm_config: HsmConfig, mode: str) -> None:
+async def test_module_finalised_from_outside(isolated: tuple[HsmConfig, ctypes.CDLL],
+                                             mode: str) -> None:
     """C_Finalize behind the pool's back, *between* calls.
 
     PKCS#11 leaves C_Finalize concurrent with other calls undefined, and SoftHSMv2 really does
     crash then (it frees its managers under running calls), so the injection takes the module's
     call lock: the pool's calls are serialised for SoftHSMv2 and none is in flight meanwhile.
     """
-    cfg = dataclasses.replace(hsm_config, mode=mode)
-    lib = ctypes.CDLL(cfg.module)
+    cfg, lib = dataclasses.replace(isolated[0], mode=mode), isolated[1]
     mod = module.acquire(cfg.module, cfg.env)
+    assert mod.serialize
 
     def inject() -> None:
         with mod.call_lock:
