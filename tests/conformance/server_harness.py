@@ -183,6 +183,9 @@ def extend_config(state: StateDir) -> None:
         f"[[keystore.credentials]]\naccess_key_id = \"{demo2.akid}\"\nsecret = \"file:{f2}\"\n"
         "\n[[keystore.deny]]\nname = \"conformance-denied-role\"\n"
         "principal = \"arn:aws:iam::*:role/denied\"\n"
+        "\n[[keystore.deny]]\nname = \"conformance-op-glob\"\noperation = \"Forbidden*\"\n"
+        "\n[[keystore.deny]]\nname = \"conformance-and\"\nkey_id = \"demo-encrypt-only\"\n"
+        "via_service = \"blocked-svc\"\n"
     ]
     stores = {"demo": Store("demo", state.demo.prefix, (*state.demo.creds, demo2))}
     for name, prefix, extra in [
@@ -210,7 +213,7 @@ def extend_config(state: StateDir) -> None:
     by_prefix = {ks["path_prefix"]: ks for ks in parsed["keystore"]}
     demo_ks = by_prefix[state.demo.prefix]
     assert len(demo_ks.get("credentials", [])) == 2, "second demo credential did not attach"
-    assert len(demo_ks.get("deny", [])) == 1, "deny rule did not attach to the demo store"
+    assert len(demo_ks.get("deny", [])) == 3, "deny rules did not attach to the demo store"
     state.stores = stores
 
 

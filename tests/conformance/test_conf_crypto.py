@@ -456,3 +456,35 @@ def test_key_labels_map_external_id_to_hsm_key(boto, stores):
     # The HSM label itself is not an external id of this store.
     assert_json_error(boto.post(aliased.key_path("demo", "metadata"), metadata_body(),
                                 aliased.creds[0]), 404, "KeyNotFoundException")
+
+
+@pytest.mark.parametrize(("operation", "denied"), [("ForbiddenOperation", True),
+                                                   ("Forbidden", True),
+                                                   ("NotForbidden", False),
+                                                   ("Encrypt", False)])
+def test_deny_rule_operation_glob(boto, stores, operation, denied):
+    s = stores["demo"]
+    r = boto.post(s.key_path("demo", "encrypt"),
+                  encrypt_body(secret_marker("pt"), operation=operation), s.creds[0])
+    if denied:
+        assert_json_error(r, 403, "AccessDeniedException")
+    else:
+        assert_ok(r)
+
+
+@pytest.mark.parametrize(("key", "via", "denied"), [
+    ("demo-encrypt-only", "blocked-svc", True),
+    ("demo-encrypt-only", "ebs", False),
+    ("demo-encrypt-only", None, False),
+    ("demo", "blocked-svc", False),
+])
+def test_deny_rule_fields_all_must_match(boto, stores, key, via, denied):
+    """A rule naming several fields matches only when every one of them matches."""
+    s = stores["demo"]
+    extra = {"kmsViaService": via} if via else {}
+    r = boto.post(s.key_path(key, "encrypt"), encrypt_body(secret_marker("pt"), **extra),
+                  s.creds[0])
+    if denied:
+        assert_json_error(r, 403, "AccessDeniedException")
+    else:
+        assert_ok(r)
