@@ -282,19 +282,24 @@ def _provision(state_dir: Path) -> ProvisionedToken:
     return token
 
 
-def _ensure_keys(cfg: HsmConfig) -> tuple[dict[str, frozenset[str]], list[str]]:
-    """Health key plus the four demo keys, each created only if missing. Returns usage, created."""
+def _ensure_keys(cfg: HsmConfig, *, demo: bool) -> tuple[dict[str, frozenset[str]], list[str]]:
+    """The health key always; the demo keys only while the embedded default is being set up.
+
+    Once the config exists, a demo key the operator deleted stays deleted: recreating it would
+    silently bring back the label with *new* key material, so old ciphertext would look corrupt.
+    Returns (usage of the demo keys present, labels created now).
+    """
     from hsm import admin
 
     admin.ensure_health_key(cfg)
     existing = {k.label: frozenset(k.usage) for k in admin.list_keys(cfg)}
     created: list[str] = []
     for label, usage in DEMO_KEYS.items():
-        if label not in existing:
+        if demo and label not in existing:
             admin.create_key(cfg, label, usage)
             existing[label] = usage
             created.append(label)
-    return {label: existing[label] for label in DEMO_KEYS}, created
+    return {label: existing[label] for label in DEMO_KEYS if label in existing}, created
 
 
 def _existing_credential(config_path: Path) -> tuple[str, str, sigv4.Credential]:
@@ -349,8 +354,11 @@ def _init_locked(state_dir: Path) -> InitResult:
     config_path = state_dir / CONFIG_NAME
     console_path = state_dir / CONSOLE_NAME
 
+    first = not config_path.exists()
     token = _provision(state_dir)
-    keys, created_keys = _ensure_keys(token.hsm_config(HSM_NAME, health_key_label=HEALTH_KEY_LABEL))
+    keys, created_keys = _ensure_keys(
+        token.hsm_config(HSM_NAME, health_key_label=HEALTH_KEY_LABEL), demo=first
+    )
 
     audit_key = secrets_dir / "audit.key"
     if not audit_key.exists():
@@ -362,7 +370,6 @@ def _init_locked(state_dir: Path) -> InitResult:
 
         tls.generate_self_signed(cert, key, TLS_HOSTS)
 
-    first = not config_path.exists()
     if first:
         # Nothing references a previous attempt's secret yet: a fresh pair is always safe here.
         credential = sigv4.generate_credential()

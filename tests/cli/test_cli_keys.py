@@ -79,3 +79,19 @@ def test_unloadable_pkcs11_module_is_reported_without_a_traceback(initialised, c
     assert "libsofthsm2-missing.so" in r.stderr
     assert "apt-get install softhsm2" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_deleted_demo_key_stays_deleted_across_restarts(initialised, cli):
+    d = str(initialised)
+    assert cli("keys", "delete", "demo-no-usage", "--state-dir", d).returncode == 0
+    assert cli("init", "--state-dir", d).returncode == 0
+    keys = _keys(cli, initialised)
+    assert "demo-no-usage" not in keys
+    assert "demo" in keys
+
+
+def test_init_recreates_a_missing_health_key(initialised, cli):
+    d = str(initialised)
+    assert cli("keys", "delete", "xks-health-test", "--force", "--state-dir", d).returncode == 0
+    assert cli("init", "--state-dir", d).returncode == 0
+    assert "xks-health-test" in _keys(cli, initialised)
