@@ -186,6 +186,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes
     http_version: str = "HTTP/1.1"
+    local_addr: Any = None  # client side of the TCP connection (httpx only): detects reconnects
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -292,8 +293,10 @@ class BotocoreClient:
             headers: Mapping[str, str] | None = None) -> Reply:
         """Send exactly what is given (no signing): unauthenticated and tampered requests."""
         r = self.http.request(method, path, content=data, headers=dict(headers or {}))
+        stream = r.extensions.get("network_stream")
+        local = stream.get_extra_info("client_addr") if stream is not None else None
         return Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content,
-                     r.http_version)
+                     r.http_version, local)
 
 
 class RequestsClient:
