@@ -236,7 +236,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
+    config = _load(_config_path(args))
+    cfg = _hsm_config(config, args.hsm)
     from hsm import admin
 
     with _module_errors(cfg):
@@ -246,7 +247,28 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         usage = USAGES[args.usage]
         admin.create_key(cfg, args.id, usage)
         _out(f"created key {args.id} on {cfg.name} (usage: {embedded.usage_text(usage)})")
+        stores = _stores_serving(config, cfg.name, args.id)
+        if stores:
+            _out(f"key stores that may use it: {', '.join(stores)}")
+        else:
+            _out(
+                f"note: no [[keystore]] on {cfg.name} lists {args.id!r} in keys (or key_labels); "
+                "add it there so KMS can use it"
+            )
         return EXIT_OK
+
+
+def _stores_serving(config: Config, hsm_name: str, label: str) -> list[str]:
+    """Names of the key stores through which KMS can reach the HSM key `label`."""
+    names = []
+    for store in config.keystores:
+        if store.hsm != hsm_name:
+            continue
+        mapped = set(store.key_labels.values())
+        direct = label in store.keys and label not in store.key_labels
+        if direct or label in mapped or "*" in store.keys:
+            names.append(f"{store.name} ({store.uri_path})")
+    return names
 
 
 def _check_key_id(key_id: str) -> None:

@@ -95,3 +95,12 @@ def test_init_recreates_a_missing_health_key(initialised, cli):
     assert cli("keys", "delete", "xks-health-test", "--force", "--state-dir", d).returncode == 0
     assert cli("init", "--state-dir", d).returncode == 0
     assert "xks-health-test" in _keys(cli, initialised)
+
+
+def test_create_says_whether_a_key_store_can_use_the_key(initialised, cli):
+    d = str(initialised)
+    r = cli("keys", "create", "not-listed", "--state-dir", d)
+    assert r.returncode == 0 and "no [[keystore]]" in r.stdout
+    assert cli("keys", "delete", "demo", "--state-dir", d).returncode == 0
+    r = cli("keys", "create", "demo", "--state-dir", d)
+    assert r.returncode == 0 and "/demo/kms/xks/v1" in r.stdout
