@@ -32,7 +32,7 @@ async def test_round_trip_sizes(pool: HsmPool) -> None:
         for aad in (b"", b"a", os.urandom(8192), os.urandom(65535), os.urandom(65793)):
             r = await pool.encrypt("demo", pt, aad, deadline=soon())
             assert len(r.iv) == 12 and len(r.tag) == 16 and len(r.ciphertext) == size
-            assert r.ciphertext != pt
+            assert size < 16 or r.ciphertext != pt  # tiny inputs may collide by chance
             back = await pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag,
                                       aad=aad, deadline=soon())
             assert back == pt
