@@ -37,10 +37,17 @@ _USAGE_ATTRIBUTES = {
 }
 
 
+_ALIASES = {"decrypt-encrypt": "encrypt-decrypt", "both": "encrypt-decrypt",
+            "encrypt-only": "encrypt", "decrypt-only": "decrypt", "": "none"}
+
+
 def _usage(usage: str | Collection[str]) -> frozenset[str]:
     if isinstance(usage, str):
+        name = "-".join(usage.lower().replace("+", " ").replace("_", " ").replace(",", " ")
+                        .replace("-", " ").split())
+        name = _ALIASES.get(name, name)
         try:
-            return USAGE_PRESETS[usage]
+            return USAGE_PRESETS[name]
         except KeyError:
             raise ValueError(
                 f"usage must be one of {', '.join(USAGE_PRESETS)}, not {usage!r}") from None
