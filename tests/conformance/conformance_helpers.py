@@ -293,8 +293,13 @@ class BotocoreClient:
             headers: Mapping[str, str] | None = None) -> Reply:
         """Send exactly what is given (no signing): unauthenticated and tampered requests."""
         r = self.http.request(method, path, content=data, headers=dict(headers or {}))
+        local = None
         stream = r.extensions.get("network_stream")
-        local = stream.get_extra_info("client_addr") if stream is not None else None
+        if stream is not None:
+            try:
+                local = stream.get_extra_info("client_addr")
+            except OSError:  # the server closed the connection after answering: fine
+                local = None
         return Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content,
                      r.http_version, local)
 
