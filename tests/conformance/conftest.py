@@ -144,3 +144,13 @@ def alt_server(request: pytest.FixtureRequest, state: StateDir,
                        server_impl=impl)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_hypercorn_server(state: StateDir, server: Server) -> Iterator[Server]:
+    cfg = copy_config(state, "xksproxy-tls-hypercorn.toml",
+                      {("audit", "file"): '"audit/tls-hypercorn-audit.log"'})
+    srv = start_server(state, config=cfg, plain_http=False, log_name="server-tls-hypercorn",
+                       server_impl="hypercorn")
+    yield srv
+    srv.stop()

@@ -131,3 +131,21 @@ def test_tls_plain_http_request_refused(tls_server, stores):
     """The TLS listener does not serve plain HTTP."""
     with pytest.raises(httpx.HTTPError):
         httpx.get(tls_server.base_url.replace("https://", "http://") + "/ping", timeout=5)
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_tls_hypercorn_roundtrip(tls_hypercorn_server, stores, cert, http2):
+    client = BotocoreClient(tls_hypercorn_server.base_url, verify=trust(cert), http2=http2)
+    try:
+        s = stores["demo"]
+        r = client.post(s.health_path, health_body(), s.creds[0])
+        assert_ok(r)
+        assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1"), r.http_version
+        pt = secret_marker("pt")
+        enc = assert_ok(client.post(s.key_path("demo", "encrypt"), encrypt_body(pt, cdiv=True),
+                                    s.creds[0]))
+        dec = assert_ok(client.post(s.key_path("demo", "decrypt"), decrypt_body(enc),
+                                    s.creds[0]))
+        assert unb64(dec["plaintext"]) == pt
+    finally:
+        client.close()
