@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 
 import httpx
+import orjson
 import pytest
 from conftest import demo_credential, set_option
 from ops_client import encrypt_body, signed
@@ -108,6 +110,16 @@ def test_sighup_and_invalid_file(server, config_path):
         time.sleep(0.1)
     assert len(reloads()) >= before + 2, server.output()[-2000:]
     assert "respawning" not in server.output()
+    assert _status_fresh_connection(server, demo_credential(config_path)) == 200
+
+    # SIGHUP straight to one worker (e.g. a process-group signal): it reloads, it does not die
+    worker_pid = orjson.loads(reloads()[-1])["pid"]
+    os.kill(worker_pid, signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while not any('"SIGHUP"' in line for line in reloads()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any('"SIGHUP"' in line for line in reloads()), server.output()[-2000:]
+    os.kill(worker_pid, 0)  # still alive
     assert _status_fresh_connection(server, demo_credential(config_path)) == 200
 
     # an invalid file: the running configuration stays, the log says exactly what is wrong
