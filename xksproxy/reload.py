@@ -86,14 +86,11 @@ def describe_changes(old: Config, new: Config) -> dict[str, Any]:
         elif b is None:
             out[name] = "removed"
         else:
-            old_ids = {c.access_key_id for c in a.credentials}
-            new_ids = {c.access_key_id for c in b.credentials}
+            old_by_id = {c.access_key_id: c.secret for c in a.credentials}
+            new_by_id = {c.access_key_id: c.secret for c in b.credentials}
+            old_ids, new_ids = set(old_by_id), set(new_by_id)
             secrets_changed = sorted(
-                c.access_key_id for c in b.credentials
-                if c.access_key_id in old_ids
-                and next(o for o in a.credentials if o.access_key_id == c.access_key_id).secret
-                != c.secret
-            )
+                akid for akid in old_ids & new_ids if old_by_id[akid] != new_by_id[akid])
             d: dict[str, Any] = {}
             if new_ids - old_ids:
                 d["credentialsAdded"] = sorted(new_ids - old_ids)
