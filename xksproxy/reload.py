@@ -49,12 +49,13 @@ _FILE_REF = re.compile(r"""["']file:([^"'\n]+)["']""")
 _RESTART_SECTIONS = ("server", "tls", "metrics", "audit", "health", "hsms")
 
 
-def _stat_sig(path: Path) -> tuple[int, int, int] | None:
+def _stat_sig(path: Path) -> tuple[int, ...] | None:
+    """What tells us a file changed: content (mtime, size), replacement (inode), mode (ctime)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
 
 
 def watched_files(config_path: Path) -> list[Path]:
