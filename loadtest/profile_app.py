@@ -70,6 +70,10 @@ async def lifespan(app):
     return q, out, task
 
 
+def _qualname(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 async def amain(args: argparse.Namespace, state: Path) -> None:
     os.environ["XKSPROXY_CONFIG"] = str(state / "xksproxy.toml")
     os.environ["XKS_STATE_DIR"] = str(state)
@@ -78,6 +82,9 @@ async def amain(args: argparse.Namespace, state: Path) -> None:
     app = create_app()
     if args.no_observers:  # what the request log, audit and metrics cost per request
         app.observers.clear()
+    for name in args.drop_observer or ():
+        app.observers[:] = [o for o in app.observers if name not in _qualname(o)]
+    print("observers: " + ", ".join(_qualname(o) for o in app.observers), file=REPORT)
     q, _out, task = await lifespan(app)
     target = target_from_env(f"https://{HOST}")
     enc = prepare(target, "encrypt")
@@ -122,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--state-dir", type=Path,
                    help="an existing (or new) state dir, e.g. with an edited xksproxy.toml")
+    p.add_argument("--drop-observer", action="append", metavar="NAME",
+                   help="drop observers whose module.qualname contains NAME (repeatable)")
     p.add_argument("--no-observers", action="store_true",
                    help="drop the app's observers (request log, audit, metrics) to price them")
     args = p.parse_args(argv)
