@@ -291,7 +291,7 @@ class HsmPool:
             if not self._free:
                 return None
             self._in_use += 1
-            return self._free.popleft()
+            return self._free.pop()  # LIFO: the most recently used (cache-warm) session
 
     async def _wait_for_session(self, deadline: float) -> _Session:
         assert self._loop is not None
