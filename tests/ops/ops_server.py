@@ -73,12 +73,32 @@ def start(config_path: Path, *, workers: int = 2, env: dict[str, str] | None = N
     while time.monotonic() < deadline:
         try:
             ready.get(timeout=0.2)
-            return srv
         except queue.Empty:
             if proc.poll() is not None:
                 break
+            continue
+        if _wait_workers(srv, workers, deadline):
+            return srv
+        break
     srv.stop()
     raise RuntimeError("server did not start:\n" + srv.output()[-3000:])
+
+
+def _wait_workers(srv: Server, n: int, deadline: float) -> bool:
+    """"listening" means one worker answers; wait until all ``n`` built their app (each one
+    publishes metrics from then on), so every worker watches the config from here on."""
+    import httpx
+
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(srv.metrics_url, timeout=2).text
+        except httpx.HTTPError:
+            text = ""
+        for line in text.splitlines():
+            if line.startswith("xksproxy_workers ") and float(line.split()[1]) >= n:
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def assert_clean_and_chained(srv: Server, config_path: Path, plaintexts: list[bytes]) -> int:
