@@ -256,3 +256,48 @@ def test_key_deleted_or_replaced_by_another_process(hsm_token: ProvisionedToken,
             admin.delete_key(hsm_config, label)
 
     asyncio.run(main())
+
+
+async def test_inline_call_past_deadline_is_session_timeout(hsm_config: HsmConfig,
+                                                            tmp_path: Path) -> None:
+    shim = FaultShim.create(tmp_path)
+    pool = HsmPool(shim.hsm_config(hsm_config, mode="inline"))
+    await pool.start()
+    try:
+        shim.set("delay", delay_ms=100)
+        await asyncio.sleep(0.1)
+        with pytest.raises(SessionTimeout, match="did not answer"):
+            await pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 0.05)
+        shim.set("ok")
+        await asyncio.sleep(0.1)
+        assert (await pool.probe()).ok
+    finally:
+        shim.set("ok")
+        await pool.close()
+
+
+async def test_two_pools_on_one_module_both_recover(hsm_config: HsmConfig,
+                                                    tmp_path: Path) -> None:
+    """One module re-initialisation serves every pool on it; none stays broken."""
+    shim = FaultShim.create(tmp_path)
+    pools = [HsmPool(shim.hsm_config(hsm_config, mode=m)) for m in ("inline", "threaded")]
+    for p in pools:
+        await p.start()
+    try:
+        shim.set("device_error")
+        await asyncio.sleep(0.1)
+        for p in pools:
+            with pytest.raises(HsmUnavailable):
+                await p.encrypt("demo", b"x", b"", deadline=time.monotonic() + 1)
+        shim.set("ok")
+        limit = time.monotonic() + RECOVERY_LIMIT_S
+        while any(p.stats().state != "ready" for p in pools) and time.monotonic() < limit:
+            await asyncio.sleep(0.01)
+        for p in pools:
+            r = await p.encrypt("demo", b"again", b"", deadline=time.monotonic() + 5)
+            assert await p.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=b"",
+                                   deadline=time.monotonic() + 5) == b"again"
+    finally:
+        shim.set("ok")
+        for p in pools:
+            await p.close()
