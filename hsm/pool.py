@@ -493,6 +493,7 @@ class HsmPool:
                     log.warning("hsm %s: %d call(s) still inside the module after %.0f s",
                                 self.config.name, self._in_use, waited)
         delay = BACKOFF_START_S
+        attempts = 0
         while not self._closed.is_set():
             try:
                 with mod.call_lock:
@@ -504,6 +505,10 @@ class HsmPool:
                         sess.handle = None  # the old handles died with the old initialisation
                         self._open(sess)
             except HsmError as exc:
+                if attempts % 60 == 0:  # first failure, then about once a minute
+                    log.warning("hsm %s: recovery attempt %d failed: %s", self.config.name,
+                                attempts + 1, exc)
+                attempts += 1
                 self._last_error = f"recovery attempt failed: {exc}"
                 fault_generation = mod.generation
                 self._closed.wait(delay)

@@ -229,3 +229,18 @@ def test_two_threads_share_one_module(hsm_config: HsmConfig) -> None:
     for t in threads:
         t.join()
     assert results == [b"shared", b"shared"]
+
+
+async def test_pkcs11_lib_returns_the_shared_multithreaded_instance(hsm_config: HsmConfig) -> None:
+    """pkcs11.lib(path) in the same process must not re-initialise under a running pool."""
+    import pkcs11
+
+    pool = HsmPool(hsm_config)
+    await pool.start()
+    try:
+        lib = pkcs11.lib(hsm_config.module)
+        assert lib.get_token(token_label=hsm_config.token_label).label == hsm_config.token_label
+        r = await pool.encrypt("demo", b"still fine", b"", deadline=time.monotonic() + 5)
+        assert len(r.tag) == 16 and pool.stats().session_replacements == 0
+    finally:
+        await pool.close()
