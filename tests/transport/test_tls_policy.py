@@ -140,3 +140,28 @@ def test_configured_rsa_certificate(tmp_path, serve_proc, server):
     assert rc == 0, out
     assert negotiated(out) == ("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384")
     assert "CN = localhost" in out or "CN=localhost" in out
+
+
+def test_traditional_key_format_named_for_granian_and_served_by_hypercorn(tmp_path, serve_proc):
+    """granian reads only PKCS#8 keys: say so at start instead of failing in the workers."""
+    import sys
+
+    from transport_support import REPO, serve_env
+
+    cfg = write_config(tmp_path)
+    c, k = _rsa_pair(tmp_path)
+    key = serialization.load_pem_private_key(k.read_bytes(), None)
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption()))
+    text = cfg.read_text().replace('cert_file = "tls/server.crt"', f'cert_file = "{c}"')
+    cfg.write_text(text.replace('key_file = "tls/server.key"', f'key_file = "{k}"'))
+    r = subprocess.run(
+        [sys.executable, "-m", "xksproxy", "serve", "--config", str(cfg), "--server", "granian"],
+        cwd=REPO, env=serve_env(probe=True), capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2
+    assert "PKCS#8" in r.stderr and "openssl pkcs8" in r.stderr
+    s = serve_proc(cfg, "--server", "hypercorn", "--workers", "1")
+    rc, out = s_client(s.url, "-tls1_2")
+    assert rc == 0, out
