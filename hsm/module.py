@@ -15,6 +15,7 @@ itself (its ``unload``/dealloc only finalise when that flag is set). Finalising 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -142,6 +143,12 @@ class Module:
         return session
 
     def login(self, handle: int, pin: str) -> None:
+        """Log the token in through ``handle`` unless it already is (login state is per token)."""
+        info = _ck.CK_SESSION_INFO()
+        rv = self.functions.C_GetSessionInfo(handle, ctypes.byref(info))
+        if rv == _ck.CKR_OK and info.state in (_ck.CKS_RO_USER_FUNCTIONS,
+                                               _ck.CKS_RW_USER_FUNCTIONS):
+            return
         raw = pin.encode()
         rv = self.functions.C_Login(handle, _ck.CKU_USER, raw, len(raw))
         if rv not in (_ck.CKR_OK, _ck.CKR_USER_ALREADY_LOGGED_IN):
