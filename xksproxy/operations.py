@@ -31,3 +31,39 @@ def install(app: Any, *, reload_interval_s: float = 1.0) -> Operations:
     ops = Operations(quotas, adm, audit_log, reloader)
     app.operations = ops
     return ops
+
+
+@dataclass
+class LauncherHooks:
+    """What the launcher's parent process holds for operations; ``close()`` at exit."""
+
+    listener: metrics.MetricsListener | None
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self.listener.url if self.listener is not None else None
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+
+def prepare_launcher(metrics_bind: str | None, workers: int) -> LauncherHooks:
+    """Everything the launcher's parent must do *before* starting workers, in one call.
+
+    - starts the metrics listener on ``metrics_bind`` (None/"" = off) and exports the shared
+      snapshot directory to the workers;
+    - exports ``XKSPROXY_WORKERS`` (quotas divide the host-wide rate by it);
+    - prepares the reload trigger and routes SIGHUP (ours and granian's) to a worker self-reload.
+    Print ``hooks.metrics_url`` when not None.
+    """
+    import os
+    import signal
+
+    os.environ["XKSPROXY_WORKERS"] = str(max(1, workers))
+    reload.prepare_parent()
+    signal.signal(signal.SIGHUP, reload.request_reload)
+    reload.route_granian_sighup()
+    listener = metrics.start_listener(metrics_bind) if metrics_bind else None
+    return LauncherHooks(listener)

@@ -1,37 +1,29 @@
-"""Test launcher: what `xksproxy serve` must do in its parent process for operations.
+"""Test launcher: `xksproxy serve` plus the operations hooks its parent process must run.
 
-1. ``metrics.start_listener(bind)`` before workers start (exports the shared metrics directory);
-2. ``reload.prepare_parent()`` and route the parent's SIGHUP to ``reload.request_reload``
-   (``reload.route_granian_sighup()`` for granian; workers then reload themselves, nothing is
-   respawned); export ``XKSPROXY_WORKERS``;
-3. then run the server as usual.
+``xksproxy.operations.prepare_launcher(metrics_bind, workers)`` before the workers start (metrics
+listener + shared directory, XKSPROXY_WORKERS, SIGHUP routed to a worker self-reload), print the
+metrics URL, ``close()`` at exit. This file is the reference sequence for server.py.
 
 Usage: python launch_with_ops.py CONFIG BIND METRICS_BIND WORKERS
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
 
-from xksproxy import metrics, reload
+from xksproxy.operations import prepare_launcher
 from xksproxy.server import serve
 
 
 def main() -> int:
     config, bind, metrics_bind, workers = sys.argv[1:5]
-    listener = metrics.start_listener(metrics_bind)
-    os.environ["XKSPROXY_WORKERS"] = workers  # quotas divide the host-wide rate by it
-    reload.prepare_parent()
-    signal.signal(signal.SIGHUP, reload.request_reload)  # until the server installs its own
-    reload.route_granian_sighup()  # granian's own handler would respawn the workers
-    print(f"xksproxy: metrics on {listener.url}", flush=True)
+    hooks = prepare_launcher(metrics_bind, int(workers))
+    print(f"xksproxy: metrics on {hooks.metrics_url}", flush=True)
     try:
         return serve(Path(config), bind=bind, plain_http=True, workers=int(workers))
     finally:
-        listener.close()
+        hooks.close()
 
 
 if __name__ == "__main__":
