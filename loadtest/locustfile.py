@@ -6,6 +6,8 @@ user made), GetKeyMetadata 4, GetHealthStatus 1. One keep-alive connection per u
 Target (command line or env): ``--host https://127.0.0.1:8443`` (or ``XKS_URL``), and either
 ``XKS_STATE_DIR=<state dir>`` (reads its kms-console.json) or ``XKS_URI_PATH``,
 ``XKS_ACCESS_KEY_ID``, ``XKS_SECRET``; optional ``XKS_KEY_ID`` (default ``demo``), ``XKS_REGION``.
+Each has a command-line twin (``--xks-state-dir``, ``--xks-uri-path``, ``--xks-access-key-id``,
+``--xks-secret``, ``--xks-key-id``, ``--xks-region``).
 Rate: ``--xks-rate R`` spreads R requests/s over the users (constant throughput per user).
 
     XKS_STATE_DIR=~/.local/state/xksproxy locust -f loadtest/locustfile.py --headless \\
@@ -17,6 +19,7 @@ Rate: ``--xks-rate R`` spreads R requests/s over the users (constant throughput 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import deque
 from pathlib import Path
@@ -38,17 +41,38 @@ from loadtest.xks_requests import (
 _target: Target | None = None
 
 
+# Command-line equivalents of the XKS_* environment variables (the environment is preferred for
+# the secret: a command line is visible to other local users).
+_TARGET_OPTIONS = {
+    "xks_state_dir": "XKS_STATE_DIR",
+    "xks_uri_path": "XKS_URI_PATH",
+    "xks_access_key_id": "XKS_ACCESS_KEY_ID",
+    "xks_secret": "XKS_SECRET",
+    "xks_key_id": "XKS_KEY_ID",
+    "xks_region": "XKS_REGION",
+}
+
+
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     parser.add_argument("--xks-rate", type=float, default=0.0,
                         help="total requests/s over all users (0: as fast as possible)")
+    for opt, env in _TARGET_OPTIONS.items():
+        parser.add_argument("--" + opt.replace("_", "-"), default=None,
+                            help=f"same as ${env}")
 
 
 @events.init.add_listener
 def _configure(environment, **_kw) -> None:
     opts = environment.parsed_options
-    rate = getattr(opts, "xks_rate", 0.0) if opts else 0.0
-    users = getattr(opts, "num_users", None) if opts else None
+    if opts is None:
+        return
+    for opt, env in _TARGET_OPTIONS.items():
+        value = getattr(opts, opt, None)
+        if value:
+            os.environ[env] = value
+    rate = getattr(opts, "xks_rate", 0.0)
+    users = getattr(opts, "num_users", None)
     if rate and users:
         XksUser.wait_time = constant_throughput(rate / users)
 
@@ -86,7 +110,7 @@ class XksUser(FastHttpUser):
                 self.made.append(json.loads(r.content))
                 r.success()
             else:
-                r.failure(f"{r.status_code} {r.text[:200]}")
+                _fail(r)
 
     @task(35)
     def decrypt(self) -> None:
@@ -112,4 +136,10 @@ def _check(r) -> None:
     if r.status_code == 200:
         r.success()
     else:
-        r.failure(f"{r.status_code} {r.text[:200]}")
+        _fail(r)
+
+
+def _fail(r) -> None:
+    """Status and the XKS error body (or the connection error when there was no answer)."""
+    detail = (r.text or "")[:200] if r.status_code else repr(getattr(r, "error", None))
+    r.failure(f"{r.status_code} {detail}")

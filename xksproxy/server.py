@@ -296,7 +296,7 @@ def _run_granian(p: Plan) -> int:
 def _app_factory() -> str:
     """The ASGI app factory; ``XKSPROXY_APP_FACTORY`` exists only so transport tests can serve
     a probe app (e.g. one echoing the ASGI scope) through exactly this launcher."""
-    return os.environ.get("XKSPROXY_APP_FACTORY", APP_FACTORY)
+    return os.environ.get("XKSPROXY_APP_FACTORY") or APP_FACTORY
 
 
 # granian logs to stdout by default; stdout carries our start-up lines and the JSON request log,
