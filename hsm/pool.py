@@ -130,13 +130,14 @@ class HsmPool:
         self._closed = threading.Event()
         self._pid = 0
         self._forks = -1
+        self._mode = config.mode  # effective mode, fixed at start()
         self._recoveries = 0
         self._replacements = 0
         self._last_error: str | None = None
         self._recovery_thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        return f"<HsmPool {self.config.name!r} {self.config.mode} {self._state}>"
+        return f"<HsmPool {self.config.name!r} {self._mode} {self._state}>"
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -146,7 +147,16 @@ class HsmPool:
         self._loop = asyncio.get_running_loop()
         self._closed.clear()
         await asyncio.to_thread(self._start_sync)
-        if self.config.mode == "threaded":
+        assert self._module is not None
+        self._mode = self.config.mode
+        if self._mode == "threaded" and self._module.serialize:
+            # The module's calls run one at a time anyway (SoftHSMv2, see module.py): worker
+            # threads would only add a hop (measured: slower than inline), and keeping every call
+            # on the loop thread means a C_Finalize issued from this thread can never overlap one.
+            self._mode = "inline"
+            log.info("hsm %s: module calls are serialised; mode 'threaded' runs inline",
+                     self.config.name)
+        if self._mode == "threaded":
             for sess in self._sessions:
                 t = threading.Thread(target=self._worker, args=(sess,), daemon=True,
                                      name=f"hsm-{self.config.name}-{sess.index}")
@@ -249,9 +259,9 @@ class HsmPool:
         return ProbeResult(True, time.perf_counter() - start, None)
 
     def stats(self) -> PoolStats:
-        waiting = len(self._waiters) if self.config.mode == "inline" else self._jobs.qsize()
+        waiting = len(self._waiters) if self._mode == "inline" else self._jobs.qsize()
         return PoolStats(
-            name=self.config.name, mode=self.config.mode, state=self._state,
+            name=self.config.name, mode=self._mode, state=self._state,
             sessions=len(self._sessions), in_use=self._in_use, waiting=waiting,
             recoveries=self._recoveries, session_replacements=self._replacements,
             last_error=self._last_error,
@@ -268,7 +278,7 @@ class HsmPool:
 
     async def _run(self, op: Callable[[_Session], T], deadline: float) -> T:
         self._check_usable()
-        if self.config.mode == "threaded":
+        if self._mode == "threaded":
             return await self._run_threaded(op, deadline)
         sess = self._acquire_nowait()
         if sess is None:

@@ -66,8 +66,9 @@ class ProbeResult:
 class PoolStats:
     """Snapshot of a pool for health output and metrics.
 
-    ``state``: "ready", "recovering" (module being re-initialised in the background; requests fail
-    fast with HsmUnavailable) or "stopped" (before start / after close).
+    ``mode`` is the effective mode: "threaded" runs inline on a module whose calls are serialised
+    (SoftHSMv2). ``state``: "ready", "recovering" (module being re-initialised in the background;
+    requests fail fast with HsmUnavailable) or "stopped" (before start / after close).
     """
 
     name: str

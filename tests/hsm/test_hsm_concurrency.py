@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from support.faultshim import FaultShim
 from support.hsm_keys import KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL
 
 from hsm import HsmConfig, HsmPool
@@ -85,10 +86,17 @@ async def _mixed_ops(pool: HsmPool, n: int, seed: int) -> None:
                 await pool.encrypt("demo-decrypt-only", pt, aad, deadline=deadline)
 
 
+def _config(hsm_config: HsmConfig, mode: str, tmp_path: Path, sessions: int) -> HsmConfig:
+    """Inline on SoftHSMv2 itself; threaded through the pass-through shim, so that worker threads
+    really call the module in parallel (on SoftHSMv2 directly, "threaded" runs inline)."""
+    cfg = dataclasses.replace(hsm_config, mode=mode, sessions=sessions)
+    return FaultShim.create(tmp_path).hsm_config(cfg) if mode == "threaded" else cfg
+
+
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
-def test_eight_threads_mixed_operations(hsm_config: HsmConfig, mode: str) -> None:
+def test_eight_threads_mixed_operations(hsm_config: HsmConfig, mode: str, tmp_path: Path) -> None:
     """8 threads, each with its own event loop and pool on the shared module, 2,000 ops each."""
-    cfg = dataclasses.replace(hsm_config, mode=mode, sessions=2)
+    cfg = _config(hsm_config, mode, tmp_path, sessions=2)
     errors: list[BaseException] = []
 
     def run(seed: int) -> None:
@@ -96,6 +104,7 @@ def test_eight_threads_mixed_operations(hsm_config: HsmConfig, mode: str) -> Non
             pool = HsmPool(cfg)
             await pool.start()
             try:
+                assert pool.stats().mode == mode
                 await _mixed_ops(pool, 2000, seed)
             finally:
                 await pool.close()
@@ -114,10 +123,12 @@ def test_eight_threads_mixed_operations(hsm_config: HsmConfig, mode: str) -> Non
 
 
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
-async def test_two_hundred_concurrent_tasks(hsm_config: HsmConfig, mode: str) -> None:
-    pool = HsmPool(dataclasses.replace(hsm_config, mode=mode, sessions=4))
+async def test_two_hundred_concurrent_tasks(hsm_config: HsmConfig, mode: str,
+                                            tmp_path: Path) -> None:
+    pool = HsmPool(_config(hsm_config, mode, tmp_path, sessions=4))
     await pool.start()
     try:
+        assert pool.stats().mode == mode
         await asyncio.gather(*(_mixed_ops(pool, 10, seed) for seed in range(200)))
         stats = pool.stats()
         assert stats.in_use == 0 and stats.waiting == 0 and stats.state == "ready"

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from support.faultshim import FaultShim
 from support.hsm_keys import KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL
 
 from hsm import HsmConfig, HsmPool
@@ -19,8 +20,13 @@ def soon() -> float:
 
 
 @pytest.fixture(params=["inline", "threaded"])
-async def pool(request: pytest.FixtureRequest, hsm_config: HsmConfig):
-    p = HsmPool(dataclasses.replace(hsm_config, mode=request.param))
+async def pool(request: pytest.FixtureRequest, hsm_config: HsmConfig, tmp_path):
+    cfg = dataclasses.replace(hsm_config, mode=request.param)
+    if request.param == "threaded":
+        # Through the (pass-through) shim: real worker threads. On SoftHSMv2 itself, whose calls
+        # are serialised, "threaded" runs inline (see hsm/pool.py).
+        cfg = FaultShim.create(tmp_path).hsm_config(cfg)
+    p = HsmPool(cfg)
     await p.start()
     yield p
     await p.close()
@@ -105,8 +111,20 @@ async def test_probe_and_stats(pool: HsmPool) -> None:
     assert result.ok and result.error is None and result.latency_s > 0
     st = pool.stats()
     assert st.state == "ready" and st.sessions == 4 and st.in_use == 0
+    assert st.mode == pool.config.mode
 
 
 def test_pin_never_in_repr(hsm_config: HsmConfig) -> None:
     assert hsm_config.pin not in repr(hsm_config)
     assert hsm_config.pin not in repr(HsmPool(hsm_config))
+
+
+async def test_threaded_mode_runs_inline_on_softhsm(hsm_config: HsmConfig) -> None:
+    pool = HsmPool(dataclasses.replace(hsm_config, mode="threaded"))
+    await pool.start()
+    try:
+        assert pool.stats().mode == "inline"
+        r = await pool.encrypt("demo", b"x", b"", deadline=soon())
+        assert len(r.iv) == 12
+    finally:
+        await pool.close()

@@ -88,14 +88,18 @@ def _slot_id(cfg: HsmConfig) -> int:
         module.release(mod)
 
 
-async def _with_fault(cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0) -> None:
+async def _with_fault(cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0,
+                      on_loop: bool = False) -> None:
     pool = HsmPool(cfg)
     await pool.start()
     try:
         load = Load(pool)
         await asyncio.sleep(0.3)
         assert load.outcomes["ok"] > 0
-        await asyncio.to_thread(inject)  # from another thread: may hit calls in flight
+        if on_loop:
+            inject()  # between two calls of the inline pool
+        else:
+            await asyncio.to_thread(inject)  # from another thread: may hit calls in flight
         if fault_s:
             await asyncio.sleep(fault_s)
             assert load.outcomes["ok"] >= 0
@@ -113,15 +117,13 @@ async def _with_fault(cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0) 
 
 
 @pytest.fixture
-def isolated(hsm_config: HsmConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-             ) -> tuple[HsmConfig, ctypes.CDLL]:
+def isolated(hsm_config: HsmConfig, tmp_path: Path) -> tuple[HsmConfig, ctypes.CDLL]:
     """The session token through the shim, i.e. a private SoftHSMv2 instance of its own.
 
     Faults injected "from outside" then hit only this test's pool, never a pool another test may
-    hold open in this process on the real module. SoftHSM call serialisation is forced on, as it
-    is for the real module (the shim reports another manufacturer).
+    hold open in this process on the real module. The shim reports its own manufacturer, so its
+    calls are not serialised and threaded mode uses real worker threads.
     """
-    monkeypatch.setenv("XKSPROXY_PKCS11_SERIALIZE", "1")
     shim = FaultShim.create(tmp_path)
     return shim.hsm_config(hsm_config), ctypes.CDLL(shim.real_module_copy)
 
@@ -140,25 +142,21 @@ async def test_sessions_closed_from_outside(isolated: tuple[HsmConfig, ctypes.CD
 
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
 async def test_module_finalised_from_outside(isolated: tuple[HsmConfig, ctypes.CDLL],
-                                             mode: str) -> None:
-    """C_Finalize behind the pool's back, *between* calls.
+                                             mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """C_Finalize behind the pool's back, from the event-loop thread while load runs.
 
     PKCS#11 leaves C_Finalize concurrent with other calls undefined, and SoftHSMv2 really does
-    crash then (it frees its managers under running calls), so the injection takes the module's
-    call lock: the pool's calls are serialised for SoftHSMv2 and none is in flight meanwhile.
+    crash then (it frees its managers under running calls). For SoftHSMv2 the pool serialises
+    calls and runs even "threaded" inline, so a finalize from the loop thread always falls
+    between two calls (forced on here: the shim is not recognised as SoftHSMv2).
     """
+    monkeypatch.setenv("XKSPROXY_PKCS11_SERIALIZE", "1")
     cfg, lib = dataclasses.replace(isolated[0], mode=mode), isolated[1]
-    mod = module.acquire(cfg.module, cfg.env)
-    assert mod.serialize
 
     def inject() -> None:
-        with mod.call_lock:
-            assert lib.C_Finalize(None) == 0
+        assert lib.C_Finalize(None) == 0
 
-    try:
-        await _with_fault(cfg, inject)
-    finally:
-        module.release(mod)
+    await _with_fault(cfg, inject, on_loop=True)
 
 
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
