@@ -189,3 +189,13 @@ def test_concurrent_inits_agree_on_one_credential_and_one_key_each(state_dir, cl
     listed = json.loads(cli("keys", "list", "--json", "--state-dir", str(state_dir)).stdout)
     ids = [k["id"] for k in listed]
     assert sorted(ids) == sorted(set(ids))
+
+
+def test_default_state_dir_is_under_home_local_state(tmp_path, cli, monkeypatch):
+    # HOME points into the test's tmp dir: the real ~/.local/state is never touched.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    r = cli("init")
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / ".local" / "state" / "xksproxy"
+    assert (d / "xksproxy.toml").is_file()
+    assert _mode(d) == 0o700
