@@ -27,13 +27,13 @@ Why this shape:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
 import hmac
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -79,12 +79,15 @@ def _canonical(record: Mapping[str, object]) -> bytes:
 
 def compute_mac(key: bytes, record: Mapping[str, object]) -> str:
     """HMAC-SHA256 over the canonical record (which includes ``prev``, hence the chain)."""
-    return hmac.new(key, _canonical(record), hashlib.sha256).hexdigest()
+    return hmac.digest(key, _canonical(record), "sha256").hex()
 
 
 def _head_mac(key: bytes, file_name: str, seq: int, mac: str) -> str:
     msg = f"xksproxy-audit-head|{file_name}|{seq}|{mac}".encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+_SCALARS = frozenset({str, int, float, bool})
 
 
 def _clean(value: object) -> object:
@@ -94,8 +97,18 @@ def _clean(value: object) -> object:
     return str(value)
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC time with milliseconds, e.g. 2026-11-23T15:01:02.345Z (formatting cached per second:
+    this runs once per request on the event loop)."""
+    global _second_cache
+    now = time.time()
+    sec = int(now)
+    if _second_cache[0] != sec:
+        _second_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_second_cache[1]}.{int((now - sec) * 1000):03d}Z"
 
 
 def head_path(path: Path) -> Path:
@@ -150,7 +163,13 @@ class AuditLog:
         self.path = Path(path)
         self._key = key
         self.rotate_bytes = rotate_bytes
-        self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=queue_size)
+        # A deque with a length check instead of queue.Queue: append/popleft are atomic under
+        # the GIL, so the request path pays no lock unless it has to wake the writer.
+        self._buf: collections.deque[dict] = collections.deque()
+        self._max = queue_size
+        self._wake = threading.Event()
+        self._closing = False
+        self._writing = False
         self._on_drop = on_drop
         self._dropped_pending = 0
         self._drop_lock = threading.Lock()
@@ -173,24 +192,31 @@ class AuditLog:
 
     def record(self, fields: Mapping[str, object]) -> None:
         """Queue one request's record; drop it (counted) if the queue is full."""
-        rec = {k: _clean(fields[k]) for k in FIELDS if k in fields and fields[k] is not None}
-        rec.setdefault("time", _now_iso())
-        try:
-            self._queue.put_nowait(rec)
-        except queue.Full:
+        rec = {"time": _now_iso()}
+        for k in FIELDS:
+            v = fields.get(k)
+            if v is not None:
+                rec[k] = v if type(v) in _SCALARS else _clean(v)
+        if len(self._buf) >= self._max:
             with self._drop_lock:
                 self._dropped_pending += 1
                 self.dropped_total += 1
             if self._on_drop is not None:
                 self._on_drop(1)
+            return
+        self._buf.append(rec)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush everything queued and stop the writer thread."""
         if self._thread is None:
             return
-        self._queue.put(None)
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
         self._thread = None
+        self._closing = False
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -198,38 +224,28 @@ class AuditLog:
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far is on disk (tests and shutdown)."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while (self._buf or self._writing) and time.monotonic() < deadline:
             time.sleep(0.005)
 
     # -- writer thread ---------------------------------------------------------------------------
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            batch: list[dict] = []
-            n_items = 1
-            if item is None:
-                stop = True
-            else:
-                batch.append(item)
-            while not stop and len(batch) < 1000:
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()  # before draining: a record appended later sets it again
+            while self._buf:
+                self._writing = True
+                batch: list[dict] = []
+                while self._buf and len(batch) < 1000:
+                    batch.append(self._buf.popleft())
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                n_items += 1
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-            try:
-                if batch:
                     self._write_batch(batch)
-            except Exception:  # keep the writer alive; the log line never holds record content
-                log.exception("audit: writing %d record(s) to %s failed", len(batch), self.path)
-            finally:
-                for _ in range(n_items):
-                    self._queue.task_done()
+                except Exception:  # keep the writer alive; the log never holds record content
+                    log.exception("audit: writing %d record(s) to %s failed", len(batch),
+                                  self.path)
+                finally:
+                    self._writing = False
+            if self._closing and not self._buf:
+                return
 
     def _write_batch(self, batch: list[dict]) -> None:
         assert self._lock_fd is not None
@@ -263,8 +279,9 @@ class AuditLog:
                     if dropped:
                         rec["droppedBefore"] = dropped
                         dropped = 0
-                    rec["mac"] = prev = compute_mac(self._key, rec)
-                    lines.append(orjson.dumps(rec))
+                    body = _canonical(rec)  # rec has no "mac" yet: exactly what verify hashes
+                    prev = hmac.digest(self._key, body, "sha256").hex()
+                    lines.append(body[:-1] + b',"mac":"' + prev.encode() + b'"}')
                 data = b"\n".join(lines) + b"\n"
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     data = b"\n" + data  # never glue a record onto a torn line

@@ -30,7 +30,9 @@ multi-window burn-rate alerts computed by Prometheus itself from the counters.
 from __future__ import annotations
 
 import atexit
+import bisect
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -109,13 +111,16 @@ class Registry:
         with self._lock:
             self.counters[key] = self.counters.get(key, 0.0) + value
 
+    def inc_key(self, key: tuple[str, Labels], value: float = 1.0) -> None:
+        """:meth:`inc` with a prepared key (hot path: no label sorting)."""
+        with self._lock:
+            self.counters[key] = self.counters.get(key, 0.0) + value
+
     def observe(self, name: str, labels: Mapping[str, object], seconds: float) -> None:
-        key = (name, _labels(labels))
-        idx = len(DURATION_BUCKETS)
-        for i, bound in enumerate(DURATION_BUCKETS):
-            if seconds <= bound:
-                idx = i
-                break
+        self.observe_key((name, _labels(labels)), seconds)
+
+    def observe_key(self, key: tuple[str, Labels], seconds: float) -> None:
+        idx = bisect.bisect_left(DURATION_BUCKETS, seconds)  # le semantics: seconds <= bound
         with self._lock:
             h = self.hists.get(key)
             if h is None:
@@ -174,16 +179,32 @@ def observe_request(
     shed: bool = False,
 ) -> None:
     """One answered XKS request (any outcome)."""
-    outcome = error_name or "ok"
-    labels = {"operation": operation, "keystore": keystore, "outcome": outcome}
-    REGISTRY.inc("xksproxy_requests_total", labels)
-    REGISTRY.observe("xksproxy_request_duration_seconds", labels, seconds)
+    keys = _request_keys(operation, keystore, error_name)
+    reg = REGISTRY
+    reg.inc_key(keys[0])
+    reg.observe_key(keys[1], seconds)
     if error_name:
-        REGISTRY.inc("xksproxy_errors_total", {"errorName": error_name, "operation": operation})
-    REGISTRY.inc("xksproxy_slo_requests_total", {"keystore": keystore})
-    if status < 500 and not shed and seconds <= REGISTRY.deadline_s:
-        REGISTRY.inc("xksproxy_slo_good_requests_total", {"keystore": keystore})
-    _ensure_flusher()
+        reg.inc_key(keys[2])
+    reg.inc_key(keys[3])
+    if status < 500 and not shed and seconds <= reg.deadline_s:
+        reg.inc_key(keys[4])
+    if not _flusher_running:
+        _ensure_flusher()
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_keys(operation: str, keystore: str, error_name: str | None
+                  ) -> tuple[tuple[str, Labels], ...]:
+    """Prepared series keys for one (operation, store, outcome): label sorting done once."""
+    labels = _labels({"operation": operation, "keystore": keystore,
+                      "outcome": error_name or "ok"})
+    store = _labels({"keystore": keystore})
+    return (("xksproxy_requests_total", labels),
+            ("xksproxy_request_duration_seconds", labels),
+            ("xksproxy_errors_total", _labels({"errorName": error_name or "",
+                                               "operation": operation})),
+            ("xksproxy_slo_requests_total", store),
+            ("xksproxy_slo_good_requests_total", store))
 
 
 def observe_throttled(reason: str, keystore: str) -> None:
@@ -234,7 +255,16 @@ def register_in_flight(read: Callable[[], int]) -> None:
 
 # -- worker side: periodic snapshot into the shared directory -------------------------------------
 _flusher_pid: int | None = None
+_flusher_running = False  # fast check on the hot path; reset in a forked child
 _flusher_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    global _flusher_running
+    _flusher_running = False
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _snapshot_path(directory: Path, pid: int) -> Path:
@@ -258,13 +288,14 @@ def flush_now() -> None:
 
 def _ensure_flusher() -> None:
     """Start the snapshot thread once per process (after fork, in the worker)."""
-    global _flusher_pid
+    global _flusher_pid, _flusher_running
     if _flusher_pid == os.getpid() or not os.environ.get(ENV_DIR):
         return
     with _flusher_lock:
         if _flusher_pid == os.getpid():
             return
         _flusher_pid = os.getpid()
+        _flusher_running = True
 
         def loop() -> None:
             while True:
