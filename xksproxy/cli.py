@@ -168,11 +168,10 @@ def _run_init(state_dir: Path | None) -> embedded.InitResult:
 
 
 def _hsm_errors() -> tuple[type[BaseException], ...]:
-    """hsm.errors.HsmError if the hsm package provides it (expected failures from the HSM)."""
-    try:
-        from hsm.errors import HsmError
-    except ImportError:  # pragma: no cover - only while the hsm package is incomplete
-        return ()
+    """Expected failures from the HSM layer. Imported lazily: `except` evaluates this only when
+    an exception is on its way, so commands that never touch an HSM do not load python-pkcs11."""
+    from hsm.errors import HsmError
+
     return (HsmError,)
 
 

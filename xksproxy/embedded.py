@@ -262,10 +262,8 @@ def _softhsm_missing_message(what: str | os.PathLike[str] | None) -> str:
 
 def _provision(state_dir: Path) -> ProvisionedToken:
     """Provision the token, turning a missing SoftHSMv2 into an actionable message."""
-    try:
-        from hsm import softhsm
-    except ImportError as exc:  # pragma: no cover - only while the hsm package is incomplete
-        raise InitError(f"hsm.softhsm is not available: {exc}") from exc
+    from hsm import softhsm
+
     try:
         token = softhsm.provision(state_dir, token_label=TOKEN_LABEL)
     except FileNotFoundError as exc:
