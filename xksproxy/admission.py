@@ -118,6 +118,47 @@ _SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar("xks_sessi
 _REQUEST: contextvars.ContextVar[Any] = contextvars.ContextVar("xks_request", default=None)
 
 
+def _time_session_waits(pool: Any) -> None:
+    """Measure how long each request waits for a session, per execution mode.
+
+    The pool has no public hook for it, so we wrap one private method on this instance (guarded:
+    if the pool changes, we silently measure nothing): inline mode's ``_wait_for_session``;
+    threaded mode's ``_run_threaded``, whose operation we wrap to note when a worker thread
+    picked it up (wait = pick-up - submit; a job never picked up waited until it timed out).
+    """
+    mode = getattr(getattr(pool, "config", None), "mode", "inline")
+    inline_wait = getattr(pool, "_wait_for_session", None)
+    run_threaded = getattr(pool, "_run_threaded", None)
+    if mode == "inline" and inline_wait is not None:
+
+        async def timed_wait(deadline: float) -> Any:
+            t0 = time.monotonic()
+            try:
+                return await inline_wait(deadline)
+            finally:
+                _SESSION_WAIT.set(_SESSION_WAIT.get() + time.monotonic() - t0)
+
+        pool._wait_for_session = timed_wait
+    elif mode == "threaded" and run_threaded is not None:
+
+        async def timed_run(op: Callable[[Any], Any], deadline: float) -> Any:
+            submitted = time.monotonic()
+            picked: list[float] = []
+
+            def noted(sess: Any) -> Any:
+                if not picked:
+                    picked.append(time.monotonic())
+                return op(sess)
+
+            try:
+                return await run_threaded(noted, deadline)
+            finally:
+                end = picked[0] if picked else time.monotonic()
+                _SESSION_WAIT.set(_SESSION_WAIT.get() + end - submitted)
+
+        pool._run_threaded = timed_run
+
+
 class GuardedPool:
     """An ``hsm.HsmPool`` seen through admission control and metrics.
 
@@ -132,17 +173,7 @@ class GuardedPool:
         self._pool = pool
         self._token = token
         self._admission = admission
-        inner = getattr(pool, "_wait_for_session", None)
-        if inner is not None and getattr(pool.config, "mode", "inline") == "inline":
-
-            async def timed_wait(deadline: float) -> Any:
-                t0 = time.monotonic()
-                try:
-                    return await inner(deadline)
-                finally:
-                    _SESSION_WAIT.set(_SESSION_WAIT.get() + time.monotonic() - t0)
-
-            pool._wait_for_session = timed_wait
+        _time_session_waits(pool)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)

@@ -68,6 +68,13 @@ async def _load(srv, cred, *, concurrency: int, seconds: float) -> list[tuple[in
     return results
 
 
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def _summary(results):
     return {s: sum(1 for r in results if r[0] == s) for s in sorted({r[0] for r in results})}
 
@@ -90,6 +97,15 @@ async def test_slow_hsm_overload_and_recovery(slow_server, config_path):
     throttles = sorted(r[1] for r in res if r[0] == 429)
     assert throttles[len(throttles) // 2] < DEADLINE_S / 2  # 429s come at once, not at the end
     assert all(r[2] == "ThrottlingException" for r in res if r[0] == 429)
+    await asyncio.sleep(1.0)  # workers publish metrics every 0.5 s
+    text = httpx.get(srv.metrics_url, timeout=5).text
+    wait_sum = _metric(text, 'xksproxy_hsm_session_wait_seconds_sum{token="softhsm-0"}')
+    call_sum = _metric(text, 'xksproxy_hsm_call_duration_seconds_sum{operation="encrypt",'
+                             'token="softhsm-0"}')
+    assert wait_sum > 0 and call_sum > 0  # queueing for a session shows up separately
+    assert _metric(text, 'xksproxy_throttled_total{keystore="demo",reason="session_queue"}') + \
+        _metric(text, 'xksproxy_throttled_total{keystore="demo",reason="in_flight"}') == \
+        codes[429]
 
     # 2. the HSM call hangs (1 s): 503 DependencyTimeoutException before the deadline + margin
     shim.set("delay", delay_ms=1000)
