@@ -6,6 +6,7 @@ feature hooks in through the app's seams (admission hooks, observers, lifespan h
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,8 @@ def prepare_launcher(metrics_bind: str | None, workers: int) -> LauncherHooks:
       snapshot directory to the workers;
     - exports ``XKSPROXY_WORKERS`` (quotas divide the host-wide rate by it);
     - prepares the reload trigger and routes SIGHUP (ours and granian's) to a worker self-reload.
-    Print ``hooks.metrics_url`` when not None.
+    Print ``hooks.metrics_url`` when not None. A metrics bind that fails (port in use) is a
+    warning on stderr, not a reason to refuse KMS traffic.
     """
     import os
     import signal
@@ -65,5 +67,12 @@ def prepare_launcher(metrics_bind: str | None, workers: int) -> LauncherHooks:
     reload.prepare_parent()
     signal.signal(signal.SIGHUP, reload.request_reload)
     reload.route_granian_sighup()
-    listener = metrics.start_listener(metrics_bind) if metrics_bind else None
+    listener = None
+    if metrics_bind:
+        try:
+            listener = metrics.start_listener(metrics_bind)
+        except (OSError, ValueError) as exc:  # serving KMS matters more than metrics
+            reason = getattr(exc, "strerror", None) or str(exc)
+            print(f"xksproxy: WARNING: metrics listener on {metrics_bind} failed ({reason}); "
+                  "serving without metrics", file=sys.stderr, flush=True)
     return LauncherHooks(listener)
