@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
+import logging
 import os
 import re
 import ssl
-import sys
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -52,6 +50,8 @@ TLS12_CIPHERS = ":".join(
 KMS_CLIENT_SUBJECT = "cks.kms.{region}.amazonaws.com"
 
 _SELF_SIGNED_DAYS = 825
+
+log = logging.getLogger("xksproxy.tls")
 
 
 def generate_self_signed(
@@ -153,13 +153,13 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("[^.]*".join(re.escape(part) for part in pattern.split("*")))
 
 
-def log_tls_refusal(reason: str, peer: str = "") -> None:
-    """One JSON line on stderr per refused client handshake (reason and CN only, no secrets)."""
-    line = {"ts": time.time(), "level": "warning", "event": "tls_client_refused", "reason": reason}
-    if peer:
-        line["peer"] = peer
-    sys.stderr.write(json.dumps(line) + "\n")
-    sys.stderr.flush()
+def log_tls_refusal(reason: str) -> None:
+    """One service-log line per refused client handshake (reason and CN only, no secrets).
+
+    Goes through the ``xksproxy.tls`` logger, i.e. the worker's JSON service log on stdout.
+    """
+    log.warning("client TLS handshake refused: %s", reason,
+                extra={"fields": {"event": "tls_client_refused", "reason": reason}})
 
 
 class PinnedSSLObject(ssl.SSLObject):

@@ -69,11 +69,8 @@ def _requests_seen(s) -> list[str]:
 
 
 def _refusals(s) -> list[dict]:
-    out = []
-    for line in s.stderr().splitlines():
-        if "tls_client_refused" in line:
-            out.append(json.loads(line))
-    return out
+    """Refusal records from the JSON service log (stdout of the workers)."""
+    return [json.loads(line) for line in list(s.all_stdout) if "tls_client_refused" in line]
 
 
 def test_mtls_switches_default_server_to_hypercorn(mtls_server):

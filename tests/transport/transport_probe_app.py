@@ -12,6 +12,9 @@ from typing import Any
 
 
 def create_app() -> Any:
+    from xksproxy.requestlog import configure_logging
+
+    configure_logging("info")  # like the real app: the JSON service log on stdout
     log = os.environ.get("PROBE_LOG")
 
     async def app(scope: dict, receive: Any, send: Any) -> None:

@@ -90,6 +90,7 @@ class Served:
             start_new_session=True,
         )
         self.lines: list[str] = []
+        self.all_stdout: list[str] = []  # every stdout line, also after start-up
         self._q: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.url = self._wait_listening()
@@ -97,6 +98,7 @@ class Served:
     def _pump(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.all_stdout.append(line.rstrip("\n"))
             self._q.put(line.rstrip("\n"))
         self._q.put(None)
 
