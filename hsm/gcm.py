@@ -11,7 +11,7 @@ of the cost. Functions raise :class:`CkError` with the raw code; the pool decide
 from __future__ import annotations
 
 import ctypes
-from ctypes import addressof, byref, c_char_p, c_ulong, create_string_buffer, sizeof
+from ctypes import addressof, byref, c_char_p, c_ulong, create_string_buffer, sizeof, string_at
 
 from . import _ck
 from .classify import CkError
@@ -23,7 +23,7 @@ _ZERO_IV = b"\0" * 12
 class Gcm:
     """AES-GCM on one session handle, with reusable mechanism/parameter structs."""
 
-    __slots__ = ("_fl", "_len", "_mech", "_params", "handle")
+    __slots__ = ("_addr", "_cap", "_fl", "_len", "_mech", "_out", "_params", "handle")
 
     def __init__(self, fl: _ck.FunctionList, handle: int) -> None:
         self._fl = fl
@@ -33,6 +33,17 @@ class Gcm:
         self._mech = _ck.CK_MECHANISM(_ck.CKM_AES_GCM, addressof(self._params),
                                       sizeof(self._params))
         self._len = c_ulong(0)
+        self._cap = 0
+        self._out: ctypes.Array[ctypes.c_char] | None = None
+        self._addr = 0
+
+    def _buffer(self, size: int) -> int:
+        """Address of a reusable output buffer of at least ``size`` bytes (never shrinks)."""
+        if size > self._cap:
+            self._cap = max(size, 1024)
+            self._out = create_string_buffer(self._cap)
+            self._addr = addressof(self._out)
+        return self._addr
 
     def _set(self, iv: bytes | c_char_p, iv_len: int, aad: bytes) -> None:
         p = self._params
@@ -43,11 +54,11 @@ class Gcm:
         p.ulAADLen = len(aad)
 
     def random(self, n: int) -> bytes:
-        buf = create_string_buffer(n)
-        rv = self._fl.C_GenerateRandom(self.handle, buf, n)
+        addr = self._buffer(n)
+        rv = self._fl.C_GenerateRandom(self.handle, addr, n)
         if rv != _ck.CKR_OK:
             raise CkError(rv, "C_GenerateRandom")
-        return buf.raw
+        return string_at(addr, n)
 
     def encrypt(self, key: int, iv: bytes | None, aad: bytes, plaintext: bytes
                 ) -> tuple[bytes, bytes, bytes]:
@@ -68,7 +79,7 @@ class Gcm:
         if rv != _ck.CKR_OK:
             raise CkError(rv, "C_EncryptInit")
         n = len(plaintext)
-        out = create_string_buffer(n + TAG_BYTES)
+        out = self._buffer(n + TAG_BYTES)
         self._len.value = n + TAG_BYTES
         rv = fl.C_Encrypt(handle, plaintext, n, out, byref(self._len))
         if rv != _ck.CKR_OK:
@@ -79,9 +90,8 @@ class Gcm:
             iv = iv_buf.raw[:12]
             if iv == _ZERO_IV:
                 raise CkError(_ck.CKR_MECHANISM_PARAM_INVALID, "C_Encrypt (module made no IV)")
-        raw = out.raw
         assert iv is not None
-        return iv, raw[:n], raw[n:]
+        return iv, string_at(out, n), string_at(out + n, TAG_BYTES)
 
     def decrypt(self, key: int, iv: bytes, aad: bytes, ciphertext: bytes, tag: bytes) -> bytes:
         """Decrypt and verify; a failed tag check raises CkError (code depends on the module)."""
@@ -91,9 +101,9 @@ class Gcm:
         if rv != _ck.CKR_OK:
             raise CkError(rv, "C_DecryptInit")
         data = ciphertext + tag
-        out = create_string_buffer(len(data))
+        out = self._buffer(len(data))
         self._len.value = len(data)
         rv = fl.C_Decrypt(handle, data, len(data), out, byref(self._len))
         if rv != _ck.CKR_OK:
             raise CkError(rv, "C_Decrypt")
-        return out.raw[: self._len.value]
+        return string_at(out, self._len.value)

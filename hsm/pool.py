@@ -222,7 +222,11 @@ class HsmPool:
 
     # ------------------------------------------------------------------ public operations
     async def key_info(self, label: str, *, deadline: float) -> KeyInfo:
-        return await self._run(lambda s: self._key(s, label).info, deadline)
+        op: Callable[[_Session], KeyInfo] = lambda s: self._key(s, label).info  # noqa: E731
+        sess = self._ready_session()
+        if sess is not None:
+            return self._run_inline(sess, op, deadline)
+        return await self._run(op, deadline)
 
     async def encrypt(self, label: str, plaintext: bytes, aad: bytes, *,
                       deadline: float) -> GcmResult:
@@ -230,7 +234,11 @@ class HsmPool:
             raise ValueError(f"plaintext longer than {self.config.max_plaintext_bytes} bytes")
         if len(aad) > MAX_AAD_BYTES:
             raise ValueError(f"AAD longer than {MAX_AAD_BYTES} bytes")
-        return await self._run(lambda s: self._encrypt(s, label, plaintext, aad), deadline)
+        op: Callable[[_Session], GcmResult] = lambda s: self._encrypt(s, label, plaintext, aad)  # noqa: E731
+        sess = self._ready_session()
+        if sess is not None:
+            return self._run_inline(sess, op, deadline)
+        return await self._run(op, deadline)
 
     async def decrypt(self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes,
                       deadline: float) -> bytes:
@@ -243,8 +251,12 @@ class HsmPool:
                 f"ciphertext longer than {self.config.max_plaintext_bytes} bytes")
         if len(aad) > MAX_AAD_BYTES:
             raise InvalidCiphertext(f"AAD longer than {MAX_AAD_BYTES} bytes")
-        return await self._run(
-            lambda s: self._decrypt(s, label, iv, ciphertext, tag, aad), deadline)
+        op: Callable[[_Session], bytes] = lambda s: self._decrypt(  # noqa: E731
+            s, label, iv, ciphertext, tag, aad)
+        sess = self._ready_session()
+        if sess is not None:
+            return self._run_inline(sess, op, deadline)
+        return await self._run(op, deadline)
 
     async def probe(self) -> ProbeResult:
         """Encrypt+decrypt round trip with the health test key; never raises."""
@@ -276,13 +288,23 @@ class HsmPool:
         if self._forks != _forks_seen:
             raise HsmUnavailable("HSM pool was created in another process; create it after fork")
 
+    def _ready_session(self) -> _Session | None:
+        """Inline mode's fast path: a free session now (no await at all), else None."""
+        self._check_usable()
+        return self._acquire_nowait() if self._mode == "inline" else None
+
     async def _run(self, op: Callable[[_Session], T], deadline: float) -> T:
+        """Slow path: wait for a session (inline) or hand ``op`` to a worker (threaded)."""
         self._check_usable()
         if self._mode == "threaded":
             return await self._run_threaded(op, deadline)
         sess = self._acquire_nowait()
         if sess is None:
             sess = await self._wait_for_session(deadline)
+        return self._run_inline(sess, op, deadline)
+
+    def _run_inline(self, sess: _Session, op: Callable[[_Session], T], deadline: float) -> T:
+        """Run ``op`` on the acquired ``sess`` on this thread and release it."""
         try:
             if time.monotonic() >= deadline:
                 raise SessionTimeout("deadline passed before the HSM call")
