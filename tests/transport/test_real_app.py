@@ -132,3 +132,32 @@ def test_curl_aws_sigv4(state, tmp_path, proto):
         assert version == ("2" if proto == "--http2" else "1.1")
     finally:
         s.stop()
+
+
+def test_mtls_through_the_real_app(state, tmp_path):
+    from transport_pki import CA
+
+    ca, other = CA("kms client CA"), CA("other CA")
+    ca_file = ca.write(tmp_path / "client-ca.pem")
+    good = ca.issue(tmp_path / "good", f"cks.kms.{REGION}.amazonaws.com")
+    foreign = other.issue(tmp_path / "foreign", f"cks.kms.{REGION}.amazonaws.com")
+    cfg = state["dir"] / "xksproxy-mtls.toml"
+    text = state["config"].read_text()
+    assert 'client_ca_file = ""' in text
+    cfg.write_text(text.replace('client_ca_file = ""', f'client_ca_file = "{ca_file}"'))
+    s = Served(["--config", str(cfg), "--bind", "127.0.0.1:0", "--workers", "1"],
+               serve_env(probe=False), tmp_path)
+    try:
+        for cert, expect_ok in ((good, True), (foreign, False)):
+            ctx = ssl.create_default_context(cafile=str(state["dir"] / "tls/server.crt"))
+            ctx.load_cert_chain(str(cert.cert), str(cert.key))
+            with httpx.Client(verify=ctx, http2=True, timeout=20) as c:
+                if expect_ok:
+                    round_trip(c, s.url, state)
+                else:
+                    with pytest.raises(httpx.TransportError):
+                        call(c, s.url, state, "/health", {"requestMetadata": _meta("x")})
+    finally:
+        s.stop()
+    assert any("tls_client_refused" in line and "unable to get local issuer" in line
+               for line in s.all_stdout)
