@@ -30,7 +30,7 @@ from pathlib import Path
 
 from hypercorn.config import Config as _HypercornBase
 
-from xksproxy import tls
+from xksproxy import reload, tls
 from xksproxy.config import Config, ConfigError, load_config
 
 APP_FACTORY = "xksproxy.app:create_app"
@@ -169,6 +169,9 @@ def serve(
              f"allowed subjects {', '.join(p.allowed_subjects)}")
     # Each worker process builds its own app (and HSM pools) from this path after the fork.
     os.environ["XKSPROXY_CONFIG"] = str(p.config_path)
+    # SIGHUP to this process = reload the config in every worker, without respawning them (the
+    # trigger file is exported to the workers before they start; see xksproxy.reload).
+    reload.prepare_parent()
     stop = threading.Event()
     watcher = threading.Thread(target=_announce_when_ready, args=(p, stop), daemon=True)
     watcher.start()
@@ -267,6 +270,7 @@ def _run_granian(p: Plan) -> int:
             # forward-secret AEAD suites, so no suite list is needed.
             ssl_protocol_min=SSLProtocols.tls12,
         )
+    reload.route_granian_sighup()
     server = Granian(
         _app_factory(),
         address=p.host,
@@ -319,8 +323,8 @@ def _run_hypercorn(p: Plan) -> int:
     """Run hypercorn workers under our own supervisor.
 
     hypercorn's ``run()`` loses a failed worker's exit status (it returns 0 when a worker's
-    lifespan start-up failed), so the worker processes are supervised here: a worker that exits
-    without a stop request stops the others and makes ``serve`` return 1.
+    lifespan start-up failed) and never replaces a dead worker, so the worker processes are
+    supervised here: a dead worker is replaced; a crash loop stops the server with status 1.
     """
     cfg = HypercornConfig()
     host = f"[{p.host}]" if ":" in p.host else p.host
@@ -338,6 +342,13 @@ def _run_hypercorn(p: Plan) -> int:
     return _supervise_hypercorn(cfg)
 
 
+# A worker that dies is replaced (like granian's respawn); more than this many deaths within the
+# window is a crash loop (e.g. the HSM is unreachable at start) and stops the server with status 1.
+_CRASH_LOOP_DEATHS = 4
+_CRASH_LOOP_WINDOW_S = 30.0
+_RESPAWN_DELAY_S = 1.0
+
+
 def _supervise_hypercorn(cfg: HypercornConfig) -> int:
     from hypercorn.asyncio.run import uvloop_worker
 
@@ -345,19 +356,18 @@ def _supervise_hypercorn(cfg: HypercornConfig) -> int:
     ctx = multiprocessing.get_context("spawn")
     shutdown = ctx.Event()
     stopping = threading.Event()
-    # Workers inherit "ignore SIGINT" (a terminal's Ctrl-C reaches the whole process group);
-    # this process turns SIGINT/SIGTERM into one orderly shutdown through the shared event.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    procs = []
-    try:
-        for _ in range(cfg.workers):
-            proc = ctx.Process(target=uvloop_worker,
-                               kwargs={"config": cfg, "sockets": sockets,
-                                       "shutdown_event": shutdown})
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        # Workers inherit "ignore SIGINT" (a terminal's Ctrl-C reaches the whole process group);
+        # this process turns SIGINT/SIGTERM into one orderly shutdown through the shared event.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            proc = ctx.Process(target=uvloop_worker, kwargs={
+                "config": cfg, "sockets": sockets, "shutdown_event": shutdown})
             proc.start()
-            procs.append(proc)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return proc
 
     def stop(*_args: object) -> None:
         stopping.set()
@@ -365,16 +375,29 @@ def _supervise_hypercorn(cfg: HypercornConfig) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload.request_reload)
+    procs = [spawn() for _ in range(cfg.workers)]
+    deaths: list[float] = []
     failed = False
     try:
-        while procs and not stopping.is_set():
-            done = mp_connection.wait([proc.sentinel for proc in procs], timeout=0.5)
-            if done and not stopping.is_set():
-                failed = True
-                _say("a hypercorn worker exited unexpectedly; stopping")
-                shutdown.set()
-                break
+        while not stopping.is_set():
+            mp_connection.wait([proc.sentinel for proc in procs], timeout=0.5)
+            for i, proc in enumerate(procs):
+                if proc.exitcode is None or stopping.is_set():
+                    continue
+                now = time.monotonic()
+                deaths = [t for t in deaths if now - t < _CRASH_LOOP_WINDOW_S] + [now]
+                if len(deaths) > _CRASH_LOOP_DEATHS:
+                    failed = True
+                    _say("hypercorn workers keep exiting (crash loop); stopping")
+                    stop()
+                    break
+                _say(f"hypercorn worker {proc.pid} exited ({proc.exitcode}); starting another")
+                stopping.wait(_RESPAWN_DELAY_S)
+                if not stopping.is_set():
+                    procs[i] = spawn()
     finally:
+        shutdown.set()
         for proc in procs:
             proc.join(timeout=15)
             if proc.is_alive():

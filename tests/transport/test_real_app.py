@@ -161,3 +161,28 @@ def test_mtls_through_the_real_app(state, tmp_path):
         s.stop()
     assert any("tls_client_refused" in line and "unable to get local issuer" in line
                for line in s.all_stdout)
+
+
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+def test_sighup_reloads_workers_without_respawn(state, tmp_path, server):
+    import signal
+    import time
+
+    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server", server,
+                "--workers", "2"], serve_env(probe=False), tmp_path)
+    try:
+        s.proc.send_signal(signal.SIGHUP)
+        reloaded: set[int] = set()
+        for _ in range(300):  # waiting for both workers' log lines (an event, not a duration)
+            for line in list(s.all_stdout):
+                if '"configuration reloaded"' in line:
+                    reloaded.add(json.loads(line)["pid"])
+            if len(reloaded) == 2:
+                break
+            time.sleep(0.1)
+        assert len(reloaded) == 2
+        ctx = ssl.create_default_context(cafile=str(state["dir"] / "tls/server.crt"))
+        with httpx.Client(verify=ctx, timeout=20) as c:
+            round_trip(c, s.url, state)
+    finally:
+        assert s.stop() == 0

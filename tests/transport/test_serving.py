@@ -126,3 +126,38 @@ def test_worker_startup_failure_exits_non_zero(tmp_path, server):
     assert r.returncode != 0
     assert "listening on" not in r.stdout
     assert "HSM unreachable" in r.stderr
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_dead_worker_is_replaced(tmp_path, serve_proc, server):
+    import os
+    import time
+
+    cfg = write_config(tmp_path)
+    s = serve_proc(cfg, "--server", server, "--workers", "2", "--plain-http")
+
+    def workers() -> list[int]:
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmd = (stat.parent / "cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == s.proc.pid and b"resource_tracker" not in cmd:
+                pids.append(int(stat.parent.name))
+        return sorted(pids)
+
+    before = workers()
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    for _ in range(300):  # waiting for an event (the replacement), not asserting a duration
+        now = workers()
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(0.1)
+    assert len(now) == 2 and before[0] not in now
+    with httpx.Client() as c:
+        for _ in range(4):
+            assert c.post(f"{s.url}/x", content=b"{}").status_code == 200
+    assert s.stop() == 0
