@@ -65,19 +65,27 @@ def test_slow_hsm_gives_dependency_timeout(fault, stores):
 
 
 def test_health_answers_from_cache_while_hsm_slow(fault, stores):
+    """With every HSM call taking 2 s, health must come from the cache: the median answer well
+    under KMS's 250 ms, and no answer anywhere near the HSM's 2 s (a health call that touched
+    the HSM). One slow sample is tolerated below 1 s: CI machines are shared and loaded, and a
+    single scheduling hiccup is not the product's doing."""
     server, client = fault
     s = stores["demo"]
     set_mode(server, f"delay {SLOW_MS}")
+    elapsed: list[float] = []
     try:
-        for _ in range(5):
+        for _ in range(7):
             started = time.monotonic()
             r = client.post(s.health_path, health_body(), s.creds[0])
-            elapsed = time.monotonic() - started
+            elapsed.append(time.monotonic() - started)
             check_health_shape(assert_ok(r))
-            assert elapsed < KMS_TIMEOUT_S, f"health took {elapsed * 1000:.0f} ms with a slow HSM"
             time.sleep(0.3)
     finally:
         set_mode(server, "ok")
+    shown = [f"{e * 1000:.0f}" for e in elapsed]
+    assert sorted(elapsed)[len(elapsed) // 2] < KMS_TIMEOUT_S / 2, f"health ms: {shown}"
+    assert sum(e >= KMS_TIMEOUT_S for e in elapsed) <= 1, f"health ms: {shown}"
+    assert max(elapsed) < SLOW_MS / 1000 / 2, f"health waited on the HSM: {shown}"
 
 
 def test_failing_hsm_gives_internal_exception(fault, stores):
