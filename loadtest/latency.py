@@ -45,6 +45,7 @@ from loadtest.xks_requests import (
 )
 
 MIX = (("encrypt", 60), ("decrypt", 35), ("metadata", 4), ("health", 1))
+REQUEST_TIMEOUT_S = 10.0  # keeps every run bounded even if the server stalls
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -69,6 +70,9 @@ class Conn:
         return cls(reader, writer)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
+        return await asyncio.wait_for(self._request(raw), REQUEST_TIMEOUT_S)
+
+    async def _request(self, raw: bytes) -> tuple[int, bytes]:
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -144,7 +148,7 @@ async def run_mix(target: Target, ctx, rate: float, duration: float, connections
         conn = await idle.get()
         try:
             status, _ = await conn.request(raw)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             res.errors[f"{op}:{type(exc).__name__}"] += 1
             conn.close()
             conn = await Conn.open(target.base_url, ctx)
@@ -203,7 +207,7 @@ async def run_newconn(target: Target, ctx, count: int, pools) -> Result:
             conn = await Conn.open(target.base_url, ctx)
             status, _ = await conn.request(pool[i % len(pool)])
             conn.close()
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             res.errors[f"encrypt:{type(exc).__name__}"] += 1
             continue
         res.latencies["encrypt"].append(time.perf_counter() - t0)
