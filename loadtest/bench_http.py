@@ -10,7 +10,9 @@ request signed just before the run (valid 5 minutes; each run lasts seconds):
     encrypt   Encrypt, 32-byte plaintext, 64-byte AAD, CDIV (each replay gets a fresh IV)
     decrypt   Decrypt of a ciphertext made by one real Encrypt first
 
-and prints req/s, p50/p99/p99.9 (from h2load's per-request log) and req/s as a fraction of /ping.
+and prints req/s, req/s as a fraction of /ping, the server's CPU time per request (all its
+processes, sampled over the measurement period: far steadier than req/s on a shared machine) and
+p50/p99/p99.9 (from h2load's per-request log).
 
     python -m loadtest.bench_http                         # everything, 5 s per run
     python -m loadtest.bench_http --servers granian --transports tls --duration 5
@@ -31,6 +33,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,7 @@ class Figures:
     p50_ms: float
     p99_ms: float
     p999_ms: float
+    cpu_us: float  # server CPU (all workers) per request
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -91,8 +95,28 @@ def make_ciphertext(target: Target) -> dict:
         conn.close()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of ``pid`` and all its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        ticks[child] = int(fields[11]) + int(fields[12])  # utime, stime
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += ticks.get(p, 0)
+        todo.extend(c for c, parent in parents.items() if parent == p)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients: int,
-           streams: int, workdir: Path) -> Figures:
+           streams: int, workdir: Path, server_pid: int) -> Figures:
     """One bounded h2load run of one pre-signed request; percentiles from its request log."""
     log = workdir / "h2load.log"
     log.unlink(missing_ok=True)
@@ -110,8 +134,18 @@ def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients:
     for k, v in req.headers.items():
         cmd += ["-H", f"{k}: {v}"]
     cmd.append(target.base_url + req.path)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    out = r.stdout
+    # Server CPU is sampled over the measurement period only (after h2load's 1 s warm-up):
+    # CPU per request is far less sensitive to a noisy shared machine than req/s.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    cpu0 = tree_cpu_seconds(server_pid)
+    try:
+        out, err = proc.communicate(timeout=duration + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    cpu1 = tree_cpu_seconds(server_pid)
+    r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
     reqs = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                      r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
@@ -126,9 +160,11 @@ def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients:
                 durations.append(int(parts[2]) / 1000.0)
     durations.sort()
     non_2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
+    done = int(reqs.group(3))
     return Figures(
+        cpu_us=(cpu1 - cpu0) / done * 1e6 if done else float("nan"),
         rps=float(m.group(1)),
-        done=int(reqs.group(3)),
+        done=done,
         non_2xx=non_2xx,
         errors=int(reqs.group(6)) + int(reqs.group(7)),  # errored + timeout (non-2xx: above)
         p50_ms=_pct(durations, 0.5),
@@ -151,7 +187,8 @@ def bench_one(server: str, tls: bool, args: argparse.Namespace, state_dir: Path,
                 body = decrypt_body(encrypted) if op == "decrypt" else None
                 req = prepare(target, op, body)  # signed now, replayed for seconds
                 f = h2load(target, req, h1=(proto == "h1"), duration=args.duration,
-                           clients=args.clients, streams=args.streams, workdir=workdir)
+                           clients=args.clients, streams=args.streams, workdir=workdir,
+                           server_pid=running.pid)
                 if op == "ping":
                     ping_rps = f.rps
                 ratio = f.rps / ping_rps if ping_rps else float("nan")
@@ -162,16 +199,16 @@ def bench_one(server: str, tls: bool, args: argparse.Namespace, state_dir: Path,
 
 
 def print_header() -> None:
-    print("| server | transport | proto | op | req/s | vs /ping | p50 ms | p99 ms | p99.9 ms "
-          "| non-2xx | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| server | transport | proto | op | req/s | vs /ping | server CPU µs/req | p50 ms "
+          "| p99 ms | p99.9 ms | non-2xx | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def print_row(row: tuple, flush: bool = False) -> None:
     server, transport, proto, op, f, ratio = row
     print(f"| {server} | {transport} | {proto} | {op} | {f.rps:,.0f} | {ratio:.2f} | "
-          f"{f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.p999_ms:.2f} | {f.non_2xx} | {f.errors} |",
-          flush=flush)
+          f"{f.cpu_us:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.p999_ms:.2f} | {f.non_2xx} "
+          f"| {f.errors} |", flush=flush)
 
 
 def main(argv: list[str] | None = None) -> int:
