@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests in flight (h1: connections; h2: clients/streams connections)")
     p.add_argument("--streams", type=int, default=4, help="HTTP/2 streams per connection")
     p.add_argument("--workers", type=int, help="server workers (default: config = cores)")
+    p.add_argument("--state-dir", type=Path,
+                   help="use this state dir (init'ed if new), e.g. with an edited xksproxy.toml")
     args = p.parse_args(argv)
     args.servers = args.servers.split(",")
     args.protocols = args.protocols.split(",")
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
           f"-D {args.duration:g}s after 1 s warm-up; workers={args.workers or 'default'}")
     print_header()
     with tempfile.TemporaryDirectory() as tmp:
-        state_dir = Path(tmp) / "state"
+        state_dir = args.state_dir or Path(tmp) / "state"
         init_state(state_dir)
         for server in args.servers:
             for transport in args.transports.split(","):
