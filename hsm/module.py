@@ -19,6 +19,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,9 +28,11 @@ from pkcs11 import _pkcs11
 from pkcs11.exceptions import NoSuchToken, PKCS11Error
 
 from . import _ck
-from .errors import HsmFailure, HsmUnavailable
+from .errors import HsmError, HsmFailure, HsmUnavailable
 
 log = logging.getLogger("hsm.module")
+BACKOFF_START_S = 0.05
+BACKOFF_MAX_S = 1.0
 
 
 class _OsLockingLib(_pkcs11.lib):  # type: ignore[misc]
@@ -96,6 +99,72 @@ class Module:
         # Held around every pool operation when ``serialize`` is set (see _needs_serialising).
         self.call_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if self.serialize else contextlib.nullcontext())
+        self._pools: set[Any] = set()  # HsmPools using this module (recovery coordinates them)
+        self._recovery_lock = threading.Lock()
+        self._recovery: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ recovery
+    def register(self, pool: Any) -> None:
+        with self._recovery_lock:
+            self._pools.add(pool)
+
+    def unregister(self, pool: Any) -> None:
+        with self._recovery_lock:
+            self._pools.discard(pool)
+
+    def request_recovery(self, pool: Any, reason: str, seen_generation: int) -> None:
+        """A pool saw a module-level fault. One background recovery serves every pool on the
+        module: re-initialising under another pool's in-flight call would be undefined (and
+        crashes SoftHSMv2). A fault seen before the latest re-initialisation is stale: the
+        pool's next call replaces its sessions by itself. The reporting pool fails fast from
+        now on (state "recovering"); the recovery flips it back together with the others."""
+        with self._recovery_lock:
+            if self._recovery is None and seen_generation != self.generation:
+                return
+            pool._enter_recovery(reason)
+            if self._recovery is None:
+                self._recovery = threading.Thread(target=self._recover, args=(reason,),
+                                                  daemon=True, name="hsm-module-recovery")
+                self._recovery.start()
+
+    def _recover(self, reason: str) -> None:
+        """Flip all pools to "recovering" (fail fast), wait until none has a call in flight,
+        finalise + initialise, reopen every pool's sessions; bounded exponential back-off."""
+        delay, attempts = BACKOFF_START_S, 0
+        try:
+            while True:
+                with self._recovery_lock:
+                    pools = list(self._pools)
+                    if not pools:
+                        self._recovery = None
+                        return  # everyone closed; the next acquire/start initialises afresh
+                for pool in pools:
+                    pool._enter_recovery(reason)
+                for pool in pools:
+                    pool._wait_drained()
+                try:
+                    with self.call_lock:
+                        self.reinitialize()
+                        for pool in pools:
+                            pool._reopen_sessions()
+                except HsmError as exc:
+                    if attempts % 60 == 0:  # first failure, then about once a minute
+                        log.warning("hsm module %s: recovery attempt %d failed: %s",
+                                    self.path, attempts + 1, exc)
+                    attempts += 1
+                    for pool in pools:
+                        pool._recovery_failed(f"recovery attempt failed: {exc}")
+                    time.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX_S)
+                    continue
+                with self._recovery_lock:  # atomically with request_recovery()
+                    for pool in pools:
+                        pool._leave_recovery()
+                    self._recovery = None
+                return
+        finally:
+            with self._recovery_lock:
+                self._recovery = None
 
     def reinitialize(self) -> None:
         """Finalise (ignoring errors: the module may already be gone) and initialise again."""

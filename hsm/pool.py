@@ -51,8 +51,6 @@ T = TypeVar("T")
 MAX_AAD_BYTES = 2 + 65535 + 1 + 255
 IV_BYTES = 12
 TAG_BYTES = 16
-BACKOFF_START_S = 0.05
-BACKOFF_MAX_S = 1.0
 DRAIN_WAIT_S = 30.0
 _HEALTH_AAD = b"xksproxy health probe"
 
@@ -134,7 +132,6 @@ class HsmPool:
         self._recoveries = 0
         self._replacements = 0
         self._last_error: str | None = None
-        self._recovery_thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<HsmPool {self.config.name!r} {self._mode} {self._state}>"
@@ -179,6 +176,7 @@ class HsmPool:
             raise
         self._free = deque(self._sessions)
         self._state = "ready"
+        self._module.register(self)
 
     async def close(self) -> None:
         """Stop workers and background recovery, close the sessions, release the module."""
@@ -206,8 +204,8 @@ class HsmPool:
                 job.deliver(None, HsmUnavailable(f"HSM pool {self.config.name!r} is closed"))
         with self._lock:
             self._drained.wait_for(lambda: self._in_use == 0, timeout=10)
-        if self._recovery_thread is not None:
-            self._recovery_thread.join(timeout=10)  # it stops at the next check of _closed
+        if self._module is not None:
+            self._module.unregister(self)
         self._close_sessions()
         if self._module is not None and self._pid == os.getpid():
             module.release(self._module)
@@ -497,25 +495,27 @@ class HsmPool:
         self._replacements += 1
 
     def _trigger_recovery(self, reason: str) -> None:
+        """Ask the module to re-initialise; it flips every pool on it to "recovering"."""
         mod = self._module
+        if mod is None or self._state != "ready":
+            return
+        mod.request_recovery(self, reason, mod.generation)
+
+    # Called by Module._recover (its own thread), in this order, for every pool on the module.
+    def _enter_recovery(self, reason: str) -> None:
         with self._lock:
-            if self._state != "ready" or mod is None:
+            if self._state == "stopped":
                 return
+            first = self._state == "ready"
             self._state = "recovering"
             self._last_error = reason
-            fault_generation = mod.generation
-        log.warning("hsm %s: module fault, recovering: %s", self.config.name, reason)
+        if first:
+            log.warning("hsm %s: module fault, recovering: %s", self.config.name, reason)
         self._fail_waiters(HsmUnavailable(f"HSM {self.config.name!r} is recovering"))
-        thread = threading.Thread(target=self._recover, args=(fault_generation,), daemon=True,
-                                  name=f"hsm-{self.config.name}-recovery")
-        self._recovery_thread = thread
-        thread.start()
 
-    def _recover(self, fault_generation: int) -> None:
-        mod = self._module
-        assert mod is not None
-        # Never re-initialise under a call still inside the module (undefined behaviour, and a
-        # crash with SoftHSMv2): wait for in-flight calls, however long a hung HSM takes.
+    def _wait_drained(self) -> None:
+        """Never re-initialise under a call still inside the module (undefined behaviour, and a
+        crash with SoftHSMv2): wait for in-flight calls, however long a hung HSM takes."""
         waited = 0.0
         with self._lock:
             while self._in_use and not self._closed.is_set():
@@ -524,35 +524,30 @@ class HsmPool:
                 if waited == DRAIN_WAIT_S:
                     log.warning("hsm %s: %d call(s) still inside the module after %.0f s",
                                 self.config.name, self._in_use, waited)
-        delay = BACKOFF_START_S
-        attempts = 0
-        while not self._closed.is_set():
-            try:
-                with mod.call_lock:
-                    if mod.generation == fault_generation:
-                        mod.reinitialize()  # else: another pool on this module already did
-                    self._keys.clear()
-                    self._token = mod.find_token(self.config.token_label)
-                    for sess in self._sessions:
-                        sess.handle = None  # the old handles died with the old initialisation
-                        self._open(sess)
-            except HsmError as exc:
-                if attempts % 60 == 0:  # first failure, then about once a minute
-                    log.warning("hsm %s: recovery attempt %d failed: %s", self.config.name,
-                                attempts + 1, exc)
-                attempts += 1
-                self._last_error = f"recovery attempt failed: {exc}"
-                fault_generation = mod.generation
-                self._closed.wait(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            with self._lock:
-                if self._state == "recovering":
-                    self._state = "ready"
-                    self._recoveries += 1
-                    self._free = deque(self._sessions)
-            log.warning("hsm %s: recovered", self.config.name)
+
+    def _reopen_sessions(self) -> None:
+        """After re-initialisation: forget keys, find the token again, open every session."""
+        mod = self._module
+        if mod is None or self._closed.is_set():
             return
+        self._keys.clear()
+        self._token = mod.find_token(self.config.token_label)
+        for sess in self._sessions:
+            sess.handle = None  # the old handles died with the old initialisation
+            if not self._closed.is_set():
+                self._open(sess)
+
+    def _recovery_failed(self, message: str) -> None:
+        self._last_error = message
+
+    def _leave_recovery(self) -> None:
+        with self._lock:
+            if self._state != "recovering":
+                return
+            self._state = "ready"
+            self._recoveries += 1
+            self._free = deque(self._sessions)
+        log.warning("hsm %s: recovered", self.config.name)
 
     # ------------------------------------------------------------------ operations on a session
     def _key(self, sess: _Session, label: str) -> ResolvedKey:

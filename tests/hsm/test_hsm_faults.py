@@ -38,11 +38,25 @@ class Load:
         self.unexpected: list[BaseException] = []
         self.last_ok = 0.0
         self._stop = False
+        self._paused = False
+        self._busy = 0
         self._tasks = [asyncio.create_task(self._run()) for _ in range(tasks)]
+
+    async def quiesce(self) -> None:
+        """Hold every task outside the pool and wait until no call is in flight."""
+        self._paused = True
+        while self._busy or self.pool.stats().in_use:
+            await asyncio.sleep(0.001)
+
+    def resume(self) -> None:
+        self._paused = False
 
     async def _run(self) -> None:
         while not self._stop:
+            while self._paused and not self._stop:
+                await asyncio.sleep(0.001)
             pt, aad = os.urandom(64), os.urandom(16)
+            self._busy += 1
             try:
                 r = await self.pool.encrypt("demo", pt, aad, deadline=time.monotonic() + 1)
                 back = await self.pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext,
@@ -55,6 +69,8 @@ class Load:
             except BaseException as exc:  # anything untyped is a bug
                 self.unexpected.append(exc)
                 return
+            finally:
+                self._busy -= 1
             if back != pt:
                 self.wrong += 1
             else:
@@ -89,17 +105,29 @@ def _slot_id(cfg: HsmConfig) -> int:
 
 
 async def _with_fault(cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0,
-                      on_loop: bool = False) -> None:
+                      how: str = "thread") -> None:
+    """Run load, inject the fault, check typed errors and recovery.
+
+    ``how``: "thread" (from another thread, while calls are in flight: only for faults a module
+    must survive, like the shim's device errors), "loop" (from the event-loop thread: between
+    two calls of an inline pool), "quiesced" (load held outside the pool, no call in flight,
+    then resumed into the fault: for worker threads, which a foreign C_CloseAllSessions or
+    C_Finalize could otherwise hit mid-call, crashing SoftHSMv2 itself).
+    """
     pool = HsmPool(cfg)
     await pool.start()
     try:
         load = Load(pool)
         await asyncio.sleep(0.3)
         assert load.outcomes["ok"] > 0
-        if on_loop:
-            inject()  # between two calls of the inline pool
+        if how == "loop":
+            inject()
+        elif how == "quiesced":
+            await load.quiesce()
+            inject()
+            load.resume()
         else:
-            await asyncio.to_thread(inject)  # from another thread: may hit calls in flight
+            await asyncio.to_thread(inject)
         if fault_s:
             await asyncio.sleep(fault_s)
             assert load.outcomes["ok"] >= 0
@@ -128,35 +156,41 @@ def isolated(hsm_config: HsmConfig, tmp_path: Path) -> tuple[HsmConfig, ctypes.C
     return shim.hsm_config(hsm_config), ctypes.CDLL(shim.real_module_copy)
 
 
-@pytest.mark.parametrize("mode", ["inline", "threaded"])
+@pytest.mark.parametrize(("mode", "how"), [("inline", "loop"), ("threaded", "quiesced")])
 async def test_sessions_closed_from_outside(isolated: tuple[HsmConfig, ctypes.CDLL],
-                                            mode: str) -> None:
+                                            mode: str, how: str) -> None:
+    """C_CloseAllSessions behind the pool's back (which also logs the token out)."""
     cfg, lib = dataclasses.replace(isolated[0], mode=mode), isolated[1]
     slot = _slot_id(cfg)
 
     def inject() -> None:
         assert lib.C_CloseAllSessions(ctypes.c_ulong(slot)) == 0
 
-    await _with_fault(cfg, inject)
+    await _with_fault(cfg, inject, how=how)
 
 
-@pytest.mark.parametrize("mode", ["inline", "threaded"])
+@pytest.mark.parametrize(("mode", "serialise", "how"), [
+    ("inline", "1", "loop"),
+    ("threaded", "1", "loop"),  # as on SoftHSMv2 itself: serialised, so "threaded" runs inline
+    ("threaded", "0", "quiesced"),  # real worker threads
+])
 async def test_module_finalised_from_outside(isolated: tuple[HsmConfig, ctypes.CDLL],
-                                             mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """C_Finalize behind the pool's back, from the event-loop thread while load runs.
+                                             mode: str, serialise: str, how: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """C_Finalize behind the pool's back while load runs.
 
     PKCS#11 leaves C_Finalize concurrent with other calls undefined, and SoftHSMv2 really does
     crash then (it frees its managers under running calls). For SoftHSMv2 the pool serialises
     calls and runs even "threaded" inline, so a finalize from the loop thread always falls
     between two calls (forced on here: the shim is not recognised as SoftHSMv2).
     """
-    monkeypatch.setenv("XKSPROXY_PKCS11_SERIALIZE", "1")
+    monkeypatch.setenv("XKSPROXY_PKCS11_SERIALIZE", serialise)
     cfg, lib = dataclasses.replace(isolated[0], mode=mode), isolated[1]
 
     def inject() -> None:
         assert lib.C_Finalize(None) == 0
 
-    await _with_fault(cfg, inject, on_loop=True)
+    await _with_fault(cfg, inject, how=how)
 
 
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
