@@ -3,7 +3,8 @@
 ``hsm_token`` provisions a private token in a pytest tmp dir (never ~/.local/state) with the demo
 keys and the health test key (labels in tests/support/hsm_keys.py, importable as
 ``support.hsm_keys``); ``hsm_config`` is an :class:`hsm.HsmConfig` for it (inline mode;
-use ``dataclasses.replace(hsm_config, mode="threaded", sessions=8)`` for variants).
+use ``dataclasses.replace(hsm_config, mode="threaded", sessions=8)`` for variants); ``fault_shim``
+gives a FaultShim (slow HSM / device errors) per test.
 
 SOFTHSM2_CONF is read by SoftHSMv2 once per process, at ``C_Initialize``. Everything in-process
 should therefore use this one token. A test that needs a token of its own must use it in a
@@ -17,6 +18,7 @@ shared), e.g. a server started by a test with ``hsm_token.conf_path``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the checkout, when not installed with `pip install -e`
     sys.path.insert(0, str(ROOT))
 
+from support.faultshim import FaultShim  # noqa: E402
 from support.hsm_keys import DEMO_KEYS, KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL  # noqa: E402
 
 from hsm import HsmConfig, admin  # noqa: E402
@@ -50,3 +53,13 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedToken:
 def hsm_config(hsm_token: ProvisionedToken) -> HsmConfig:
     """HsmConfig for ``hsm_token`` (name "softhsm-0", inline mode, 4 sessions)."""
     return hsm_token.hsm_config()
+
+
+@pytest.fixture
+def fault_shim(tmp_path: Path) -> Iterator[FaultShim]:
+    """A fault-injection shim (tests/support/faultshim.py) with its control file in tmp_path:
+    ``fault_shim.hsm_config(hsm_config)`` for in-process pools, ``.module_path`` + ``.env()``
+    for a server's [[hsm]] table; ``fault_shim.set("device_error" | "delay" | "ok", ...)``."""
+    shim = FaultShim.create(tmp_path)
+    yield shim
+    shim.set("ok")
