@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.embedded_server import embedded_server, init_state
+from loadtest.embedded_server import embedded_server, init_state, tree_cpu_seconds
 from loadtest.xks_requests import (
     Prepared,
     Target,
@@ -93,26 +93,6 @@ def make_ciphertext(target: Target) -> dict:
         return json.loads(body)
     finally:
         conn.close()
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds of ``pid`` and all its descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        child = int(stat.parent.name)
-        parents[child] = int(fields[1])
-        ticks[child] = int(fields[11]) + int(fields[12])  # utime, stime
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += ticks.get(p, 0)
-        todo.extend(c for c, parent in parents.items() if parent == p)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients: int,

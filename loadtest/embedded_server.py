@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+_START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ def embedded_server(
 ) -> Iterator[Running]:
     """Yield a running proxy (its URL and state dir); stop it with SIGTERM afterwards.
 
-    The server's stdout (one request-log line per request) is drained and discarded, as a log
-    shipper would; stderr goes to ``<state>/serve.stderr``.
+    The server's stdout (start-up lines, then one request-log line per request) goes to
+    ``<state>/serve.stdout``, stderr to ``<state>/serve.stderr``: a file never applies
+    back-pressure, whereas a pipe that nobody drains fast enough stalls the server's writes.
     """
     with contextlib.ExitStack() as stack:
         if state_dir is None:
@@ -67,31 +69,30 @@ def embedded_server(
             args += ["--workers", str(workers)]
         if plain_http:
             args.append("--plain-http")
+        out = (state_dir / "serve.stdout").open("wb")
+        stack.callback(out.close)
         err = (state_dir / "serve.stderr").open("wb")
         stack.callback(err.close)
-        proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                                stderr=err, text=True, start_new_session=True)
+        proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=out, stderr=err,
+                                start_new_session=True)
         stack.callback(_stop, proc)
         url = _wait_listening(proc, state_dir)
         yield Running(url=url, state_dir=state_dir, pid=proc.pid)
 
 
 def _wait_listening(proc: subprocess.Popen, state_dir: Path) -> str:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("xksproxy: listening on "):
-            url = line.strip().removeprefix("xksproxy: listening on ")
-            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-            return url
-    raise SystemExit(f"server exited ({proc.wait()}): "
+    """Poll the stdout file for the ready line (the server prints it once a worker answers)."""
+    prefix = b"xksproxy: listening on "
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        with (state_dir / "serve.stdout").open("rb") as f:
+            for line in f:
+                if line.startswith(prefix):
+                    return line.strip().removeprefix(prefix).decode()
+        time.sleep(0.05)
+    _stop(proc)
+    raise SystemExit(f"server not ready (exit status {proc.poll()}): "
                      f"{(state_dir / 'serve.stderr').read_text(errors='replace')[-2000:]}")
-
-
-def _drain(stream) -> None:
-    """Discard the request log in 64 KiB reads (cheap, like a log shipper; lines are not parsed)."""
-    fd = stream.fileno()
-    while os.read(fd, 1 << 16):
-        pass
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -102,3 +103,23 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of ``pid`` and all its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        ticks[child] = int(fields[11]) + int(fields[12])  # utime, stime
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += ticks.get(p, 0)
+        todo.extend(c for c, parent in parents.items() if parent == p)
+    return total / os.sysconf("SC_CLK_TCK")

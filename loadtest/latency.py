@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import resource
 import ssl
 import sys
 import time
@@ -36,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.embedded_server import embedded_server
+from loadtest.embedded_server import embedded_server, tree_cpu_seconds
 from loadtest.xks_requests import (
     Target,
     decrypt_body,
@@ -70,19 +71,17 @@ class Conn:
         return cls(reader, writer)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
-        return await asyncio.wait_for(self._request(raw), REQUEST_TIMEOUT_S)
-
-    async def _request(self, raw: bytes) -> tuple[int, bytes]:
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = await self.reader.readexactly(length) if length else b""
-        return status, body
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):  # no extra task per request
+            self.writer.write(raw)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = await self.reader.readexactly(length) if length else b""
+            return status, body
 
     def close(self) -> None:
         self.writer.close()
@@ -134,48 +133,48 @@ async def presign_pool(target: Target, ctx: ssl.SSLContext | None, n: int) -> di
 
 async def run_mix(target: Target, ctx, rate: float, duration: float, connections: int,
                   pools: dict[str, list[bytes]]) -> Result:
+    """Open loop: request i is due at start + i/rate; each keep-alive connection takes the next
+    due request as soon as it is free and waits for its due time. When every connection is busy,
+    requests start late and their latency, counted from the due time, shows it."""
     rng = random.Random(1)
     ops = [op for op, w in MIX for _ in range(w)]
-    idle: asyncio.Queue[Conn] = asyncio.Queue()
-    for _ in range(connections):
-        idle.put_nowait(await Conn.open(target.base_url, ctx))
-    res = Result()
     total = int(rate * duration)
-    tasks: set[asyncio.Task] = set()
+    schedule: list[tuple[str, bytes]] = []
     counters: dict[str, int] = defaultdict(int)
-
-    async def one(op: str, raw: bytes, scheduled: float) -> None:
-        conn = await idle.get()
-        try:
-            status, _ = await conn.request(raw)
-        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
-            res.errors[f"{op}:{type(exc).__name__}"] += 1
-            conn.close()
-            conn = await Conn.open(target.base_url, ctx)
-        else:
-            if status != 200:
-                res.errors[f"{op}:{status}"] += 1
-            res.latencies[op].append(time.perf_counter() - scheduled)
-        idle.put_nowait(conn)
-
-    start = time.perf_counter()
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    for _ in range(total):
         op = rng.choice(ops)
         pool = pools[op]
-        raw = pool[counters[op] % len(pool)]
+        schedule.append((op, pool[counters[op] % len(pool)]))
         counters[op] += 1
-        t = asyncio.create_task(one(op, raw, scheduled))
-        tasks.add(t)
-        t.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.gather(*tasks)
+    conns = [await Conn.open(target.base_url, ctx) for _ in range(connections)]
+    res = Result()
+    next_index = 0
+    start = time.perf_counter()
+
+    async def worker(conn: Conn) -> None:
+        nonlocal next_index
+        while next_index < total:
+            i = next_index
+            next_index += 1
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            op, raw = schedule[i]
+            try:
+                status, _ = await conn.request(raw)
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
+                res.errors[f"{op}:{type(exc).__name__}"] += 1
+                conn.close()
+                conn = await Conn.open(target.base_url, ctx)
+                continue
+            if status != 200:
+                res.errors[f"{op}:{status}"] += 1
+            res.latencies[op].append(time.perf_counter() - due)
+        conn.close()
+
+    await asyncio.gather(*(worker(c) for c in conns))
     res.elapsed = time.perf_counter() - start
-    while not idle.empty():
-        idle.get_nowait().close()
     return res
 
 
@@ -242,15 +241,26 @@ def report(mode: str, res: Result, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-async def amain(args: argparse.Namespace, target: Target, cafile: Path | None) -> int:
+async def amain(args: argparse.Namespace, target: Target, cafile: Path | None,
+                server_pid: int | None = None) -> int:
     ctx = client_context(target.base_url, cafile)
     pools = await presign_pool(target, ctx, args.pool)
+    cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
+    me0 = resource.getrusage(resource.RUSAGE_SELF)
     if args.mode == "mix":
         res = await run_mix(target, ctx, args.rate, args.duration, args.connections, pools)
     elif args.mode == "seq":
         res = await run_seq(target, ctx, args.count, pools)
     else:
         res = await run_newconn(target, ctx, args.count, pools)
+    me1 = resource.getrusage(resource.RUSAGE_SELF)
+    n = max(1, len(res.all()) + res.n_errors())
+    mine = (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime)
+    print(f"client CPU: {mine / n * 1e6:.0f} µs/request, {mine / res.elapsed:.2f} cores busy")
+    if cpu0 is not None and server_pid:
+        used = tree_cpu_seconds(server_pid) - cpu0
+        print(f"server CPU: {used / n * 1e6:.0f} µs/request, "
+              f"{used / res.elapsed:.2f} cores busy")
     return report(args.mode, res, args)
 
 
@@ -264,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server", choices=["granian", "hypercorn"], help="with --serve")
     p.add_argument("--workers", type=int, help="with --serve (default: config = cores)")
     p.add_argument("--plain-http", action="store_true", help="with --serve")
+    p.add_argument("--state-dir", type=Path,
+                   help="with --serve: this state dir (init'ed if new) instead of a temp one")
     p.add_argument("--cafile", type=Path, help="CA for the server certificate (default: none)")
     p.add_argument("--rate", type=float, default=1800.0, help="mix: requests/s")
     p.add_argument("--duration", type=float, default=60.0, help="mix: seconds (max 240)")
@@ -281,19 +293,22 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
+    server_pid: int | None = None
     with contextlib.ExitStack() as stack:
         if args.serve:
             running = stack.enter_context(embedded_server(
-                server=args.server, workers=args.workers, plain_http=args.plain_http))
+                server=args.server, workers=args.workers, plain_http=args.plain_http,
+                state_dir=args.state_dir))
             os.environ["XKS_STATE_DIR"] = str(running.state_dir)
             target = target_from_env(running.url)
             cafile = running.state_dir / "tls/server.crt"
+            server_pid = running.pid
             print(f"server: {args.server or 'default'} workers={args.workers or 'default'} "
                   f"url={running.url}")
         else:
             target = target_from_env(args.url)
             cafile = args.cafile
-        return runner(amain(args, target, cafile))
+        return runner(amain(args, target, cafile, server_pid))
 
 
 if __name__ == "__main__":
