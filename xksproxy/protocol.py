@@ -174,9 +174,14 @@ def _b64(doc: dict[str, Any], name: str, *, required: bool, max_bytes: int | Non
     if len(value) % 4:
         raise ValidationException(f"{name} is not valid standard base64 (length/padding)")
     try:
-        raw = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+        encoded = value.encode("ascii")
+        raw = binascii.a2b_base64(encoded, strict_mode=True)
     except (binascii.Error, UnicodeEncodeError):
         raise ValidationException(f"{name} is not valid standard base64") from None
+    # strict_mode still accepts excess padding ("AAAA====") and non-zero trailing bits ("QR=="):
+    # only the canonical encoding of the decoded bytes is accepted, so one value has one spelling.
+    if binascii.b2a_base64(raw, newline=False) != encoded:
+        raise ValidationException(f"{name} is not canonical standard base64 (padding or bits)")
     if max_bytes is not None and len(raw) > max_bytes:
         raise too_big(f"{name} is larger than the supported maximum of {max_bytes} bytes")
     return raw

@@ -153,3 +153,10 @@ def test_messages_never_echo_values():
     assert secret not in info.value.message
     assert b"secret" not in info.value.body()
     assert orjson.loads(info.value.body())["errorName"] == "ValidationException"
+
+
+@pytest.mark.parametrize("bad", ["AAAA====", "QR==", "AAB=", "QQ==\n", " QQ==", "QQ-_"])
+def test_only_canonical_standard_base64_is_accepted(bad):
+    """One value, one spelling: excess padding, stray bits, whitespace and urlsafe are refused."""
+    with pytest.raises(ValidationException, match="plaintext"):
+        parse("encrypt", enc(plaintext=bad))
