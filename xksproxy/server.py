@@ -30,7 +30,7 @@ from pathlib import Path
 
 from hypercorn.config import Config as _HypercornBase
 
-from xksproxy import reload, tls
+from xksproxy import metrics, operations, reload, tls
 from xksproxy.config import Config, ConfigError, load_config
 
 APP_FACTORY = "xksproxy.app:create_app"
@@ -55,6 +55,7 @@ class Plan:
     allowed_subjects: tuple[str, ...]
     log_level: str
     stores: tuple[tuple[str, str], ...]  # (name, URI path)
+    metrics_bind: str | None = None
     notes: tuple[str, ...] = ()  # decisions the operator must see at start
 
     @property
@@ -135,6 +136,7 @@ def plan(
         allowed_subjects=patterns if ca is not None and not plain else (),
         log_level=config.logging.level,
         stores=stores,
+        metrics_bind=config.metrics.bind or None,
         notes=tuple(notes),
     )
 
@@ -169,17 +171,22 @@ def serve(
              f"allowed subjects {', '.join(p.allowed_subjects)}")
     # Each worker process builds its own app (and HSM pools) from this path after the fork.
     os.environ["XKSPROXY_CONFIG"] = str(p.config_path)
-    # SIGHUP to this process = reload the config in every worker, without respawning them (the
-    # trigger file is exported to the workers before they start; see xksproxy.reload).
-    reload.prepare_parent()
+    # Before any worker starts: the metrics listener (unless a wrapping launcher already runs
+    # one), XKSPROXY_WORKERS for the quotas, and SIGHUP = reload every worker's config without
+    # respawning it (see xksproxy.operations / xksproxy.reload).
+    launched_by_wrapper = bool(os.environ.get(metrics.ENV_DIR))
+    hooks = operations.prepare_launcher(None if launched_by_wrapper else p.metrics_bind,
+                                        p.workers)
     stop = threading.Event()
-    watcher = threading.Thread(target=_announce_when_ready, args=(p, stop), daemon=True)
+    watcher = threading.Thread(target=_announce_when_ready, args=(p, stop, hooks.metrics_url),
+                               daemon=True)
     watcher.start()
     runner: Callable[[Plan], int] = _run_granian if p.server == "granian" else _run_hypercorn
     try:
         return runner(p)
     finally:
         stop.set()
+        hooks.close()
 
 
 def _check_tls_files(p: Plan) -> None:
@@ -219,7 +226,7 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _announce_when_ready(p: Plan, stop: threading.Event) -> None:
+def _announce_when_ready(p: Plan, stop: threading.Event, metrics_url: str | None) -> None:
     """Print the start-up lines once a worker answers (a bound socket alone is not enough)."""
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while not stop.is_set() and time.monotonic() < deadline:
@@ -229,6 +236,8 @@ def _announce_when_ready(p: Plan, stop: threading.Event) -> None:
             print(f"xksproxy: listening on {p.url}", flush=True)
             for name, path in p.stores:
                 print(f"xksproxy: key store {name}: {path}", flush=True)
+            if metrics_url:
+                print(f"xksproxy: metrics on {metrics_url}", flush=True)
             return
         stop.wait(0.05)
 
@@ -270,7 +279,6 @@ def _run_granian(p: Plan) -> int:
             # forward-secret AEAD suites, so no suite list is needed.
             ssl_protocol_min=SSLProtocols.tls12,
         )
-    reload.route_granian_sighup()
     server = Granian(
         _app_factory(),
         address=p.host,
