@@ -81,13 +81,14 @@ class _Session:
 class _Job:
     """A threaded-mode request. ``claim`` decides once whether a worker or the deadline wins."""
 
-    __slots__ = ("_claim", "future", "loop", "op")
+    __slots__ = ("_claim", "future", "loop", "op", "picked")
 
     def __init__(self, op: Callable[[_Session], Any], future: asyncio.Future[Any],
                  loop: asyncio.AbstractEventLoop) -> None:
         self.op = op
         self.future = future
         self.loop = loop
+        self.picked = 0.0  # time.monotonic() when a worker claimed it (0.0: never)
         self._claim = threading.Lock()
 
     def claim(self) -> bool:
@@ -132,6 +133,7 @@ class HsmPool:
         self._recoveries = 0
         self._replacements = 0
         self._last_error: str | None = None
+        self._wait_observer: Callable[[float], None] | None = None
 
     def __repr__(self) -> str:
         return f"<HsmPool {self.config.name!r} {self._mode} {self._state}>"
@@ -277,6 +279,18 @@ class HsmPool:
             last_error=self._last_error,
         )
 
+    def set_session_wait_observer(self, observer: Callable[[float], None] | None) -> None:
+        """Report how long each operation waited for a session, in seconds (``None``: stop).
+
+        Why: a caller's latency splits into queueing (too few sessions, overload) and HSM call
+        time (a slow HSM), and only the pool knows where one ends. ``observer`` runs on the
+        event-loop thread inside the calling task (context variables work), once per operation
+        that did not take a free session at once: inline mode, the wait for a released session;
+        threaded mode, submission until a worker thread claimed the job (until the deadline if
+        none did). It must be quick and must not raise.
+        """
+        self._wait_observer = observer
+
     # ------------------------------------------------------------------ dispatch
     def _check_usable(self) -> None:
         if self._state != "ready":
@@ -327,7 +341,8 @@ class HsmPool:
         assert self._loop is not None
         fut: asyncio.Future[_Session] = self._loop.create_future()
         self._waiters.append(fut)
-        timeout = deadline - time.monotonic()
+        start = time.monotonic()
+        timeout = deadline - start
         try:
             if timeout <= 0:
                 raise TimeoutError
@@ -341,6 +356,8 @@ class HsmPool:
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
+            if self._wait_observer is not None:
+                self._wait_observer(time.monotonic() - start)
 
     def _release(self, sess: _Session) -> None:
         """Hand the session to the next waiter (inline mode runs this on the loop thread)."""
@@ -371,7 +388,8 @@ class HsmPool:
 
     async def _run_threaded(self, op: Callable[[_Session], T], deadline: float) -> T:
         assert self._loop is not None
-        remaining = deadline - time.monotonic()
+        submitted = time.monotonic()
+        remaining = deadline - submitted
         if remaining <= 0:
             raise SessionTimeout("deadline passed before an HSM session was requested")
         fut: asyncio.Future[T] = self._loop.create_future()
@@ -382,6 +400,9 @@ class HsmPool:
             return await fut
         finally:
             timer.cancel()
+            if self._wait_observer is not None:
+                # Never claimed (picked 0.0): the job waited until its deadline.
+                self._wait_observer((job.picked or time.monotonic()) - submitted)
 
     @staticmethod
     def _expire(job: _Job) -> None:
@@ -401,6 +422,7 @@ class HsmPool:
                 return
             if not job.claim():
                 continue  # its deadline already answered the caller
+            job.picked = time.monotonic()
             with self._lock:
                 usable = self._state == "ready"
                 if usable:

@@ -118,45 +118,9 @@ _SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar("xks_sessi
 _REQUEST: contextvars.ContextVar[Any] = contextvars.ContextVar("xks_request", default=None)
 
 
-def _time_session_waits(pool: Any) -> None:
-    """Measure how long each request waits for a session, per execution mode.
-
-    The pool has no public hook for it, so we wrap one private method on this instance (guarded:
-    if the pool changes, we silently measure nothing): inline mode's ``_wait_for_session``;
-    threaded mode's ``_run_threaded``, whose operation we wrap to note when a worker thread
-    picked it up (wait = pick-up - submit; a job never picked up waited until it timed out).
-    """
-    mode = getattr(getattr(pool, "config", None), "mode", "inline")
-    inline_wait = getattr(pool, "_wait_for_session", None)
-    run_threaded = getattr(pool, "_run_threaded", None)
-    if mode == "inline" and inline_wait is not None:
-
-        async def timed_wait(deadline: float) -> Any:
-            t0 = time.monotonic()
-            try:
-                return await inline_wait(deadline)
-            finally:
-                _SESSION_WAIT.set(_SESSION_WAIT.get() + time.monotonic() - t0)
-
-        pool._wait_for_session = timed_wait
-    elif mode == "threaded" and run_threaded is not None:
-
-        async def timed_run(op: Callable[[Any], Any], deadline: float) -> Any:
-            submitted = time.monotonic()
-            picked: list[float] = []
-
-            def noted(sess: Any) -> Any:
-                if not picked:
-                    picked.append(time.monotonic())
-                return op(sess)
-
-            try:
-                return await run_threaded(noted, deadline)
-            finally:
-                end = picked[0] if picked else time.monotonic()
-                _SESSION_WAIT.set(_SESSION_WAIT.get() + end - submitted)
-
-        pool._run_threaded = timed_run
+def _note_session_wait(seconds: float) -> None:
+    """``HsmPool`` session-wait observer: runs in the request's task, adds to its wait."""
+    _SESSION_WAIT.set(_SESSION_WAIT.get() + seconds)
 
 
 class GuardedPool:
@@ -164,16 +128,16 @@ class GuardedPool:
 
     Before each HSM operation: refuse with 429 if the session queue is too deep for the time
     left. After it: feed the latency to the admission estimate and to the metrics, split into
-    session wait and call time. The split times the pool's inline-mode session wait by wrapping
-    that one method on the instance (the pool has no public hook for it); in threaded mode the
-    queueing time is counted inside the call latency and the wait is reported as 0.
+    session wait and call time. The pool reports the wait through its public
+    ``set_session_wait_observer`` hook (in the calling task, so a context variable collects it);
+    the call time is the rest.
     """
 
     def __init__(self, pool: Any, token: str, admission: Admission) -> None:
         self._pool = pool
         self._token = token
         self._admission = admission
-        _time_session_waits(pool)
+        pool.set_session_wait_observer(_note_session_wait)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)

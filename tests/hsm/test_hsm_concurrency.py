@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import os
 import subprocess
@@ -133,4 +134,33 @@ async def test_two_hundred_concurrent_tasks(hsm_config: HsmConfig, mode: str,
         stats = pool.stats()
         assert stats.in_use == 0 and stats.waiting == 0 and stats.state == "ready"
     finally:
+        await pool.close()
+
+
+async def test_session_wait_observer_reports_queueing_in_the_calling_task(
+        hsm_config: HsmConfig, tmp_path: Path) -> None:
+    """Threaded, one session, a slow HSM: the third caller queued behind two calls."""
+    shim = FaultShim.create(tmp_path)
+    pool = HsmPool(shim.hsm_config(hsm_config, mode="threaded", sessions=1))
+    caller: contextvars.ContextVar[int] = contextvars.ContextVar("caller")
+    waits: dict[int, float] = {}
+    pool.set_session_wait_observer(lambda s: waits.__setitem__(caller.get(), s))
+    await pool.start()
+    try:
+        shim.set("delay", delay_ms=100)
+        await asyncio.sleep(0.1)
+
+        async def call(i: int) -> None:
+            caller.set(i)
+            await pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 5)
+
+        tasks = []
+        for i in range(3):
+            tasks.append(asyncio.create_task(call(i)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        assert sorted(waits) == [0, 1, 2]
+        assert waits[0] < 0.05 and waits[2] > 0.15
+    finally:
+        shim.set("ok")
         await pool.close()
