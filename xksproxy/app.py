@@ -13,7 +13,8 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.erro
    else, or a URI path over 256 characters -> 404 InvalidUriPathException.
 3. Non-POST on an API path -> 405 (``Allow: POST``), JSON body.
 4. Admission hooks (``XksApp.admission``) may refuse (e.g. 429) before the body is read.
-5. Body read with a hard cap (``server.max_body_bytes``) -> 400 ValidationException.
+5. Body read with a hard cap (``server.max_body_bytes``), and complete by the request deadline
+   (a trickled body must not hold an admission slot) -> 400 ValidationException.
 6. SigV4 against *this* store's credentials and regions -> 401 AuthenticationFailedException.
 7. JSON decode; an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
    ValidationException (it is an invalid input parameter; checked after authentication so an
@@ -205,7 +206,14 @@ class XksApp:
                         return store, last, key_id
         raise InvalidUriPathException("no such XKS API path on this proxy")
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+    async def _read_body(self, scope: dict[str, Any], receive: Any, deadline: float) -> bytes:
+        """Read the body under the size cap and the request deadline.
+
+        The deadline bound matters: admission counts the request in before the body is read, so
+        a client trickling its body (slowloris) would otherwise hold an in-flight slot forever
+        and a few hundred of them lock every caller out with 429. A body that has not arrived by
+        the deadline could not be served in time anyway (KMS gives up after 250 ms).
+        """
         cap = self._max_body
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -214,18 +222,24 @@ class XksApp:
                 break
         chunks: list[bytes] = []
         total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            if chunk:
-                total += len(chunk)
-                if total > cap:
-                    raise ValidationException(f"request body exceeds max_body_bytes ({cap})")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    if chunk:
+                        total += len(chunk)
+                        if total > cap:
+                            raise ValidationException(
+                                f"request body exceeds max_body_bytes ({cap})")
+                        chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise ValidationException(
+                "request body not received in full within the request deadline") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _ping(self, method: str, send: Any) -> None:
@@ -258,7 +272,7 @@ class XksApp:
                 release = hook(ctx)
                 if release is not None:
                     releases.append(release)
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(scope, receive, ctx.deadline)
             verified = sigv4.verify(
                 method=method, path=path,
                 query=scope.get("query_string", b"").decode("latin-1"),
