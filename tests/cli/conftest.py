@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from support import procs
 
 
 def run_cli(
     *args: str, state_dir: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess (its own PKCS#11 module instance, like a real operator shell)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    if state_dir is not None:
-        env["XKSPROXY_STATE_DIR"] = str(state_dir)
+    """``support.procs.run_cli`` with ``XKSPROXY_STATE_DIR`` set to ``state_dir`` (or unset)."""
+    if state_dir is None:
+        env = procs.product_env(drop=["XKSPROXY_STATE_DIR"])
     else:
-        env.pop("XKSPROXY_STATE_DIR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "xksproxy", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+        env = procs.product_env({"XKSPROXY_STATE_DIR": str(state_dir)})
+    return procs.run_cli(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 import uuid
 from pathlib import Path
@@ -18,42 +15,16 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from support import procs
 
-REPO = Path(__file__).resolve().parents[2]
 STARTUP_LIMIT_S = 45
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
-    """Stream the server's stdout into a queue (None at EOF) so the test can wait on it."""
-    q: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            q.put(line)
-        q.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return q
-
-
-def _wait_for(q: queue.Queue[str | None], needle: str, seen: list[str]) -> str:
-    while True:
-        try:
-            line = q.get(timeout=STARTUP_LIMIT_S)
-        except queue.Empty:
-            pytest.fail(f"no {needle!r} line; output so far:\n{''.join(seen)}")
-        if line is None:
-            pytest.fail(f"server exited before {needle!r}; output:\n{''.join(seen)}")
-        seen.append(line)
-        if needle in line:
-            return line
+def _wait_for(out: procs.StdoutLines, needle: str) -> str:
+    try:
+        return out.wait_for(needle, STARTUP_LIMIT_S)
+    except (TimeoutError, EOFError) as exc:
+        pytest.fail(f"{exc}; output so far:\n" + "\n".join(out.seen))
 
 
 def _signed_health(base: str, uri_path: str, akid: str, secret: str) -> tuple[int, dict]:
@@ -80,20 +51,20 @@ def test_serve_plain_http_answers_ping_and_signed_health_then_stops(initialised,
     config.write_text(config.read_text().replace('bind = "127.0.0.1:9464"', 'bind = ""'))
     console = json.loads((initialised / "kms-console.json").read_text())
     cred = console["XksProxyAuthenticationCredential"]
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    port = procs.free_port()
+    env = dict(os.environ, PYTHONPATH=str(procs.REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "xksproxy", "serve", "--state-dir", str(initialised),
          "--plain-http", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, cwd=procs.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    seen: list[str] = []
+    out = procs.StdoutLines(proc.stdout)
+    seen = out.seen
     try:
-        q = _lines(proc)
-        line = _wait_for(q, "xksproxy: listening on", seen)
+        line = _wait_for(out, "xksproxy: listening on")
         assert f"http://127.0.0.1:{port}" in line
         assert any("/demo/kms/xks/v1" in s for s in seen) or "/demo/kms/xks/v1" in _wait_for(
-            q, "/demo/kms/xks/v1", seen
+            out, "/demo/kms/xks/v1"
         )
         base = f"http://127.0.0.1:{port}"
         with urllib.request.urlopen(f"{base}/ping", timeout=10) as resp:

@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 import httpx
 from conformance_helpers import Cred, Store
+from support.procs import free_port as free_port  # re-exported for the test modules
+from support.procs import product_env
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONAL_DEADLINE_MS = 1000
@@ -44,23 +45,13 @@ def cli_command() -> list[str]:
 
 
 def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                     else "")
-    env.pop("XKSPROXY_CONFIG", None)
-    return env
+    return product_env(drop=["XKSPROXY_CONFIG"])
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([*cli_command(), *args], capture_output=True, text=True,
                           timeout=timeout, env=cli_env(), cwd=REPO, check=False)
     return done
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def new_credential() -> Cred:

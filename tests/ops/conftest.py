@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from support import procs
 
 
 @pytest.fixture
@@ -29,12 +26,8 @@ def config_path(state: Path) -> Path:
 
 def run_cli(*args: str, timeout: float = 60, env: dict | None = None
             ) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess, like an operator shell."""
-    full = dict(os.environ)
-    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "xksproxy", *args], env=full, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    """``support.procs.run_cli`` with ``env`` added to this environment."""
+    return procs.run_cli(*args, env=procs.product_env(env), timeout=timeout)
 
 
 @pytest.fixture

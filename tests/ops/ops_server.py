@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.procs import REPO, StdoutLines, free_port, product_env
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -29,7 +20,7 @@ class Server:
     base_url: str
     host: str
     metrics_url: str
-    lines: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # every stdout+stderr line, growing
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -47,39 +38,23 @@ class Server:
 def start(config_path: Path, *, workers: int = 2, env: dict[str, str] | None = None,
           timeout: float = 40.0) -> Server:
     port, mport = free_port(), free_port()
-    full = dict(os.environ)
-    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
-    full.pop("XKSPROXY_CONFIG", None)
-    full.pop("XKSPROXY_METRICS_DIR", None)
-    full.pop("XKSPROXY_RELOAD_FILE", None)
-    full.update(env or {})
+    full = product_env(env, drop=["XKSPROXY_CONFIG", "XKSPROXY_METRICS_DIR",
+                                  "XKSPROXY_RELOAD_FILE"])
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "launch_with_ops.py"), str(config_path),
          f"127.0.0.1:{port}", f"127.0.0.1:{mport}", str(workers)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=full)
+    out = StdoutLines(proc.stdout)
     srv = Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{port}",
-                 f"http://127.0.0.1:{mport}/metrics")
-    ready: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            srv.lines.append(line.rstrip("\n"))
-            if "listening on" in line:
-                ready.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
+                 f"http://127.0.0.1:{mport}/metrics", out.all)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            ready.get(timeout=0.2)
-        except queue.Empty:
-            if proc.poll() is not None:
-                break
-            continue
+    try:
+        out.wait_for("listening on", timeout)
+    except (TimeoutError, EOFError):
+        pass
+    else:
         if _wait_workers(srv, workers, deadline):
             return srv
-        break
     srv.stop()
     raise RuntimeError("server did not start:\n" + srv.output()[-3000:])
 
