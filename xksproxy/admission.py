@@ -25,6 +25,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xksproxy import metrics
+from xksproxy.errors import ThrottlingException
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -146,9 +149,6 @@ class GuardedPool:
         return f"GuardedPool({self._token!r})"
 
     async def _guard(self, op: str, call: Callable[[], Awaitable[Any]], deadline: float) -> Any:
-        from xksproxy import metrics
-        from xksproxy.errors import ThrottlingException
-
         decision = self._admission.check_pool(self._pool.stats(), deadline)
         if not decision.ok:
             ctx = _REQUEST.get()
@@ -192,9 +192,6 @@ def _noop() -> None:
 def install(app: Any, *, quotas: Any = None) -> Admission:
     """Add the in-flight gate and per-store quotas as an app admission hook, and guard the HSM
     pools (session-queue gate, latency metrics) once they are started."""
-    from xksproxy import metrics
-    from xksproxy.errors import ThrottlingException
-
     admission = Admission(app.config.server.max_in_flight)
 
     def hook(ctx: Any) -> Callable[[], None]:

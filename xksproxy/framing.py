@@ -48,7 +48,8 @@ def hsm_aad(aad: bytes | None, metadata: bytes | None) -> bytes:
     metadata = metadata or b""
     if len(aad) > 0xFFFF or len(metadata) > 0xFF:
         raise ValueError("AAD or metadata too long for the framing")
-    return len(aad).to_bytes(2, "big") + aad + bytes((len(metadata),)) + metadata
+    # One join, one copy of the (up to 64 KiB) AAD; chained ``+`` would copy it three times.
+    return b"".join((len(aad).to_bytes(2, "big"), aad, bytes((len(metadata),)), metadata))
 
 
 def parse_metadata(metadata: bytes | None) -> MetadataInfo | None:

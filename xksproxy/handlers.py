@@ -25,6 +25,8 @@ from xksproxy.framing import CURRENT_METADATA, cdiv, hsm_aad, parse_metadata
 from xksproxy.keystores import KeyStore
 from xksproxy.protocol import DecryptRequest, EncryptRequest, b64encode
 
+_CURRENT_METADATA_B64 = b64encode(CURRENT_METADATA)  # the same for every Encrypt answer
+
 # keyUsage order in GetKeyMetadata: the two KMS cares about first, then the rest.
 _USAGE_ORDER = ("ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE")
 
@@ -67,7 +69,7 @@ async def encrypt(pool: Any, store: KeyStore, key_id: str, req: EncryptRequest, 
         "authenticationTag": b64encode(result.tag),
         "ciphertext": b64encode(result.ciphertext),
         "initializationVector": b64encode(result.iv),
-        "ciphertextMetadata": b64encode(meta),
+        "ciphertextMetadata": _CURRENT_METADATA_B64,
     }
     if req.want_cdiv:
         # Spec order: encrypt, compute the CDIV, then prove the output decrypts before returning.

@@ -212,12 +212,23 @@ def observe_throttled(reason: str, keystore: str) -> None:
 
 
 def observe_hsm_call(token: str, operation: str, seconds: float) -> None:
-    REGISTRY.observe("xksproxy_hsm_call_duration_seconds",
-                     {"token": token, "operation": operation}, seconds)
+    REGISTRY.observe_key(_hsm_call_key(token, operation), seconds)
 
 
 def observe_session_wait(token: str, seconds: float) -> None:
-    REGISTRY.observe("xksproxy_hsm_session_wait_seconds", {"token": token}, seconds)
+    REGISTRY.observe_key(_session_wait_key(token), seconds)
+
+
+@functools.lru_cache(maxsize=256)
+def _hsm_call_key(token: str, operation: str) -> tuple[str, Labels]:
+    """Prepared series key (one per HSM call on the hot path: label sorting done once)."""
+    return ("xksproxy_hsm_call_duration_seconds",
+            _labels({"token": token, "operation": operation}))
+
+
+@functools.lru_cache(maxsize=64)
+def _session_wait_key(token: str) -> tuple[str, Labels]:
+    return ("xksproxy_hsm_session_wait_seconds", _labels({"token": token}))
 
 
 HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
