@@ -118,13 +118,20 @@ def provision(
     if token_label not in _token_labels(conf):
         # PINs go through argv of a short-lived child we start ourselves; softhsm2-util offers
         # no file/stdin option. The state dir is private, and nothing here logs the command.
-        subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", token_label,
-             "--so-pin", so_pin, "--pin", user_pin],
-            env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-            capture_output=True,
-            check=True,
-        )
+        argv = ["softhsm2-util", "--init-token", "--free", "--label", token_label]
+        try:
+            subprocess.run(
+                [*argv, "--so-pin", so_pin, "--pin", user_pin],
+                env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+                capture_output=True,
+                check=True,
+            )
+        except subprocess.CalledProcessError as exc:
+            # The original's str()/repr() show the command line, PINs included: re-raise
+            # without them (and without chaining the original into tracebacks).
+            raise subprocess.CalledProcessError(
+                exc.returncode, [*argv, "--so-pin", "***", "--pin", "***"],
+                output=exc.output, stderr=exc.stderr) from None
     for path in token_dir.rglob("*"):
         path.chmod(0o700 if path.is_dir() else 0o600)
     return ProvisionedToken(

@@ -45,6 +45,23 @@ def test_provision_is_idempotent_and_private(tmp_path: Path) -> None:
     assert pin not in repr(first) and pin not in repr(first.hsm_config())
 
 
+def test_failed_token_init_does_not_carry_the_pins(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """softhsm2-util takes the PINs in argv; a CalledProcessError would show them."""
+    fake = tmp_path / "bin" / "softhsm2-util"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --show-slots ] && exit 0\necho refused >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    state = tmp_path / "state"
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        provision(state, "tok-fail")
+    pins = [(state / "secrets" / n).read_text().strip() for n in ("user.pin", "so.pin")]
+    assert info.value.returncode == 3 and info.value.stderr == b"refused\n"
+    assert info.value.__suppress_context__
+    assert not any(pin in str(info.value) or pin in repr(info.value) for pin in pins)
+
+
 def test_list_keys_reports_usage(hsm_config: HsmConfig) -> None:
     listed = {k.label: k.usage for k in admin.list_keys(hsm_config)}
     assert listed["demo"] == {"ENCRYPT", "DECRYPT"}
