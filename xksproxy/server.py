@@ -159,6 +159,7 @@ def serve(
                  server=server, workers=workers)
         if not p.plain_http:
             _check_tls_files(p)
+        _check_bind_available(p)
     except ConfigError as exc:
         print(f"xksproxy: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -200,6 +201,24 @@ def _check_tls_files(p: Plan) -> None:
         raise ConfigError(f"[tls] key_file: granian reads only unencrypted PKCS#8 keys "
                           f"('BEGIN PRIVATE KEY'); convert with `openssl pkcs8 -topk8 -nocrypt "
                           f"-in {p.key_file}` or use --server hypercorn")
+
+
+def _check_bind_available(p: Plan) -> None:
+    """Refuse to start when something already listens on the address.
+
+    granian binds with SO_REUSEPORT, so without this check a second proxy (perhaps with another
+    config) starts "successfully" on a busy port and the kernel silently splits KMS traffic
+    between the two. A plain bind (no SO_REUSEPORT) fails against any listener.
+    """
+    family = socket.AF_INET6 if ":" in p.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
+        try:
+            s.bind((p.host, p.port))
+        except OSError as exc:
+            raise ConfigError(
+                f"[server] bind: cannot listen on {p.host}:{p.port}: {exc.strerror or exc} "
+                "(stop the process using it or choose another --bind)") from None
 
 
 def _say(message: str) -> None:
