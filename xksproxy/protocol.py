@@ -7,7 +7,9 @@ Rules (public XKS API spec v1.0.3, where ../shared/xks-spec.md is silent the spe
 - Required metadata: ``kmsRequestId`` and ``kmsOperation`` everywhere; ``awsPrincipalArn`` for
   metadata/encrypt/decrypt; ``kmsKeyArn`` for encrypt/decrypt.  Every present metadata field must
   be a string.  Values are never shape-checked (``kmsOperation`` is open-ended, ``kmsRequestId``
-  is opaque).  Unknown fields, top-level or in the metadata, are ignored: KMS may add some.
+  is opaque), except that ``awsPrincipalArn`` and ``kmsKeyArn`` longer than 2048 characters (the
+  spec's ARN maximum) are a 400 ValidationException, which also bounds what reaches the logs.
+  Unknown fields, top-level or in the metadata, are ignored: KMS may add some.
 - Binary fields are *strict standard* base64: alphabet ``A-Za-z0-9+/``, correct ``=`` padding,
   no whitespace or URL-safe characters -> otherwise 400 ValidationException naming the field.
 - ``encryptionAlgorithm`` other than ``AES_GCM`` and ``ciphertextDataIntegrityValueAlgorithm``
@@ -34,6 +36,8 @@ import orjson
 from xksproxy.errors import UnsupportedOperationException, ValidationException
 
 MAX_AAD_BYTES = 65535
+MAX_ARN_CHARS = 2048
+_ARN_FIELDS = ("awsPrincipalArn", "kmsKeyArn")
 MAX_CIPHERTEXT_METADATA_BYTES = 20
 IV_LENGTHS = (12, 16)
 TAG_LENGTH = 16
@@ -145,6 +149,11 @@ def parse_metadata(doc: dict[str, Any], operation: str) -> RequestMetadata:
         value = meta.get(name)
         if value is not None and not isinstance(value, str):
             raise ValidationException(f"requestMetadata.{name} must be a string")
+    for name in _ARN_FIELDS:
+        value = meta.get(name)
+        if value is not None and len(value) > MAX_ARN_CHARS:
+            raise ValidationException(
+                f"requestMetadata.{name} is longer than {MAX_ARN_CHARS} characters")
     return RequestMetadata(
         kms_request_id=meta["kmsRequestId"],
         kms_operation=meta["kmsOperation"],
