@@ -9,13 +9,12 @@ Tracebacks are for bugs, never for a missing file or a typo in the config.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from xksproxy import embedded
 
@@ -186,8 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for h in config.hsms:  # a missing module would otherwise surface as a worker crash loop
         if not Path(h.module).exists():
             _fail(_module_problem(h), EXIT_FAILURE)
-    server = _optional("xksproxy.server", "serve", "serve")
     from xksproxy.config import ConfigError
+    from xksproxy.server import serve as server
 
     try:
         return int(
@@ -309,15 +308,16 @@ def cmd_credentials_new(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials_add(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    fn = _optional("xksproxy.credentials_ops", "main_add", "credentials add")
-    return int(fn(path, args.keystore))
+    from xksproxy import credentials_ops
+
+    return int(credentials_ops.main_add(_config_path(args), args.keystore))
 
 
 def cmd_credentials_remove(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    fn = _optional("xksproxy.credentials_ops", "main_remove", "credentials remove")
-    return int(fn(path, args.keystore, args.access_key_id))
+    from xksproxy import credentials_ops
+
+    return int(credentials_ops.main_remove(_config_path(args), args.keystore,
+                                           args.access_key_id))
 
 
 def cmd_kms_config(args: argparse.Namespace) -> int:
@@ -339,30 +339,17 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    fn = _optional("xksproxy.audit", "main_verify", "audit verify")
+    from xksproxy.audit import main_verify
+
     if args.config is None and args.state_dir is None:
-        return int(fn(list(args.files)))  # the audit module finds the key itself
-    return int(fn(list(args.files), config_path=_config_path(args)))
+        return int(main_verify(list(args.files)))  # the audit module finds the key itself
+    return int(main_verify(list(args.files), config_path=_config_path(args)))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    fn = _optional("xksproxy.doctor", "main", "doctor")
-    return int(fn(path))
+    from xksproxy import doctor
 
-
-def _optional(module: str, attr: str, what: str) -> Callable[..., Any]:
-    """A teammate's entry point, or a polite usage error while it has not landed."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        _fail(f"`xksproxy {what}` is not available yet in this version", EXIT_USAGE)
-    fn = getattr(mod, attr, None)
-    if fn is None:
-        _fail(f"`xksproxy {what}` is not available yet in this version", EXIT_USAGE)
-    return fn
+    return int(doctor.main(_config_path(args)))
 
 
 # --------------------------------------------------------------------------- parser
