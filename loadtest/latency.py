@@ -101,6 +101,12 @@ def client_context(url: str, cafile: Path | None) -> ssl.SSLContext | None:
 class Result:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    examples: list[bytes] = field(default_factory=list)  # first few error bodies (XKS JSON)
+
+    def error(self, key: str, body: bytes = b"") -> None:
+        self.errors[key] += 1
+        if body and len(self.examples) < 3:
+            self.examples.append(body[:300])
     elapsed: float = 0.0
 
     def all(self) -> list[float]:
@@ -162,14 +168,14 @@ async def run_mix(target: Target, ctx, rate: float, duration: float, connections
                 await asyncio.sleep(delay)
             op, raw = schedule[i]
             try:
-                status, _ = await conn.request(raw)
+                status, body = await conn.request(raw)
             except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
                 res.errors[f"{op}:{type(exc).__name__}"] += 1
                 conn.close()
                 conn = await Conn.open(target.base_url, ctx)
                 continue
             if status != 200:
-                res.errors[f"{op}:{status}"] += 1
+                res.error(f"{op}:{status}", body)
             res.latencies[op].append(time.perf_counter() - due)
         conn.close()
 
@@ -187,10 +193,10 @@ async def run_seq(target: Target, ctx, count: int, pools) -> Result:
     start = time.perf_counter()
     for i in range(count):
         t0 = time.perf_counter()
-        status, _ = await conn.request(pool[i % len(pool)])
+        status, body = await conn.request(pool[i % len(pool)])
         res.latencies["encrypt"].append(time.perf_counter() - t0)
         if status != 200:
-            res.errors[f"encrypt:{status}"] += 1
+            res.error(f"encrypt:{status}", body)
     res.elapsed = time.perf_counter() - start
     conn.close()
     return res
@@ -204,14 +210,14 @@ async def run_newconn(target: Target, ctx, count: int, pools) -> Result:
         t0 = time.perf_counter()
         try:
             conn = await Conn.open(target.base_url, ctx)
-            status, _ = await conn.request(pool[i % len(pool)])
+            status, body = await conn.request(pool[i % len(pool)])
             conn.close()
         except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             res.errors[f"encrypt:{type(exc).__name__}"] += 1
             continue
         res.latencies["encrypt"].append(time.perf_counter() - t0)
         if status != 200:
-            res.errors[f"encrypt:{status}"] += 1
+            res.error(f"encrypt:{status}", body)
     res.elapsed = time.perf_counter() - start
     return res
 
@@ -230,6 +236,8 @@ def report(mode: str, res: Result, args: argparse.Namespace) -> int:
               f"p99={percentile(vs, .99) * 1000:.2f}")
     if res.errors:
         print(f"errors: {dict(res.errors)}")
+        for body in res.examples:
+            print(f"  e.g. {body!r}")
     failed = []
     if res.n_errors():
         failed.append(f"{res.n_errors()} errors")
