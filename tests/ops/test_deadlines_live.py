@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import demo_credential, set_option
 from ops_client import encrypt_body, signed
+from ops_config import demo_credential, set_option
 from ops_server import start
 
 from xksproxy.config import load_config

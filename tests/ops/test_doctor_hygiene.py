@@ -6,7 +6,7 @@ import datetime as dt
 import os
 
 import orjson
-from conftest import set_option
+from ops_config import set_option
 
 from xksproxy.config import ConfigError, load_config
 

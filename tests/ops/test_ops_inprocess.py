@@ -8,8 +8,8 @@ import re
 import httpx
 import orjson
 import pytest
-from conftest import add_store, demo_credential, set_option
 from ops_client import KEY_ARN, PRINCIPAL, decrypt_body, encrypt_body, signed
+from ops_config import add_store, demo_credential, set_option
 
 from xksproxy import metrics
 from xksproxy.audit import main_verify

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import httpx
-from conftest import add_store, demo_credential, set_option
 from ops_client import encrypt_body, signed
+from ops_config import add_store, demo_credential, set_option
 from ops_server import start
 
 RATE, BURST = 10, 10

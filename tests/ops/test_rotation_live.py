@@ -10,8 +10,8 @@ import time
 import httpx
 import orjson
 import pytest
-from conftest import demo_credential, set_option
 from ops_client import encrypt_body, signed
+from ops_config import demo_credential, set_option
 from ops_server import assert_clean_and_chained, start
 
 from xksproxy import credentials_ops
