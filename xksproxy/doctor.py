@@ -187,7 +187,7 @@ def check_hsms(report: Report, config: Any) -> None:
 
 async def _check_hsms(report: Report, config: Any) -> None:
     from hsm import HsmPool
-    from hsm.errors import HsmError, KeyNotFound
+    from hsm.errors import HsmError
 
     for hcfg in config.hsms:
         name = f"hsm {hcfg.name}"
@@ -198,12 +198,10 @@ async def _check_hsms(report: Report, config: Any) -> None:
         pool = HsmPool(hcfg)
         try:
             await pool.start()
-        except HsmError as exc:
-            report.add(f"{name}: module + login", FAIL, _safe(exc),
-                       "check [[hsm]] module, token_label and the PIN file")
-            continue
         except Exception as exc:
-            report.add(f"{name}: module + login", FAIL, f"{type(exc).__name__}: {_safe(exc)}",
+            detail = _safe(exc) if isinstance(exc, HsmError) else (
+                f"{type(exc).__name__}: {_safe(exc)}")
+            report.add(f"{name}: module + login", FAIL, detail,
                        "check [[hsm]] module, token_label and the PIN file")
             continue
         try:
@@ -222,39 +220,44 @@ async def _check_hsms(report: Report, config: Any) -> None:
                            f"create the health key: xksproxy keys create "
                            f"{hcfg.health_key_label} --hsm {hcfg.name}")
             for store in config.keystores:
-                if store.hsm != hcfg.name:
-                    continue
-                for key_id in sorted(store.keys):
-                    if key_id == "*":
-                        report.add(f"key {store.name}/*", OK,
-                                   "every key on the token except the health key")
-                        continue
-                    label = store.key_labels.get(key_id, key_id)
-                    check = f"key {store.name}/{key_id}"
-                    try:
-                        info = await pool.key_info(label, deadline=time.monotonic() + 5.0)
-                    except KeyNotFound:
-                        report.add(check, FAIL, f"no AES key labelled {label!r} on the token",
-                                   f"xksproxy keys create {label} or remove it from "
-                                   f"keystore {store.name!r} keys")
-                        continue
-                    except HsmError as exc:
-                        report.add(check, FAIL, _safe(exc), "check the HSM")
-                        continue
-                    usage = {u for u in info.usage if u in ("ENCRYPT", "DECRYPT")}
-                    state = "DISABLED " if key_id in store.disabled_keys else ""
-                    if usage == {"ENCRYPT", "DECRYPT"}:
-                        report.add(check, OK, f"{state}AES key {label!r}: ENCRYPT, DECRYPT")
-                    elif usage:
-                        report.add(check, WARN, f"{state}AES key {label!r}: only "
-                                   f"{', '.join(sorted(usage))}",
-                                   "fine if intended; KMS needs both to use the key fully")
-                    else:
-                        report.add(check, WARN, f"{state}AES key {label!r}: may neither "
-                                   "encrypt nor decrypt", "recreate it with encrypt-decrypt "
-                                   "usage if KMS should use it")
+                if store.hsm == hcfg.name:
+                    await _check_store_keys(report, pool, store)
         finally:
             await pool.close()
+
+
+async def _check_store_keys(report: Report, pool: Any, store: Any) -> None:
+    """Each key a store lists: present on the token, and what it may do (KMS needs both)."""
+    from hsm.errors import HsmError, KeyNotFound
+
+    for key_id in sorted(store.keys):
+        if key_id == "*":
+            report.add(f"key {store.name}/*", OK, "every key on the token except the health key")
+            continue
+        label = store.key_labels.get(key_id, key_id)
+        check = f"key {store.name}/{key_id}"
+        try:
+            info = await pool.key_info(label, deadline=time.monotonic() + 5.0)
+        except KeyNotFound:
+            report.add(check, FAIL, f"no AES key labelled {label!r} on the token",
+                       f"xksproxy keys create {label} or remove it from "
+                       f"keystore {store.name!r} keys")
+            continue
+        except HsmError as exc:
+            report.add(check, FAIL, _safe(exc), "check the HSM")
+            continue
+        usage = {u for u in info.usage if u in ("ENCRYPT", "DECRYPT")}
+        state = "DISABLED " if key_id in store.disabled_keys else ""
+        if usage == {"ENCRYPT", "DECRYPT"}:
+            report.add(check, OK, f"{state}AES key {label!r}: ENCRYPT, DECRYPT")
+        elif usage:
+            report.add(check, WARN, f"{state}AES key {label!r}: only "
+                       f"{', '.join(sorted(usage))}",
+                       "fine if intended; KMS needs both to use the key fully")
+        else:
+            report.add(check, WARN, f"{state}AES key {label!r}: may neither "
+                       "encrypt nor decrypt", "recreate it with encrypt-decrypt "
+                       "usage if KMS should use it")
 
 
 def _safe(exc: BaseException) -> str:
