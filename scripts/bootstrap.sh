@@ -5,9 +5,26 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 
+# run_logged WHAT CMD...: run CMD with its output in a temporary log; on failure show the log's tail.
+run_logged() {
+  local what="$1" log; shift
+  log="$(mktemp "${TMPDIR:-/tmp}/xksproxy-bootstrap.XXXXXX")"
+  if "$@" >"$log" 2>&1; then rm -f "$log"; return 0; fi
+  echo "bootstrap: $what failed; last lines of $log:" >&2
+  tail -n 25 "$log" >&2
+  exit 1
+}
+
+if ! command -v "$PYTHON" >/dev/null 2>&1 \
+    || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "bootstrap: need Python >= 3.11 as '$PYTHON' (Debian 12: apt-get install python3), or set PYTHON=" >&2
+  exit 1
+fi
+
 need_pkgs=()
-[ -e /usr/lib/softhsm/libsofthsm2.so ] || need_pkgs+=(softhsm2)
-command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2)
+if [ ! -e /usr/lib/softhsm/libsofthsm2.so ] || ! command -v softhsm2-util >/dev/null 2>&1; then
+  need_pkgs+=(softhsm2)
+fi
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc libc6-dev)
@@ -20,24 +37,26 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "bootstrap: installing system packages: ${need_pkgs[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
+    run_logged "apt-get update" apt-get update -q
+    run_logged "apt-get install" apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
   else
     echo "bootstrap: missing system packages: ${need_pkgs[*]}" >&2
-    echo "bootstrap: run as root, or: sudo apt-get install -y ${need_pkgs[*]}" >&2
+    echo "bootstrap: install them as root (then rerun this as $(id -un)):" >&2
+    echo "  apt-get install -y --no-install-recommends ${need_pkgs[*]}" >&2
     exit 1
   fi
 fi
 
 venv="$here/.venv"
 stamp="$venv/.xksproxy-installed"
-if [ ! -x "$venv/bin/python" ]; then
-  "$PYTHON" -m venv "$venv"
+if [ ! -x "$venv/bin/python" ] || [ ! -x "$venv/bin/pip" ]; then
+  run_logged "creating $venv" "$PYTHON" -m venv --clear "$venv"
 fi
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ] || [ "$here/constraints.txt" -nt "$stamp" ]; then
-  echo "bootstrap: installing Python dependencies into .venv" >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+  echo "bootstrap: installing Python dependencies into .venv (pip, up to a minute)" >&2
+  run_logged "upgrading pip" "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip
+  run_logged "pip install" "$venv/bin/python" -m pip install --disable-pip-version-check \
       -c "$here/constraints.txt" -e "$here[test,load]"
   touch "$stamp"
+  echo "bootstrap: .venv ready" >&2
 fi
