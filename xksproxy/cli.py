@@ -90,7 +90,8 @@ def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        _fail(f"{path}: {exc}", EXIT_USAGE)
+        message = str(exc)  # some messages already start with the path: name it once
+        _fail(message if message.startswith(f"{path}:") else f"{path}: {message}", EXIT_USAGE)
     except OSError as exc:
         _fail(f"{path}: cannot read the configuration: {exc.strerror}", EXIT_USAGE)
 
@@ -122,6 +123,51 @@ def _module_problem(cfg: HsmConfig, exc: BaseException | None = None) -> str:
         return f"{where} cannot be used: {exc}"
     hint = "; install SoftHSMv2 with: apt-get install softhsm2" if "softhsm" in cfg.module else ""
     return f"{where} not found{hint}"
+
+
+# Run in a child process: PKCS#11 must never be initialised in the launcher, which forks workers.
+_HSM_START_CHECK = """
+import asyncio, sys
+from pathlib import Path
+from hsm import HsmPool
+from xksproxy.config import load_config
+
+async def main() -> int:
+    for h in load_config(Path(sys.argv[1])).hsms:
+        pool = HsmPool(h)
+        try:
+            await pool.start()
+        except Exception as exc:
+            print(f"[[hsm]] {h.name}: {type(exc).__name__}: {exc}"[:400], file=sys.stderr)
+            return 1
+        await pool.close()
+    return 0
+
+sys.exit(asyncio.run(main()))
+"""
+_HSM_START_CHECK_TIMEOUT_S = 60.0
+
+
+def _hsm_start_problem(config_path: Path) -> str | None:
+    """Open every [[hsm]] once (module, token, login) the way a worker will, in a child process.
+
+    Why: a wrong PIN or token label otherwise shows up as every worker failing its start-up and
+    the server giving up after a crash loop, a dozen log lines deep. This turns it into one line
+    naming the [[hsm]] and the cause. A check that cannot finish (a hanging network HSM) does not
+    block serving: the workers then report it themselves.
+    """
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _HSM_START_CHECK, str(config_path)],
+                              capture_output=True, text=True, check=False,
+                              timeout=_HSM_START_CHECK_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.startswith("[[hsm]]")]
+    return lines[-1] if lines else None
 
 
 def _uri_path(prefix: str) -> str:
@@ -185,6 +231,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for h in config.hsms:  # a missing module would otherwise surface as a worker crash loop
         if not Path(h.module).exists():
             _fail(_module_problem(h), EXIT_FAILURE)
+    problem = _hsm_start_problem(path)
+    if problem:
+        _fail(problem, EXIT_FAILURE)
     from xksproxy.config import ConfigError
     from xksproxy.server import serve as server
 

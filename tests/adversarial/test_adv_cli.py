@@ -1,5 +1,5 @@
 """Start-up failures through the CLI: non-zero exit, one clear line naming the fix, no traceback,
-no secret."""
+no secret (HSM ones used to be a dozen lines of worker crash loop)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def _assert_clean_refusal(done: subprocess.CompletedProcess[str], target: Target
     assert done.returncode not in (0, None), out[-2000:]
     assert "Traceback" not in out, out[-2000:]
     assert must_name in out, out[-2000:]
-    for secret in target.server.state.secrets_used:
+    pins = [f.read_text().strip() for f in (_state(target) / "secrets").glob("*.pin")]
+    for secret in [*target.server.state.secrets_used, *pins]:
         assert secret not in out
 
 
@@ -61,6 +62,8 @@ def _variant(target: Target, name: str, pattern: str, replacement: str) -> Path:
     ("loose-secret", "chmod 600"),
     ("missing-module", "PKCS#11 module"),
     ("missing-cert", "cert_file"),
+    ("wrong-pin", "CKR_PIN_INCORRECT"),
+    ("unknown-token", "no-such-token"),
 ])
 def test_startup_errors_say_what_to_fix(target: Target, case: str, must_name: str) -> None:
     state = _state(target)
@@ -82,6 +85,14 @@ def test_startup_errors_say_what_to_fix(target: Target, case: str, must_name: st
     elif case == "missing-module":
         config = _variant(target, "nomodule.toml", r"^module = .*$",
                           'module = "/nonexistent/libpkcs11.so"')
+    elif case == "wrong-pin":
+        wrong = state / "secrets" / "wrong.pin"
+        wrong.write_text("not-the-pin\n")
+        os.chmod(wrong, 0o600)
+        config = _variant(target, "wrongpin.toml", r"^pin = .*$", f'pin = "file:{wrong}"')
+    elif case == "unknown-token":
+        config = _variant(target, "notoken.toml", r"^token_label = .*$",
+                          'token_label = "no-such-token"')
     else:
         config = _variant(target, "nocert.toml", r"^cert_file = .*$",
                           'cert_file = "/nonexistent/server.crt"')
@@ -89,3 +100,4 @@ def test_startup_errors_say_what_to_fix(target: Target, case: str, must_name: st
     done = _serve(config, f"127.0.0.1:{free_port()}", *extra)
     _assert_clean_refusal(done, target, must_name)
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.count(str(config)) <= 1, done.stderr  # the file named once, not twice
