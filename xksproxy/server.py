@@ -298,6 +298,10 @@ def _run_granian(p: Plan) -> int:
             # forward-secret AEAD suites, so no suite list is needed.
             ssl_protocol_min=SSLProtocols.tls12,
         )
+    # Workers start from a fresh interpreter ("spawn"), never a fork of this process: it runs
+    # threads (start-up watcher, metrics listener) whose locks a fork could copy mid-use, and
+    # no PKCS#11 or other state should ever be inherited. granian uses the default start method.
+    multiprocessing.set_start_method("spawn", force=True)
     server = Granian(
         _app_factory(),
         address=p.host,

@@ -148,16 +148,10 @@ def test_any_region_store_accepts_any_kms_region(pki, tmp_path, serve_proc):
 
 
 def test_explicit_granian_with_mtls_is_refused(pki, tmp_path):
-    import subprocess
-    import sys
-
-    from transport_support import REPO
+    from transport_support import run_serve
 
     cfg = write_config(tmp_path, client_ca=pki["ca_file"])
-    r = subprocess.run(
-        [sys.executable, "-m", "xksproxy", "serve", "--config", str(cfg), "--bind",
-         "127.0.0.1:0", "--server", "granian"],
-        cwd=REPO, env=serve_env(probe=True), capture_output=True, text=True, timeout=60,
-    )
+    r = run_serve(["--config", str(cfg), "--bind", "127.0.0.1:0", "--server", "granian"],
+                  serve_env(probe=True))
     assert r.returncode == 2
     assert "hypercorn" in r.stderr and "allowed_client_subjects" in r.stderr

@@ -5,12 +5,11 @@ from __future__ import annotations
 import signal
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from transport_support import REPO, serve_env, write_config
+from transport_support import run_serve, serve_env, write_config
 
 SERVERS = ["granian", "hypercorn"]
 
@@ -89,10 +88,7 @@ def test_workers_and_clean_shutdown(tmp_path, serve_proc, server, sig):
 def test_missing_certificate_is_a_config_error(tmp_path):
     cfg = write_config(tmp_path)
     (tmp_path / "tls/server.crt").unlink()
-    r = subprocess.run(
-        [sys.executable, "-m", "xksproxy", "serve", "--config", str(cfg)],
-        cwd=REPO, env=serve_env(probe=True), capture_output=True, text=True, timeout=60,
-    )
+    r = run_serve(["--config", str(cfg)], serve_env(probe=True))
     assert r.returncode == 2
     assert "cert_file" in r.stderr
 
@@ -118,11 +114,8 @@ def test_worker_startup_failure_exits_non_zero(tmp_path, server):
     """An app whose start-up fails (e.g. HSM unreachable) must not leave a silent, dead server."""
     cfg = write_config(tmp_path)
     env = serve_env(probe=True, extra={"XKSPROXY_APP_FACTORY": "transport_probe_app:broken"})
-    r = subprocess.run(
-        [sys.executable, "-m", "xksproxy", "serve", "--config", str(cfg), "--bind",
-         "127.0.0.1:0", "--server", server, "--workers", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )
+    r = run_serve(["--config", str(cfg), "--bind", "127.0.0.1:0", "--server", server,
+                   "--workers", "2"], env)
     assert r.returncode != 0
     assert "listening on" not in r.stdout
     assert "HSM unreachable" in r.stderr

@@ -144,9 +144,7 @@ def test_configured_rsa_certificate(tmp_path, serve_proc, server):
 
 def test_traditional_key_format_named_for_granian_and_served_by_hypercorn(tmp_path, serve_proc):
     """granian reads only PKCS#8 keys: say so at start instead of failing in the workers."""
-    import sys
-
-    from transport_support import REPO, serve_env
+    from transport_support import run_serve, serve_env
 
     cfg = write_config(tmp_path)
     c, k = _rsa_pair(tmp_path)
@@ -156,10 +154,7 @@ def test_traditional_key_format_named_for_granian_and_served_by_hypercorn(tmp_pa
                                     serialization.NoEncryption()))
     text = cfg.read_text().replace('cert_file = "tls/server.crt"', f'cert_file = "{c}"')
     cfg.write_text(text.replace('key_file = "tls/server.key"', f'key_file = "{k}"'))
-    r = subprocess.run(
-        [sys.executable, "-m", "xksproxy", "serve", "--config", str(cfg), "--server", "granian"],
-        cwd=REPO, env=serve_env(probe=True), capture_output=True, text=True, timeout=60,
-    )
+    r = run_serve(["--config", str(cfg), "--server", "granian"], serve_env(probe=True))
     assert r.returncode == 2
     assert "PKCS#8" in r.stderr and "openssl pkcs8" in r.stderr
     s = serve_proc(cfg, "--server", "hypercorn", "--workers", "1")
