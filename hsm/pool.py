@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from . import module
+from . import _ck, module
 from .classify import AMBIGUOUS_DECRYPT_RVS, CkError, Fault
 from .errors import (
     HsmError,
@@ -53,6 +56,33 @@ IV_BYTES = 12
 TAG_BYTES = 16
 DRAIN_WAIT_S = 30.0
 _HEALTH_AAD = b"xksproxy health probe"
+START_RETRY_S = 5.0
+_PIN_RVS = frozenset({_ck.CKR_PIN_INCORRECT, _ck.CKR_PIN_INVALID, _ck.CKR_PIN_LEN_RANGE,
+                      _ck.CKR_PIN_LOCKED, _ck.CKR_PIN_EXPIRED})
+
+
+@contextlib.contextmanager
+def _startup_lock(config: HsmConfig) -> Iterator[None]:
+    """Hold an exclusive lock shared by every process starting a pool on the same token.
+
+    The lock file lives in the temp directory, named by a digest of the module path, token label
+    and environment (so unrelated tokens never wait on each other). If it cannot be opened (e.g.
+    another user's file), starting proceeds unlocked and relies on the retry alone.
+    """
+    ident = "\0".join([config.module, config.token_label,
+                        *(f"{k}={v}" for k, v in sorted(config.env.items()))])
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"xksproxy-hsm-start-{digest}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 _forks_seen = 0  # bumped in every child after fork(): a pool from before the fork is unusable
@@ -163,6 +193,31 @@ class HsmPool:
                 self._workers.append(t)
 
     def _start_sync(self) -> None:
+        """Start, retrying transient failures while sibling worker processes start too.
+
+        N server workers start at the same moment and each initialises the module, finds the
+        token and logs in. With SoftHSMv2 (a file-backed token) that raced: now and then a worker
+        saw "no token labelled ..." or CKR_GENERAL_ERROR from C_Login. Starts are therefore
+        serialised across processes with a lock file per (module, token, environment), and a
+        failed start is retried with back-off for up to ``START_RETRY_S``. A rejected PIN is never
+        retried: repeating it could lock the token's PIN.
+        """
+        delay = 0.05
+        give_up = time.monotonic() + START_RETRY_S
+        while True:
+            try:
+                with _startup_lock(self.config):
+                    self._start_once()
+                return
+            except (HsmUnavailable, HsmFailure) as exc:
+                if getattr(exc, "rv", None) in _PIN_RVS or time.monotonic() + delay > give_up:
+                    raise
+                log.warning("hsm %s: start failed (%s); retrying in %.2f s",
+                            self.config.name, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _start_once(self) -> None:
         self._pid = os.getpid()
         self._forks = _forks_seen
         self._module = module.acquire(self.config.module, self.config.env)
