@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,7 +108,7 @@ def verify(
     skew = now - stamp
     if skew > window_s or -skew > window_s:
         raise RequestExpired(
-            f"x-amz-date is {abs(int(skew))} s from the server clock (limit {int(window_s)} s)"
+            f"x-amz-date is {math.ceil(abs(skew))} s from the server clock (limit {window_s:g} s)"
         )
 
     # 4. Who claims to have signed.

@@ -338,3 +338,10 @@ def test_upper_case_content_sha256_is_accepted_as_signed():
     do_verify(signed)
     with pytest.raises(sigv4.ContentHashMismatch):
         do_verify(signed, body=b"")
+
+
+def test_expired_message_states_the_skew_without_rounding_it_into_the_window():
+    headers = botocore_headers(now=NOW)
+    with pytest.raises(sigv4.RequestExpired) as info:
+        do_verify(headers, now=NOW + 300.4)
+    assert "301 s from the server clock (limit 300 s)" in info.value.message
