@@ -37,10 +37,18 @@ def run(host: str, rate: float, duration: float, users: int) -> tuple[dict, floa
     env = Environment(user_classes=[locustfile.XksUser], host=host, events=locustfile.events)
     runner = env.create_local_runner()
     start = time.monotonic()
+    stopped_at: list[float] = []
+
+    def stop() -> None:
+        stopped_at.append(time.monotonic())
+        runner.quit()
+
     runner.start(users, spawn_rate=users)
-    gevent.spawn_later(duration, runner.quit)
+    gevent.spawn_later(duration, stop)
     runner.greenlet.join()
-    elapsed = time.monotonic() - start
+    # The achieved rate is over the load window only: stopping the users afterwards (waiting for
+    # requests in flight) is not time in which the generator was asked to send anything.
+    elapsed = (stopped_at[0] if stopped_at else time.monotonic()) - start
     total = env.stats.total
     figures = {
         "requests": total.num_requests,

@@ -43,7 +43,7 @@ def test_latency_tool(proxy):
 
 def test_slo_gate_passes_and_fails_on_budget(proxy):
     url, state = proxy
-    ok = _run("loadtest.slo", "--host", url, "--rate", "20", "--duration", "2",
+    ok = _run("loadtest.slo", "--host", url, "--rate", "20", "--duration", "3",
               "--p99-ms", "100000", state=state)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "failures=0" in ok.stdout and "SLO: PASS" in ok.stdout
