@@ -108,12 +108,6 @@ class Admission:
         self.call_ewma_s += self._alpha * (max(0.0, seconds) - self.call_ewma_s)
 
 
-def deadline_from_ms(request_deadline_ms: int, start: float | None = None) -> float:
-    """Absolute ``time.monotonic()`` deadline for a request that started at ``start``."""
-    base = time.monotonic() if start is None else start
-    return base + request_deadline_ms / 1000.0
-
-
 # -- wiring into the app --------------------------------------------------------------------------
 _SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar("xks_session_wait",
                                                                       default=0.0)

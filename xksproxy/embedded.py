@@ -131,10 +131,6 @@ def _write_secret(path: Path, text: str) -> None:
     atomic_write(path, text.encode("ascii"), 0o600)
 
 
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8").strip()
-
-
 # --------------------------------------------------------------------------- TOML rendering
 
 

@@ -140,10 +140,6 @@ class Registry:
         with self._lock:
             self._collectors.append(fn)
 
-    def clear_collectors(self) -> None:
-        with self._lock:
-            self._collectors.clear()
-
     def snapshot(self) -> dict:
         """Plain-data copy of everything, gauges from collectors included."""
         with self._lock:

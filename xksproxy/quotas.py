@@ -47,10 +47,6 @@ class TokenBucket:
             return True
         return False
 
-    def retry_after(self) -> float:
-        """Seconds until one token is available (for messages and metrics)."""
-        return max(0.0, (1.0 - self._tokens) / self.rate)
-
 
 @dataclass(frozen=True)
 class QuotaSpec:
