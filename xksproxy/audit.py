@@ -67,7 +67,6 @@ FIELDS = (
     "token",
     "worker",
 )
-_CHAIN_FIELDS = ("seq", "prev", "mac", "prevFile", "droppedBefore")
 _TAIL_CHUNK = 16384
 
 
