@@ -105,6 +105,8 @@ class XksApp:
         if config.logging.request_log:
             self.observers.append(RequestLog().observe)
         self._deadline_s = config.server.request_deadline_ms / 1000.0
+        # A body slower than this is a misbehaving client, never KMS (see _read_body).
+        self._body_timeout_s = max(1.0, 2 * self._deadline_s)
         self._max_body = config.server.max_body_bytes
         self._max_plaintext = {h.name: h.max_plaintext_bytes for h in config.hsms}
         self._started = False
@@ -206,13 +208,15 @@ class XksApp:
                         return store, last, key_id
         raise InvalidUriPathException("no such XKS API path on this proxy")
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any, deadline: float) -> bytes:
-        """Read the body under the size cap and the request deadline.
+    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        """Read the body under the size cap and a time bound.
 
-        The deadline bound matters: admission counts the request in before the body is read, so
-        a client trickling its body (slowloris) would otherwise hold an in-flight slot forever
-        and a few hundred of them lock every caller out with 429. A body that has not arrived by
-        the deadline could not be served in time anyway (KMS gives up after 250 ms).
+        The time bound matters: admission counts the request in before the body is read, so a
+        client trickling its body (slowloris) would otherwise hold an in-flight slot forever and
+        a few hundred of them lock every caller out with 429. It is counted from the start of
+        the read and is not the request deadline itself: when the worker is starved of CPU the
+        deadline can pass before this coroutine even runs, and a body already sitting in the
+        buffer must not then be blamed on the client (the handler answers 503 past the deadline).
         """
         cap = self._max_body
         for name, value in scope["headers"]:
@@ -223,7 +227,7 @@ class XksApp:
         chunks: list[bytes] = []
         total = 0
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout(self._body_timeout_s):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
@@ -239,7 +243,7 @@ class XksApp:
                         break
         except TimeoutError:
             raise ValidationException(
-                "request body not received in full within the request deadline") from None
+                f"request body not received in full within {self._body_timeout_s:g} s") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _ping(self, method: str, send: Any) -> None:
@@ -272,7 +276,7 @@ class XksApp:
                 release = hook(ctx)
                 if release is not None:
                     releases.append(release)
-            body = await self._read_body(scope, receive, ctx.deadline)
+            body = await self._read_body(scope, receive)
             verified = sigv4.verify(
                 method=method, path=path,
                 query=scope.get("query_string", b"").decode("latin-1"),

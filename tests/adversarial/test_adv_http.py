@@ -18,7 +18,7 @@ def _encrypt_bytes() -> bytes:
 def test_trickled_bodies_do_not_lock_out_other_callers(target: Target) -> None:
     """Slowloris on the body: admission counts a request in before its body is read, so bodies
     that never finish used to hold every in-flight slot (429 for everyone, forever). The body
-    must arrive by the request deadline; the slow client gets a JSON 400, others are served."""
+    must arrive within the body time bound; the slow client gets a JSON 400, others are served."""
     path = target.key_path("demo", "encrypt")
     body = _encrypt_bytes()
     head = target.signed_head(path, body) + f"Content-Length: {len(body)}\r\n\r\n".encode()
