@@ -56,14 +56,8 @@ def path_candidates(path: str) -> tuple[str, ...]:
     if hit is not None:
         return hit
     raw = path or "/"
-    out: list[str] = []
-    for cand in (botocore_path(raw), quote(raw, safe="/-_.~"), raw):
-        if cand not in out:
-            out.append(cand)
-    result = tuple(out)
-    if len(path) <= _MAX_CACHED_LEN:
-        remember(_path_cache, path, result, _CACHE_MAX)
-    return result
+    return _remember_distinct(_path_cache, path,
+                              (botocore_path(raw), quote(raw, safe="/-_.~"), raw))
 
 
 def aws_query(query: str) -> str:
@@ -101,13 +95,17 @@ def query_candidates(query: str) -> tuple[str, ...]:
     hit = _query_cache.get(query)
     if hit is not None:
         return hit
-    out: list[str] = []
-    for cand in (aws_query(query), botocore_query(query), query):
-        if cand not in out:
-            out.append(cand)
-    result = tuple(out)
-    if len(query) <= _MAX_CACHED_LEN:
-        remember(_query_cache, query, result, _CACHE_MAX)
+    return _remember_distinct(_query_cache, query,
+                              (aws_query(query), botocore_query(query), query))
+
+
+def _remember_distinct(cache: dict[str, tuple[str, ...]], key: str,
+                       candidates: tuple[str, ...]) -> tuple[str, ...]:
+    """``candidates`` without repeats (order kept), cached under ``key`` unless it is long: the
+    caches are keyed by caller input, so an attacker's huge paths must not fill memory."""
+    result = tuple(dict.fromkeys(candidates))
+    if len(key) <= _MAX_CACHED_LEN:
+        remember(cache, key, result, _CACHE_MAX)
     return result
 
 
