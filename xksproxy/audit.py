@@ -7,15 +7,34 @@ Why this shape:
   of every other field). Without the key nobody can edit, insert, delete or reorder a record and
   repair the chain; :func:`verify_files` names the first record where it breaks.
 - **One chain, many processes.** All worker processes append to the *same* file. A writer takes an
-  exclusive ``flock`` on ``<file>.lock``, reads the chain tip from the end of the file, appends its
-  batch with one ``write`` and releases the lock. That also makes restarts trivial: the chain is
-  always resumed from the last record on disk, never from memory.
+  exclusive ``flock`` on ``<file>.lock``, finds the chain tip, appends its batch with one ``write``
+  and releases the lock. It keeps the file open and remembers the tip, its inode, size and mtime
+  after its own write; under the lock, when the path's inode, size or mtime differ (another
+  worker appended, someone rotated or truncated it) it re-opens and re-reads the tip from the end
+  of the file. So the chain is always resumed from the last record on disk, never from a stale
+  memory (restarts are trivial), and a worker writing alone pays one ``stat`` per batch instead
+  of open + tail read + parse + close.
+- **Batches on a short timer.** The writer thread drains everything queued, writes it, then
+  sleeps :data:`BATCH_INTERVAL_S` before the next batch (records arriving meanwhile only append
+  to the queue; the first record after an idle spell is written at once). Under load that is one
+  lock, one ``write`` and one head update per batch instead of per record, and the writer thread
+  wakes ~100 times a second instead of once per request (each wake-up took the GIL from the event
+  loop). **Crash safety:** what a crash (kill -9, power loss) can lose is what is still in memory:
+  the records of the last ``BATCH_INTERVAL_S`` (plus anything queued behind a slow disk), as for
+  any queued record before. A write torn by the crash leaves a partial last line that verify
+  reports by file and line; the next batch never glues onto it (it starts on a new line). No
+  ``fsync`` per batch, as before: a power loss can also lose what the kernel had not written back.
 - **Rotation keeps the chain.** When the file would grow beyond ``rotate_bytes`` the writer (still
   under the lock) renames it to ``<stem>-<UTC time><suffix>`` and starts a new file whose first
   record names the previous file (``prevFile``) and chains to its last MAC.
 - **Truncation.** A chain alone cannot show that the *last* records were cut off, so after every
-  batch the writer also replaces ``<file>.head`` with the tip (seq, mac) under its own MAC;
-  the verifier checks the current file still contains that tip.
+  batch the writer also overwrites ``<file>.head`` with the tip (seq, mac) under its own MAC;
+  the verifier checks the current file still contains that tip. The head is rewritten in place
+  (one ``pwrite`` of a space-padded record of fixed size, :data:`HEAD_BYTES`), not by temp file +
+  rename: replacing a file by rename makes ext4 allocate and flush it at once (``auto_da_alloc``),
+  measured here at 100-400 µs per batch, against ~2 µs in place. A reader racing a write may see
+  a half-written head, so the verifier re-reads a head that does not parse or match its MAC
+  before it reports it.
 - **Never blocks a request.** :meth:`AuditLog.record` only puts a dict on a bounded queue; a
   background thread does all disk I/O. When the queue is full the record is *dropped* and
   counted, the next record written carries ``droppedBefore`` = how many were lost (so the loss
@@ -68,6 +87,10 @@ FIELDS = (
     "worker",
 )
 _TAIL_CHUNK = 16384
+#: Size of the space-padded head record (rewritten in place; longer only for very long names).
+HEAD_BYTES = 512
+#: Pause between two batches of the writer thread (see "Batches on a short timer" above).
+BATCH_INTERVAL_S = 0.01
 
 
 def _canonical(record: Mapping[str, object]) -> bytes:
@@ -142,6 +165,10 @@ def _read_tail(fd: int) -> dict | None:
     return None
 
 
+def _tip_of(rec: dict | None) -> tuple[int, str] | None:
+    return (int(rec["seq"]), str(rec["mac"])) if rec is not None else None
+
+
 class AuditLog:
     """Background, multi-process-safe writer of the chained audit file.
 
@@ -177,6 +204,11 @@ class AuditLog:
         self.last_seq = 0  # chain position after our last batch (exported as a metric)
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
+        self._stop = threading.Event()  # cuts the pause between batches short on close()
+        # The open log file and what we know about it after our own last write (writer thread).
+        self._fd = -1
+        self._file_id: tuple[int, int, int, int] | None = None  # dev, ino, size, mtime_ns
+        self._tip: tuple[int, str] | None = None  # (seq, mac) of the last record in that file
 
     def __repr__(self) -> str:  # never show the key
         return f"AuditLog(path={str(self.path)!r}, rotate_bytes={self.rotate_bytes})"
@@ -212,10 +244,12 @@ class AuditLog:
         if self._thread is None:
             return
         self._closing = True
+        self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
         self._thread = None
         self._closing = False
+        self._stop.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -231,6 +265,7 @@ class AuditLog:
         while True:
             self._wake.wait(0.5)
             self._wake.clear()  # before draining: a record appended later sets it again
+            wrote = False
             while self._buf:
                 self._writing = True
                 batch: list[dict] = []
@@ -241,55 +276,85 @@ class AuditLog:
                 except Exception:  # keep the writer alive; the log never holds record content
                     log.exception("audit: writing %d record(s) to %s failed", len(batch),
                                   self.path)
+                    self._forget_file()  # start from the disk again next time
                 finally:
                     self._writing = False
+                wrote = True
             if self._closing and not self._buf:
+                self._forget_file()
                 return
+            if wrote:
+                # Let the next batch accumulate; the request path only appends meanwhile.
+                self._stop.wait(BATCH_INTERVAL_S)
+
+    def _forget_file(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._file_id, self._tip = -1, None, None
+
+    def _open_current(self) -> tuple[tuple[int, str] | None, int, bool]:
+        """Under the lock: make ``self._fd`` the file at ``self.path``; return (tip, size,
+        whether the file is exactly as our last write left it)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and self._fd >= 0 and self._file_id is not None:
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._file_id:
+                return self._tip, st.st_size, True  # nobody else wrote since our last batch
+            if (st.st_dev, st.st_ino) == self._file_id[:2]:
+                rec = _read_tail(self._fd)  # same file, another worker appended (or truncated)
+                return _tip_of(rec), st.st_size, False
+        self._forget_file()  # first batch, or the file was rotated/removed by someone else
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        return _tip_of(_read_tail(self._fd)), os.fstat(self._fd).st_size, False
 
     def _write_batch(self, batch: list[dict]) -> None:
         assert self._lock_fd is not None
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                tip = _read_tail(fd)
-                size = os.fstat(fd).st_size
-                prev_file: str | None = None
-                if self.rotate_bytes and size >= self.rotate_bytes and tip is not None:
-                    os.close(fd)
-                    fd = -1
-                    rotated = self._rotated_name()
-                    os.replace(self.path, rotated)
-                    prev_file = rotated.name
-                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-                    size = 0
-                prev = tip["mac"] if tip else GENESIS
-                seq = int(tip["seq"]) if tip else 0
-                lines = []
-                with self._drop_lock:
-                    dropped, self._dropped_pending = self._dropped_pending, 0
-                for rec in batch:
-                    seq += 1
-                    rec["seq"] = seq
-                    rec["prev"] = prev
-                    if prev_file is not None:
-                        rec["prevFile"] = prev_file
-                        prev_file = None
-                    if dropped:
-                        rec["droppedBefore"] = dropped
-                        dropped = 0
-                    body = _canonical(rec)  # rec has no "mac" yet: exactly what verify hashes
-                    prev = hmac.digest(self._key, body, "sha256").hex()
-                    lines.append(body[:-1] + b',"mac":"' + prev.encode() + b'"}')
-                data = b"\n".join(lines) + b"\n"
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    data = b"\n" + data  # never glue a record onto a torn line
-                os.write(fd, data)
-                self.written_total += len(batch)
-                self.last_seq = seq
-            finally:
-                if fd >= 0:
-                    os.close(fd)
+            tip, size, clean = self._open_current()
+            prev_file: str | None = None
+            if self.rotate_bytes and size >= self.rotate_bytes and tip is not None:
+                self._forget_file()
+                rotated = self._rotated_name()
+                os.replace(self.path, rotated)
+                prev_file = rotated.name
+                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                size, clean = 0, True
+            prev = tip[1] if tip else GENESIS
+            seq = tip[0] if tip else 0
+            lines = []
+            with self._drop_lock:
+                dropped, self._dropped_pending = self._dropped_pending, 0
+            key = self._key
+            for rec in batch:
+                seq += 1
+                rec["seq"] = seq
+                rec["prev"] = prev
+                if prev_file is not None:
+                    rec["prevFile"] = prev_file
+                    prev_file = None
+                if dropped:
+                    rec["droppedBefore"] = dropped
+                    dropped = 0
+                # rec has no "mac" yet: these are exactly the bytes verify hashes
+                body = orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
+                prev = hmac.digest(key, body, "sha256").hex()
+                lines.append(body[:-1] + b',"mac":"' + prev.encode() + b'"}')
+            lines.append(b"")
+            data = b"\n".join(lines)
+            if size and not clean and os.pread(self._fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # never glue a record onto a torn line
+            if os.write(self._fd, data) != len(data):  # disk full: re-read the tip next time
+                self._forget_file()
+                raise OSError(f"short write to {self.path}")
+            st = os.fstat(self._fd)
+            self._file_id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            self._tip = (seq, prev)
+            self.written_total += len(batch)
+            self.last_seq = seq
             self._write_head(seq, prev)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -311,13 +376,15 @@ class AuditLog:
             "mac": mac,
             "headMac": _head_mac(self._key, self.path.name, seq, mac),
         }
-        tmp = head_path(self.path).with_name(head_path(self.path).name + f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        data = orjson.dumps(head).ljust(HEAD_BYTES - 1) + b"\n"
+        # Opened per batch (O_CREAT re-creates a deleted head at once); no O_TRUNC, no rename.
+        fd = os.open(head_path(self.path), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            os.write(fd, orjson.dumps(head) + b"\n")
+            os.pwrite(fd, data, 0)
+            if os.fstat(fd).st_size > len(data):  # an older, longer head record
+                os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
-        os.replace(tmp, head_path(self.path))
 
 
 # -- verification -------------------------------------------------------------------------------
@@ -422,11 +489,18 @@ def _check_head(path: Path, lines: list[tuple[int, bytes]], key: bytes, notes: l
     if not hp.exists():
         notes.append(f"{path}: no {hp.name} beside it; truncation of the newest records unchecked")
         return
-    try:
-        head = orjson.loads(hp.read_bytes())
-        seq, mac, name = int(head["seq"]), str(head["mac"]), str(head["file"])
-        good = hmac.compare_digest(_head_mac(key, name, seq, mac), str(head["headMac"]))
-    except Exception:
+    for attempt in range(3):  # a live writer rewrites the head in place: re-read a torn one
+        if attempt:
+            time.sleep(0.05)
+        try:
+            head = orjson.loads(hp.read_bytes())
+            seq, mac, name = int(head["seq"]), str(head["mac"]), str(head["file"])
+            good = hmac.compare_digest(_head_mac(key, name, seq, mac), str(head["headMac"]))
+        except Exception:
+            good = None
+        if good:
+            break
+    if good is None:
         raise _Broken(f"{hp}: unreadable head record") from None
     if not good:
         raise _Broken(f"{hp}: head record was edited (MAC does not match)")
