@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from support.procs import StdoutLines
 
 from xksproxy.tls import generate_self_signed
 
@@ -94,40 +93,28 @@ class Served:
             text=True,
             start_new_session=True,
         )
-        self.lines: list[str] = []
-        self.all_stdout: list[str] = []  # every stdout line, also after start-up
-        self._q: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._out = StdoutLines(self.proc.stdout)
+        self.all_stdout = self._out.all  # every stdout line, also after start-up
         self.url = self._wait_listening()
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.all_stdout.append(line.rstrip("\n"))
-            self._q.put(line.rstrip("\n"))
-        self._q.put(None)
-
     def _wait_listening(self) -> str:
-        while True:
-            try:
-                line = self._q.get(timeout=_START_TIMEOUT_S)
-            except queue.Empty:
-                self.stop()
-                raise RuntimeError(f"server not ready: {self.stderr()}") from None
-            if line is None:
-                raise RuntimeError(f"server exited {self.proc.wait()}: {self.stderr()}")
-            self.lines.append(line)
-            if line.startswith("xksproxy: listening on "):
-                return line.removeprefix("xksproxy: listening on ")
+        ready = "xksproxy: listening on "
+        try:
+            return self._out.wait_for(ready, _START_TIMEOUT_S).split(ready, 1)[1]
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"server not ready: {self.stderr()}") from None
+        except EOFError:
+            raise RuntimeError(f"server exited {self.proc.wait()}: {self.stderr()}") from None
 
     def more_lines(self, n: int) -> list[str]:
         """The next ``n`` stdout lines (e.g. the key store lines after the listening line)."""
         out = []
         for _ in range(n):
-            line = self._q.get(timeout=_START_TIMEOUT_S)
-            if line is None:
+            try:
+                out.append(self._out.wait_for("", _START_TIMEOUT_S))  # "": any line
+            except EOFError:
                 break
-            out.append(line)
         return out
 
     def stderr(self) -> str:
