@@ -51,7 +51,7 @@ from typing import Any
 import orjson
 
 import sigv4
-from xksproxy import handlers, policy
+from xksproxy import handlers, policy, requestlog
 from xksproxy.config import Config, load_config, valid_key_id
 from xksproxy.errors import (
     InternalException,
@@ -145,6 +145,7 @@ class XksApp:
                     await hook()
                 except Exception:
                     log.exception("shutdown hook failed")
+            await asyncio.to_thread(requestlog.STDOUT.flush, 2.0)  # queued request-log lines
             if self.health is not None:
                 await self.health.close()
                 self.health = None

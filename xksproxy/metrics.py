@@ -81,6 +81,8 @@ HELP: dict[str, tuple[str, str]] = {
     "xksproxy_slo_error_budget_burn_rate": (
         "gauge", "Error-budget burn rate over a sliding window (1 = exactly on budget)."),
     "xksproxy_audit_dropped_total": ("counter", "Audit records dropped (queue full)."),
+    "xksproxy_request_log_dropped_total": (
+        "counter", "Request-log lines dropped (stdout not draining, queue full)."),
     "xksproxy_config_reloads_total": ("counter", "Configuration reloads by result."),
     "xksproxy_audit_last_seq": (
         "gauge", "Sequence number of the newest audit record (an off-host truncation anchor)."),
@@ -238,6 +240,10 @@ def set_token_health(token: str, status: str) -> None:
 
 def audit_dropped(n: int = 1) -> None:
     REGISTRY.inc("xksproxy_audit_dropped_total", {}, n)
+
+
+def request_log_dropped(n: int = 1) -> None:
+    REGISTRY.inc("xksproxy_request_log_dropped_total", {}, n)
 
 
 def config_reloaded(result: str) -> None:
@@ -602,6 +608,9 @@ def install(app: Any) -> None:
     async def start() -> None:
         start_worker()
 
+    from xksproxy import requestlog
+
+    requestlog.STDOUT.on_drop = request_log_dropped
     app.observers.append(observer)
     REGISTRY.add_collector(health_gauges)
     app.on_startup.append(start)
