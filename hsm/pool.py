@@ -334,6 +334,12 @@ class HsmPool:
             last_error=self._last_error,
         )
 
+    def queue_state(self) -> tuple[int, int, int]:
+        """``(sessions, in_use, waiting)`` as in :meth:`stats`, without building a PoolStats
+        (admission control reads it before every operation)."""
+        waiting = len(self._waiters) if self._mode == "inline" else self._jobs.qsize()
+        return len(self._sessions), self._in_use, waiting
+
     def set_session_wait_observer(self, observer: Callable[[float], None] | None) -> None:
         """Report how long each operation waited for a session, in seconds (``None``: stop).
 

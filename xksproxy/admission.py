@@ -135,6 +135,11 @@ class GuardedPool:
         self._token = token
         self._admission = admission
         pool.set_session_wait_observer(_note_session_wait)
+        # (sessions, in_use, waiting) per call: HsmPool.queue_state, else from stats() (fakes)
+        self._queue_state: Callable[[], tuple[int, int, int]] = getattr(
+            pool, "queue_state", None) or (lambda: _queue_from_stats(pool.stats()))
+        self._keys = {op: metrics.hsm_keys(token, op)
+                      for op in ("key_info", "encrypt", "decrypt")}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
@@ -142,41 +147,58 @@ class GuardedPool:
     def __repr__(self) -> str:
         return f"GuardedPool({self._token!r})"
 
-    async def _guard(self, op: str, call: Callable[[], Awaitable[Any]], deadline: float) -> Any:
-        decision = self._admission.check_pool(self._pool.stats(), deadline)
+    def _admit(self, deadline: float) -> None:
+        sessions, in_use, waiting = self._queue_state()
+        if in_use < sessions and waiting == 0:
+            return  # a free session: always taken (same rule as check_session_queue)
+        decision = self._admission.check_session_queue(
+            sessions=sessions, waiting=waiting, in_use=in_use, deadline=deadline)
         if not decision.ok:
             ctx = _REQUEST.get()
             if ctx is not None:
                 ctx.extra["throttled"] = decision.reason
             metrics.observe_throttled(decision.reason, getattr(ctx, "store", None) or "")
             raise ThrottlingException("the HSM session queue is too long for the request deadline")
+
+    async def _guard(self, op: str, call: Awaitable[Any], deadline: float) -> Any:
+        """Admit, then await ``call`` (the pool's coroutine, created but not started yet)."""
+        try:
+            self._admit(deadline)
+        except BaseException:
+            close = getattr(call, "close", None)
+            if close is not None:
+                close()  # the coroutine never started: no "never awaited" warning
+            raise
         _SESSION_WAIT.set(0.0)
         t0 = time.monotonic()
         try:
-            return await call()
+            return await call
         finally:
             elapsed = time.monotonic() - t0
             wait = min(_SESSION_WAIT.get(), elapsed)
             self._admission.observe_call(elapsed - wait)
-            metrics.observe_session_wait(self._token, wait)
-            metrics.observe_hsm_call(self._token, op, elapsed - wait)
+            metrics.observe_hsm_op(self._keys[op], wait, elapsed - wait)
 
     async def key_info(self, label: str, *, deadline: float) -> Any:
         return await self._guard(
-            "key_info", lambda: self._pool.key_info(label, deadline=deadline), deadline)
+            "key_info", self._pool.key_info(label, deadline=deadline), deadline)
 
     async def encrypt(self, label: str, plaintext: bytes, aad: bytes, *, deadline: float) -> Any:
         return await self._guard(
-            "encrypt", lambda: self._pool.encrypt(label, plaintext, aad, deadline=deadline),
-            deadline)
+            "encrypt", self._pool.encrypt(label, plaintext, aad, deadline=deadline), deadline)
 
     async def decrypt(self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes,
                       deadline: float) -> Any:
         return await self._guard(
             "decrypt",
-            lambda: self._pool.decrypt(label, iv=iv, ciphertext=ciphertext, tag=tag, aad=aad,
-                                       deadline=deadline),
+            self._pool.decrypt(label, iv=iv, ciphertext=ciphertext, tag=tag, aad=aad,
+                               deadline=deadline),
             deadline)
+
+
+def _queue_from_stats(stats: object) -> tuple[int, int, int]:
+    return (int(getattr(stats, "sessions", 1)), int(getattr(stats, "in_use", 0)),
+            int(getattr(stats, "waiting", 0)))
 
 
 def _noop() -> None:

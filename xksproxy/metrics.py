@@ -217,6 +217,18 @@ def observe_session_wait(token: str, seconds: float) -> None:
     REGISTRY.observe_key(_session_wait_key(token), seconds)
 
 
+def hsm_keys(token: str, operation: str) -> tuple[tuple[str, Labels], tuple[str, Labels]]:
+    """Prepared (call duration, session wait) series keys for :func:`observe_hsm_op`."""
+    return _hsm_call_key(token, operation), _session_wait_key(token)
+
+
+def observe_hsm_op(keys: tuple[tuple[str, Labels], tuple[str, Labels]], wait_s: float,
+                   call_s: float) -> None:
+    """One HSM operation: its call time and its session wait (hot path: prepared keys)."""
+    REGISTRY.observe_key(keys[0], call_s)
+    REGISTRY.observe_key(keys[1], wait_s)
+
+
 @functools.lru_cache(maxsize=256)
 def _hsm_call_key(token: str, operation: str) -> tuple[str, Labels]:
     """Prepared series key (one per HSM call on the hot path: label sorting done once)."""
