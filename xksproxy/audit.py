@@ -228,6 +228,10 @@ class AuditLog:
             v = fields.get(k)
             if v is not None:
                 rec[k] = v if type(v) in _SCALARS else _clean(v)
+        self._enqueue(rec)
+
+    def _enqueue(self, rec: dict) -> None:
+        """Queue a record that already holds only :data:`FIELDS` with JSON-scalar values."""
         if len(self._buf) >= self._max:
             with self._drop_lock:
                 self._dropped_pending += 1
@@ -618,27 +622,32 @@ def install(app: Any) -> AuditLog | None:
         return None
 
     def observer(c: Any) -> None:  # c: xksproxy.requestlog.RequestContext
-        rec: dict[str, object] = {
-            "kmsRequestId": c.kms_request_id,
-            "kmsOperation": c.kms_operation,
-            "principal": c.principal,
-            "keystore": c.store,
-            "keyId": c.key_id,
-            "outcome": c.outcome,
-            "status": c.status,
-            "latencyMs": c.latency_ms,
-            "token": token_for(c.store),
-            "worker": worker,
-        }
-        if c.error_name:
-            rec["errorName"] = c.error_name
+        # Built directly in its final form (what record() would make of it, without a second
+        # dict): only FIELDS, only str/int/float values, None left out.
+        rec: dict[str, object] = {"time": _now_iso()}
+        for name, value in (("kmsRequestId", c.kms_request_id),
+                            ("kmsOperation", c.kms_operation),
+                            ("principal", c.principal),
+                            ("keystore", c.store),
+                            ("keyId", c.key_id)):
+            if type(value) is str:
+                rec[name] = value
         meta = c.extra.get("metadata")
         if isinstance(meta, dict):
             for src, dst in _METADATA_FIELDS.items():
                 value = meta.get(src)
-                if isinstance(value, str):
+                if type(value) is str:
                     rec[dst] = value
-        audit_log.record(rec)
+        rec["outcome"] = c.outcome
+        if c.error_name:
+            rec["errorName"] = c.error_name
+        rec["status"] = int(c.status)
+        rec["latencyMs"] = float(c.latency_ms)
+        token = token_for(c.store)
+        if token is not None:
+            rec["token"] = token
+        rec["worker"] = worker
+        audit_log._enqueue(rec)
 
     async def stop() -> None:
         audit_log.close()
