@@ -285,11 +285,15 @@ _flusher_lock = threading.Lock()
 
 
 def _after_fork() -> None:
-    global _flusher_running
+    global _flusher_running, _flush_lock
     _flusher_running = False
+    _flush_lock = threading.Lock()  # a parent thread may have held it at fork time
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+_flush_lock = threading.Lock()
 
 
 def _snapshot_path(directory: Path, pid: int) -> Path:
@@ -306,7 +310,9 @@ def flush_now() -> None:
         return
     pid = os.getpid()
     tmp = directory / f".w-{pid}.tmp"
-    with contextlib.suppress(OSError):
+    # One flush at a time per process: the flusher thread and an explicit/atexit flush share the
+    # temp file, and without the lock an older snapshot could be renamed over a newer one.
+    with _flush_lock, contextlib.suppress(OSError):
         tmp.write_bytes(orjson.dumps(REGISTRY.snapshot()))
         os.replace(tmp, _snapshot_path(directory, pid))
 
