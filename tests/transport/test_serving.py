@@ -150,7 +150,19 @@ def test_dead_worker_is_replaced(tmp_path, serve_proc, server):
             break
         time.sleep(0.1)
     assert len(now) == 2 and before[0] not in now
+    # Each granian worker has its own SO_REUSEPORT socket; on a loaded machine a connection can
+    # still be refused while the kernel drops the dead worker's socket, so wait (bounded) for
+    # the first answer, then every request must succeed.
     with httpx.Client() as c:
+        for _ in range(50):
+            try:
+                first = c.post(f"{s.url}/x", content=b"{}")
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("no worker accepted connections after the replacement")
+        assert first.status_code == 200
         for _ in range(4):
             assert c.post(f"{s.url}/x", content=b"{}").status_code == 200
     assert s.stop() == 0
