@@ -100,6 +100,10 @@ CKA_DERIVE = 0x10C
 CKA_VALUE_LEN = 0x161
 CK_UNAVAILABLE_INFORMATION = (1 << (8 * sizeof(c_ulong))) - 1
 
+#: Return values that mean "the PIN was refused": never retried (a retry could lock the PIN).
+PIN_REFUSED_RVS = frozenset({CKR_PIN_INCORRECT, CKR_PIN_INVALID, CKR_PIN_LEN_RANGE,
+                             CKR_PIN_EXPIRED, CKR_PIN_LOCKED})
+
 RV_NAMES = {v: k for k, v in globals().items() if k.startswith("CKR_") and isinstance(v, int)}
 
 

@@ -221,10 +221,10 @@ class Module:
         raw = pin.encode()
         rv = self.functions.C_Login(handle, _ck.CKU_USER, raw, len(raw))
         if rv not in (_ck.CKR_OK, _ck.CKR_USER_ALREADY_LOGGED_IN):
-            hint = (" (wrong user PIN: check the [hsm] pin reference)"
-                    if rv in (_ck.CKR_PIN_INCORRECT, _ck.CKR_PIN_INVALID, _ck.CKR_PIN_LEN_RANGE)
-                    else " (PIN locked: unlock it with the HSM's admin tool)"
-                    if rv == _ck.CKR_PIN_LOCKED else "")
+            hint = (" (PIN locked or expired: reset it with the HSM's admin tool)"
+                    if rv in (_ck.CKR_PIN_LOCKED, _ck.CKR_PIN_EXPIRED)
+                    else " (wrong user PIN: check the [hsm] pin reference)"
+                    if rv in _ck.PIN_REFUSED_RVS else "")
             raise HsmFailure(f"C_Login failed: {_ck.rv_name(rv)}{hint}", rv)
 
 

@@ -57,8 +57,6 @@ TAG_BYTES = 16
 DRAIN_WAIT_S = 30.0
 _HEALTH_AAD = b"xksproxy health probe"
 START_RETRY_S = 5.0
-_PIN_RVS = frozenset({_ck.CKR_PIN_INCORRECT, _ck.CKR_PIN_INVALID, _ck.CKR_PIN_LEN_RANGE,
-                      _ck.CKR_PIN_LOCKED, _ck.CKR_PIN_EXPIRED})
 
 
 @contextlib.contextmanager
@@ -210,7 +208,8 @@ class HsmPool:
                     self._start_once()
                 return
             except (HsmUnavailable, HsmFailure) as exc:
-                if getattr(exc, "rv", None) in _PIN_RVS or time.monotonic() + delay > give_up:
+                pin_refused = getattr(exc, "rv", None) in _ck.PIN_REFUSED_RVS
+                if pin_refused or time.monotonic() + delay > give_up:
                     raise
                 log.warning("hsm %s: start failed (%s); retrying in %.2f s",
                             self.config.name, exc, delay)
