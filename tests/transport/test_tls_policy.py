@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from transport_pki import write_pem_pair
 from transport_support import write_config
 
 SERVERS = ["granian", "hypercorn"]
@@ -114,17 +115,8 @@ def _rsa_pair(d: Path) -> tuple[Path, Path]:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    c, k = d / "real.crt", d / "real.key"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    k.chmod(0o600)
-    return c, k
+    issued = write_pem_pair(d / "real", cert, key)
+    return issued.cert, issued.key
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KMS_CN = "cks.kms.us-east-1.amazonaws.com"
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
+def write_pem_pair(path: Path, cert: x509.Certificate, key: PrivateKey) -> Issued:
+    """``path``.crt and ``path``.key (PKCS#8, 0600), as an operator would supply them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cert_path = path.with_suffix(".crt")
     key_path = path.with_suffix(".key")
@@ -94,4 +96,4 @@ class CA:
             )
             .sign(self.key, hashes.SHA256())
         )
-        return _write(path, cert, key)
+        return write_pem_pair(path, cert, key)
