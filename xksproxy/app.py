@@ -5,6 +5,8 @@ Why a bare ASGI callable rather than Starlette's router and middleware: KMS need
 path has to do thousands of requests per second on two cores.  Routing is two dict lookups on
 pre-built base paths; there is no per-request middleware stack, no Request object and no HTML
 error page anywhere.  (Starlette stays a dependency for the operations endpoints.)
+:meth:`XksApp.handle` serves a request whatever the server interface: ``__call__`` is the ASGI
+entry (hypercorn), :mod:`xksproxy.rsgi` the RSGI one (granian).
 
 One request, in order (each step's failure is one XKS error, see ``xksproxy.errors``):
 
@@ -78,15 +80,28 @@ log = logging.getLogger("xksproxy.app")
 
 MAX_URI_CHARS = 256
 _KEY_OPS = frozenset({OP_METADATA, OP_ENCRYPT, OP_DECRYPT})
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 _PING_BODY = b'{"status":"ok"}'
 
 AdmissionHook = Callable[[RequestContext], Callable[[], None] | None]
 LifecycleHook = Callable[[], Awaitable[None]]
 
 
-class _Disconnected(Exception):
+Headers = list[tuple[str, str]]
+Respond = Callable[[int, bytes, "Headers | None"], Awaitable[None]]
+
+
+class Disconnected(Exception):
     """The client went away while we were reading its body."""
+
+
+def check_declared_length(value: bytes | str, cap: int) -> None:
+    """Refuse before reading when Content-Length already says the body is over the cap."""
+    if value.isdigit() and int(value) > cap:
+        raise body_too_large(cap)
+
+
+def body_too_large(cap: int) -> ValidationException:
+    return ValidationException(f"request body exceeds max_body_bytes ({cap})")
 
 
 class XksApp:
@@ -105,7 +120,7 @@ class XksApp:
         if config.logging.request_log:
             self.observers.append(RequestLog().observe)
         self._deadline_s = config.server.request_deadline_ms / 1000.0
-        # A body slower than this is a misbehaving client, never KMS (see _read_body).
+        # A body slower than this is a misbehaving client, never KMS (see _read_asgi_body).
         self._body_timeout_s = max(1.0, 2 * self._deadline_s)
         self._max_body = config.server.max_body_bytes
         self._max_plaintext = {h.name: h.max_plaintext_bytes for h in config.hsms}
@@ -209,8 +224,8 @@ class XksApp:
                         return store, last, key_id
         raise InvalidUriPathException("no such XKS API path on this proxy")
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        """Read the body under the size cap and a time bound.
+    async def _read_asgi_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        """Read an ASGI request body under the size cap and the body time bound.
 
         The time bound matters: admission counts the request in before the body is read, so a
         client trickling its body (slowloris) would otherwise hold an in-flight slot forever and
@@ -222,8 +237,7 @@ class XksApp:
         cap = self._max_body
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if value.isdigit() and int(value) > cap:
-                    raise ValidationException(f"request body exceeds max_body_bytes ({cap})")
+                check_declared_length(value, cap)
                 break
         chunks: list[bytes] = []
         total = 0
@@ -232,57 +246,91 @@ class XksApp:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        raise _Disconnected
+                        raise Disconnected
                     chunk = message.get("body", b"")
                     if chunk:
                         total += len(chunk)
                         if total > cap:
-                            raise ValidationException(
-                                f"request body exceeds max_body_bytes ({cap})")
+                            raise body_too_large(cap)
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise ValidationException(
-                f"request body not received in full within {self._body_timeout_s:g} s") from None
+            raise self.body_timeout() from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _ping(self, method: str, send: Any) -> None:
-        if method in ("GET", "HEAD"):
-            await _send(send, 200, _PING_BODY if method == "GET" else b"",
-                        extra=[(b"content-length", str(len(_PING_BODY)).encode())]
-                        if method == "HEAD" else None)
-        else:
-            err = MethodNotAllowed("method not allowed: /ping accepts GET and HEAD")
-            await _send(send, err.status, err.body(), extra=[(b"allow", b"GET, HEAD")])
+    @property
+    def max_body_bytes(self) -> int:
+        return self._max_body
+
+    @property
+    def body_timeout_s(self) -> float:
+        return self._body_timeout_s
+
+    def body_timeout(self) -> ValidationException:
+        return ValidationException(
+            f"request body not received in full within {self._body_timeout_s:g} s")
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        started = time.monotonic()
+        """ASGI HTTP entry: route on ``raw_path`` (as received, still percent-encoded)."""
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        path = raw.split(b"?", 1)[0].decode("latin-1")
-        method = scope["method"]
+
+        async def read_body() -> bytes:
+            return await self._read_asgi_body(scope, receive)
+
+        async def respond(status: int, body: bytes, extra: Headers | None) -> None:
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode())]
+            if extra:
+                names = {k.encode() for k, _ in extra}
+                headers = [h for h in headers if h[0] not in names]
+                headers += [(k.encode(), v.encode()) for k, v in extra]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.handle(
+            scope["method"], raw.split(b"?", 1)[0].decode("latin-1"),
+            scope.get("query_string", b"").decode("latin-1"), scope["headers"],
+            read_body, respond)
+
+    async def _ping(self, method: str, respond: Respond) -> None:
+        if method in ("GET", "HEAD"):
+            await respond(200, _PING_BODY if method == "GET" else b"",
+                          [("content-length", str(len(_PING_BODY)))] if method == "HEAD" else None)
+        else:
+            err = MethodNotAllowed("method not allowed: /ping accepts GET and HEAD")
+            await respond(err.status, err.body(), [("allow", "GET, HEAD")])
+
+    async def handle(self, method: str, path: str, query: str, headers: Any,
+                     read_body: Callable[[], Awaitable[bytes]], respond: Respond) -> None:
+        """Serve one HTTP request, whatever the server interface (ASGI or RSGI).
+
+        ``path`` and ``query`` are as on the wire (percent-encoded); ``headers`` are (name, value)
+        pairs, lower-case names, str or bytes. ``read_body`` returns the whole body under the
+        size cap and time bound (raising ``ValidationException`` or :class:`Disconnected`);
+        ``respond(status, body, extra_headers)`` sends a JSON response.
+        """
+        started = time.monotonic()
         if path == "/ping":
-            await self._ping(method, send)
+            await self._ping(method, respond)
             return
         ctx = RequestContext(started=started, deadline=started + self._deadline_s)
         releases: list[Callable[[], None]] = []
-        extra: list[tuple[bytes, bytes]] | None = None
+        extra: Headers | None = None
         try:
             store, op, key_id = self._route(path)
             ctx.store, ctx.operation, ctx.key_id = store.name, op, key_id
             if method != "POST":
-                extra = [(b"allow", b"POST")]
+                extra = [("allow", "POST")]
                 raise MethodNotAllowed()
             for hook in self.admission:
                 release = hook(ctx)
                 if release is not None:
                     releases.append(release)
-            body = await self._read_body(scope, receive)
+            body = await read_body()
             verified = sigv4.verify(
-                method=method, path=path,
-                query=scope.get("query_string", b"").decode("latin-1"),
-                headers=scope["headers"], body=body, lookup=store.lookup,
-                now=time.time(), regions=store.regions)
+                method=method, path=path, query=query, headers=headers, body=body,
+                lookup=store.lookup, now=time.time(), regions=store.regions)
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
             doc = decode_json(body)
             ctx.kms_request_id, ctx.kms_operation, ctx.principal = peek_metadata(doc)
@@ -292,7 +340,7 @@ class XksApp:
             result = await self._dispatch(store, op, key_id, doc, ctx)
             status, payload = 200, orjson.dumps(result)
             ctx.finish(200, None)
-        except _Disconnected:
+        except Disconnected:
             ctx.finish(499, "ClientDisconnected")
             self._notify(ctx, releases)
             return
@@ -311,7 +359,7 @@ class XksApp:
             status, payload = err.status, err.body()
             ctx.finish(err.status, err.error_name)
         try:
-            await _send(send, status, payload, extra=extra)
+            await respond(status, payload, extra)
         finally:
             self._notify(ctx, releases)
 
@@ -356,15 +404,6 @@ class XksApp:
                 observer(ctx)
             except Exception:
                 log.exception("request observer failed")
-
-
-async def _send(send: Any, status: int, body: bytes,
-                extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers = [h for h in headers if h[0] not in {k for k, _ in extra}] + extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(config: Config | None = None) -> XksApp:

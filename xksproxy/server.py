@@ -6,7 +6,8 @@ each worker after the fork, via the factory ``xksproxy.app:create_app`` and ``XK
 the start-up contract (one ``listening`` line once a worker really answers) must be the same
 whichever server runs.
 
-Server choice: granian (Rust HTTP/TLS) is several times faster than hypercorn here, but it cannot
+Server choice: granian (Rust HTTP/TLS, serving our RSGI adapter :mod:`xksproxy.rsgi`) is several
+times faster than hypercorn here, but it cannot
 show the client certificate to Python, so it cannot pin the mTLS subject. When mTLS is configured
 the launcher therefore serves with hypercorn, whose Python ``ssl`` handshake we hook
 (:mod:`xksproxy.tls`); asking explicitly for granian with mTLS is refused.
@@ -34,6 +35,7 @@ from xksproxy import metrics, operations, reload, tls
 from xksproxy.config import Config, ConfigError, load_config
 
 APP_FACTORY = "xksproxy.app:create_app"
+RSGI_APP_FACTORY = "xksproxy.rsgi:create_app"
 XKS_SUFFIX = "/kms/xks/v1"
 SERVERS = ("granian", "hypercorn")
 _READY_TIMEOUT_S = 120.0
@@ -159,6 +161,8 @@ def serve(
                  server=server, workers=workers)
         if not p.plain_http:
             _check_tls_files(p)
+        if p.server == "granian":
+            _granian_target()  # refuses a bad XKSPROXY_GRANIAN_INTERFACE before any worker
         _check_bind_available(p)
     except ConfigError as exc:
         print(f"xksproxy: configuration error: {exc}", file=sys.stderr, flush=True)
@@ -302,11 +306,12 @@ def _run_granian(p: Plan) -> int:
     # threads (start-up watcher, metrics listener) whose locks a fork could copy mid-use, and
     # no PKCS#11 or other state should ever be inherited. granian uses the default start method.
     multiprocessing.set_start_method("spawn", force=True)
+    target, interface = _granian_target()
     server = Granian(
-        _app_factory(),
+        target,
         address=p.host,
         port=p.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI if interface == "rsgi" else Interfaces.ASGI,
         factory=True,
         workers=p.workers,
         http=HTTPModes.auto,
@@ -326,6 +331,18 @@ def _run_granian(p: Plan) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     # granian returns normally after a worker died (no respawn): report it as a failure.
     return 1 if server.interrupt_children and not server.interrupt_signal else 0
+
+
+def _granian_target() -> tuple[str, str]:
+    """(factory, interface) for granian: our RSGI adapter (:mod:`xksproxy.rsgi`, faster than
+    granian's ASGI bridge) unless ``XKSPROXY_GRANIAN_INTERFACE=asgi`` asks for the ASGI app (to
+    compare the two in one benchmark run) or a probe app replaces ours (it is ASGI)."""
+    if os.environ.get("XKSPROXY_APP_FACTORY"):
+        return _app_factory(), "asgi"
+    choice = os.environ.get("XKSPROXY_GRANIAN_INTERFACE", "rsgi").lower()
+    if choice not in ("rsgi", "asgi"):
+        raise ConfigError(f"XKSPROXY_GRANIAN_INTERFACE must be rsgi or asgi, got {choice!r}")
+    return (RSGI_APP_FACTORY, "rsgi") if choice == "rsgi" else (APP_FACTORY, "asgi")
 
 
 def _app_factory() -> str:

@@ -42,3 +42,32 @@ def test_trickled_bodies_do_not_lock_out_other_callers(target: Target) -> None:
     finally:
         for s in slow:
             s.close()
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def test_chunked_body_within_the_cap_is_served(target: Target) -> None:
+    path = target.key_path("demo", "encrypt")
+    body = _encrypt_bytes()
+    head = (target.signed_head(path, body)
+            + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    pieces = [body[i:i + 7] for i in range(0, len(body), 7)]
+    answer = target.exchange(head + b"".join(_chunk(p) for p in pieces) + b"0\r\n\r\n")
+    assert answer.status == 200, answer.describe()
+
+
+def test_chunked_body_over_the_cap_is_refused_while_it_streams(target: Target) -> None:
+    """Without Content-Length the cap must apply while the body streams in: the client below has
+    sent just over max_body_bytes and has not finished, and is answered 400 naming the cap
+    (a server buffering the whole body first would wait for the end, then time out)."""
+    path = target.key_path("demo", "encrypt")
+    head = target.signed_head(path, b"") + b"Transfer-Encoding: chunked\r\n\r\n"
+    with target.connect() as s:
+        s.sendall(head)
+        for _ in range(5):  # 5 x 64 KiB > 262,144 bytes; no terminating chunk is ever sent
+            s.sendall(_chunk(b"x" * 65536))
+        answer = read_answer(s, what="chunked over the cap")
+    doc = assert_xks_error(answer, 400, "ValidationException")
+    assert "max_body_bytes" in doc["errorMessage"], doc

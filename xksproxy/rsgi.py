@@ -1,0 +1,146 @@
+"""granian's RSGI interface for :class:`~xksproxy.app.XksApp` (what ``serve`` uses with granian).
+
+Why RSGI and not ASGI under granian: the ASGI bridge builds a message dict per ``receive``/``send``
+and holds the GIL while it hands the response back to Rust; RSGI reads the body and writes the
+response in one call each. Measured on this machine it saves about 50 µs of server CPU per Encrypt
+and halves the KMS-mix p99 at 1,800 req/s (BENCHMARKS.md, "RSGI"). The request itself is served
+by the same transport-neutral :meth:`XksApp.handle` as under ASGI (hypercorn), so routing, limits,
+SigV4 and every error body are identical — with two differences RSGI imposes, both documented in
+README "Known limits":
+
+* RSGI gives only the percent-*decoded* path. :func:`wire_path` re-encodes it, which restores the
+  wire form of every path KMS can send (its paths never contain ``%``) and of any path whose
+  encoded characters are not URI-unreserved. A path that percent-encodes an *unreserved*
+  character (``k%65ys``, RFC 3986 says it is the same URI as ``keys``) or a ``/`` (``%2F``)
+  arrives decoded: it is routed as the decoded path and its signature, computed by the client
+  over the encoded form, fails (401) where ASGI answers 404/400.
+* Header values are str (granian decodes them); SigV4 treats str and latin-1 bytes alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+from typing import Any
+from urllib.parse import quote
+
+from xksproxy.app import (
+    Disconnected,
+    Headers,
+    XksApp,
+    body_too_large,
+    check_declared_length,
+)
+
+log = logging.getLogger("xksproxy.rsgi")
+
+_UNRESERVED_PATH = re.compile(r"[A-Za-z0-9/._~-]*").fullmatch
+_CONTENT_TYPE = ("content-type", "application/json")
+
+
+def wire_path(decoded: str) -> str:
+    """The request path as a client would have put it on the wire, from RSGI's decoded path."""
+    if _UNRESERVED_PATH(decoded):
+        return decoded
+    return quote(decoded, safe="/")
+
+
+async def read_body(app: XksApp, scope: Any, protocol: Any) -> bytes:
+    """The whole body, under ``max_body_bytes`` and the body time bound (see
+    ``XksApp._read_asgi_body``).
+
+    With a Content-Length within the cap the body is read in one call (the HTTP layer never reads
+    past the declared length); without one (chunked), it is streamed and refused as soon as it
+    passes the cap, so an oversized body is never buffered in full.
+    """
+    cap = app.max_body_bytes
+    declared = scope.headers.get("content-length")
+    if declared is not None:
+        check_declared_length(declared, cap)
+    try:
+        async with asyncio.timeout(app.body_timeout_s):
+            if declared is not None and declared.isdigit():
+                body = await protocol()
+            else:
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in protocol:
+                    total += len(chunk)
+                    if total > cap:
+                        raise body_too_large(cap)
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+    except TimeoutError:
+        raise app.body_timeout() from None
+    except RuntimeError as exc:  # granian's RSGIProtocolClosed / RSGIProtocolError
+        raise Disconnected from exc
+    if declared is not None and declared.isdigit() and len(body) < int(declared):
+        raise Disconnected  # the connection ended before the declared length arrived
+    return body
+
+
+class RsgiApp:
+    """The RSGI application object granian serves: one per worker, wrapping that worker's
+    :class:`XksApp` (built after the fork by :func:`create_app`)."""
+
+    def __init__(self, app: XksApp) -> None:
+        self.app = app
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        await handle(self.app, scope, protocol)
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        init(self.app, loop)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        close(self.app, loop)
+
+
+def create_app() -> RsgiApp:
+    """RSGI app factory for granian: ``xksproxy.rsgi:create_app`` (config from XKSPROXY_CONFIG)."""
+    from xksproxy.app import create_app as create_asgi_app
+
+    return RsgiApp(create_asgi_app())
+
+
+async def handle(app: XksApp, scope: Any, protocol: Any) -> None:
+    """Serve one RSGI request with ``app``."""
+    if scope.proto != "http":  # websockets are off; nothing else is served
+        return
+    headers: list[tuple[str, str]] = scope.headers.items()
+    if scope.authority is not None:  # HTTP/2: the SigV4 ``host`` is ``:authority``
+        headers.append((":authority", scope.authority))
+
+    async def read() -> bytes:
+        return await read_body(app, scope, protocol)
+
+    async def respond(status: int, body: bytes, extra: Headers | None) -> None:
+        out = [_CONTENT_TYPE, ("content-length", str(len(body)))]
+        if extra:
+            names = {k for k, _ in extra}
+            out = [h for h in out if h[0] not in names] + extra
+        protocol.response_bytes(status, out, body)
+
+    await app.handle(scope.method, wire_path(scope.path), scope.query_string, headers,
+                     read, respond)
+
+
+def init(app: XksApp, loop: asyncio.AbstractEventLoop) -> None:
+    """``__rsgi_init__``: open the HSM pools before the worker accepts connections.
+
+    A failure ends the worker with status 1, as a failed ASGI lifespan start-up does, so
+    granian's crash-loop handling stops a proxy that cannot reach its HSM.
+    """
+    try:
+        loop.run_until_complete(app.startup())
+    except Exception as exc:
+        log.error("startup failed", extra={"fields": {
+            "error": type(exc).__name__, "detail": str(exc)[:300]}})
+        sys.exit(1)
+
+
+def close(app: XksApp, loop: asyncio.AbstractEventLoop) -> None:
+    """``__rsgi_del__``: flush logs and close the HSM pools after the last request."""
+    loop.run_until_complete(app.shutdown())
