@@ -32,7 +32,8 @@ Seams for operations code:
   raise an ``XksError`` (e.g. 429 for a per-store quota, 503 past the deadline) to refuse.
 - ``app.observers``: callables ``(ctx)`` run after every API response with the finished
   :class:`~xksproxy.requestlog.RequestContext` (outcome, errorName, latency, store, key id,
-  metadata; the raw ``requestMetadata`` dict is in ``ctx.extra["metadata"]``).  Observers must
+  metadata; ``ctx.extra["metadata"]`` holds the known ``requestMetadata`` string fields, each
+  bounded by ``protocol.MAX_LOGGED_CHARS``).  Observers must
   be cheap and must not raise (exceptions are logged and dropped).
 - ``app.on_startup`` / ``app.on_shutdown``: async callables run in the lifespan, after/before the
   HSM pools and the health task.
@@ -71,8 +72,8 @@ from xksproxy.protocol import (
     OP_HEALTH,
     OP_METADATA,
     decode_json,
+    logged_metadata,
     parse_request,
-    peek_metadata,
 )
 from xksproxy.requestlog import RequestContext, RequestLog, RequestObserver, configure_logging
 
@@ -333,10 +334,11 @@ class XksApp:
                 lookup=store.lookup, now=time.time(), regions=store.regions)
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
             doc = decode_json(body)
-            ctx.kms_request_id, ctx.kms_operation, ctx.principal = peek_metadata(doc)
-            meta = doc.get("requestMetadata") if isinstance(doc, dict) else None
-            if isinstance(meta, dict):  # for the audit record (ARNs, VPC ids; no secrets here)
-                ctx.extra["metadata"] = meta
+            meta = logged_metadata(doc)  # bounded, for the logs (ARNs, VPC ids; no secrets)
+            ctx.kms_request_id = meta.get("kmsRequestId")
+            ctx.kms_operation = meta.get("kmsOperation")
+            ctx.principal = meta.get("awsPrincipalArn")
+            ctx.extra["metadata"] = meta
             result = await self._dispatch(store, op, key_id, doc, ctx)
             status, payload = 200, orjson.dumps(result)
             ctx.finish(200, None)

@@ -56,6 +56,9 @@ _REQUIRED_METADATA: dict[str, tuple[str, ...]] = {
 _OPTIONAL_METADATA = (
     "awsPrincipalArn", "kmsKeyArn", "kmsViaService", "awsSourceVpc", "awsSourceVpce",
 )
+# What the logs record of requestMetadata, and how much of each value (see logged_metadata).
+_LOGGED_METADATA = ("kmsRequestId", "kmsOperation", *_OPTIONAL_METADATA)
+MAX_LOGGED_CHARS = MAX_ARN_CHARS
 
 
 @dataclass(slots=True, frozen=True)
@@ -121,16 +124,28 @@ def decode_json(body: bytes) -> dict[str, Any]:
     return doc
 
 
-def peek_metadata(doc: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """Best-effort (kmsRequestId, kmsOperation, awsPrincipalArn) for logging invalid requests."""
-    meta = doc.get("requestMetadata")
+def logged_metadata(doc: Any) -> dict[str, str]:
+    """The request metadata as the request and audit logs may record it, read before validation.
+
+    Only the known string fields, each cut to :data:`MAX_LOGGED_CHARS` with a marked ending. Why
+    cut and not refuse: ``kmsRequestId``, ``kmsViaService`` and the VPC ids are opaque (the spec
+    forbids checking their shape) and a length limit on them would be ours, not KMS's; refusing
+    KMS traffic for the sake of a log line is worse than a visibly shortened value. Without this,
+    an authenticated caller could put up to ``max_body_bytes`` into every log line, and invalid
+    requests (logged before the ARN length check) could do so anonymously.
+    """
+    meta = doc.get("requestMetadata") if isinstance(doc, dict) else None
     if not isinstance(meta, dict):
-        return None, None, None
-    out = []
-    for name in ("kmsRequestId", "kmsOperation", "awsPrincipalArn"):
+        return {}
+    out: dict[str, str] = {}
+    for name in _LOGGED_METADATA:
         value = meta.get(name)
-        out.append(value if isinstance(value, str) else None)
-    return out[0], out[1], out[2]
+        if type(value) is str:
+            if len(value) > MAX_LOGGED_CHARS:
+                value = (f"{value[:MAX_LOGGED_CHARS]}"
+                         f"...[{len(value) - MAX_LOGGED_CHARS} more characters]")
+            out[name] = value
+    return out
 
 
 def parse_metadata(doc: dict[str, Any], operation: str) -> RequestMetadata:

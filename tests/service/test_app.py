@@ -306,3 +306,25 @@ async def test_operations_hooks_see_one_context_per_request(client, app):
     assert (resp.status_code, error_name(resp)) == (429, "ThrottlingException")
     assert released == ["metadata", "metadata"]          # released even when a later hook refuses
     assert finished == [(200, "ok"), (429, "ThrottlingException")]
+
+
+@pytest.mark.parametrize("field", ["kmsRequestId", "kmsViaService", "awsSourceVpc",
+                                   "awsPrincipalArn"])
+async def test_over_long_metadata_is_cut_short_in_the_logs(client, app, field):
+    """An opaque id is never refused for its length, but no log line carries more than
+    MAX_LOGGED_CHARS of it (an over-long ARN is refused, and its log line is bounded too)."""
+    from xksproxy.protocol import MAX_LOGGED_CHARS
+
+    seen = []
+    app.observers.append(lambda ctx: seen.append(dict(ctx.extra["metadata"])))
+    doc = orjson.loads(enc_body())
+    doc["requestMetadata"][field] = "Z" * 100_000
+    resp = await client.post(ENC, orjson.dumps(doc))
+    assert resp.status_code == (400 if field == "awsPrincipalArn" else 200), resp.text
+    line = orjson.loads(client.log[-1])
+    assert len(client.log[-1]) < 2 * MAX_LOGGED_CHARS + 1000
+    logged = seen[-1][field]
+    assert logged.startswith("Z" * MAX_LOGGED_CHARS)
+    assert logged.endswith(f"...[{100_000 - MAX_LOGGED_CHARS} more characters]")
+    if field == "kmsRequestId":
+        assert line["kmsRequestId"] == logged
