@@ -325,12 +325,41 @@ def _run_granian(p: Plan) -> int:
         respawn_failed_workers=True,
         **kwargs,  # type: ignore[arg-type]
     )
+    server.signal_handler_interrupt = _lock_free_interrupt(server)  # type: ignore[method-assign]
     try:
         server.serve()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     # granian returns normally after a worker died (no respawn): report it as a failure.
     return 1 if server.interrupt_children and not server.interrupt_signal else 0
+
+
+def _lock_free_interrupt(server: object) -> Callable[..., None]:
+    """A SIGINT/SIGTERM handler for granian's parent process that takes no lock.
+
+    granian's own handler calls ``threading.Event.set()`` in the signal context, in the main
+    thread. Python runs a newly arrived signal's handler inside the running one, even in the
+    middle of a lock acquire, so a burst of signals (Ctrl-C pressed twice, a supervisor and a
+    ``timeout`` wrapper both sending TERM) could make a handler wait for the Event lock that an
+    interrupted handler of the same thread holds: ``serve`` then hung for ever (seen here). This
+    handler only sets granian's flag and writes a byte to a pipe; a waiting thread sets the Event,
+    and simply waits if the main thread holds its lock.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def relay() -> None:
+        os.read(read_fd, 1)
+        server.main_loop_interrupt.set()  # type: ignore[attr-defined]
+
+    threading.Thread(target=relay, name="xksproxy-stop", daemon=True).start()
+
+    def handler(*_args: object, **_kwargs: object) -> None:
+        server.interrupt_signal = True  # type: ignore[attr-defined]
+        with contextlib.suppress(OSError):  # pipe full: a byte is already waiting
+            os.write(write_fd, b"x")
+
+    return handler
 
 
 def _granian_target() -> tuple[str, str]:
