@@ -334,30 +334,51 @@ def _run_granian(p: Plan) -> int:
     return 1 if server.interrupt_children and not server.interrupt_signal else 0
 
 
-def _lock_free_interrupt(server: object) -> Callable[..., None]:
-    """A SIGINT/SIGTERM handler for granian's parent process that takes no lock.
+class StopLatch:
+    """A SIGINT/SIGTERM handler that takes no lock, for both launchers' parent process.
 
-    granian's own handler calls ``threading.Event.set()`` in the signal context, in the main
-    thread. Python runs a newly arrived signal's handler inside the running one, even in the
-    middle of a lock acquire, so a burst of signals (Ctrl-C pressed twice, a supervisor and a
-    ``timeout`` wrapper both sending TERM) could make a handler wait for the Event lock that an
-    interrupted handler of the same thread holds: ``serve`` then hung for ever (seen here). This
-    handler only sets granian's flag and writes a byte to a pipe; a waiting thread sets the Event,
-    and simply waits if the main thread holds its lock.
+    A signal handler runs in the main thread between bytecodes, and a newly arrived signal's
+    handler runs inside the running one, even in the middle of a lock acquire. A handler that
+    sets a ``threading.Event`` (granian's does; our hypercorn supervisor's did) can therefore wait
+    for the Event lock that the code it interrupted holds: after a burst of signals (Ctrl-C
+    pressed twice, a supervisor and a ``timeout`` wrapper both sending TERM) ``serve`` hung for
+    ever (seen here, 4 of 20 tries). :meth:`handler` only records the request and writes a byte
+    to a pipe; whoever waits on :meth:`fileno` acts on it in an ordinary context.
     """
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self.requested = False
+
+    def handler(self, *_args: object, **_kwargs: object) -> None:
+        self.requested = True
+        with contextlib.suppress(OSError):  # pipe full: a byte is already waiting
+            os.write(self._write_fd, b"x")
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a stop is requested (True) or ``timeout`` passes (False)."""
+        mp_connection.wait([self._read_fd], timeout=timeout)
+        return self.requested
+
+
+def _lock_free_interrupt(server: object) -> Callable[..., None]:
+    """granian's interrupt handler, through a :class:`StopLatch`: a relay thread sets granian's
+    ``main_loop_interrupt`` Event (and simply waits if the main thread holds its lock)."""
+    latch = StopLatch()
 
     def relay() -> None:
-        os.read(read_fd, 1)
+        latch.wait()
         server.main_loop_interrupt.set()  # type: ignore[attr-defined]
 
     threading.Thread(target=relay, name="xksproxy-stop", daemon=True).start()
 
-    def handler(*_args: object, **_kwargs: object) -> None:
+    def handler(*args: object, **kwargs: object) -> None:
         server.interrupt_signal = True  # type: ignore[attr-defined]
-        with contextlib.suppress(OSError):  # pipe full: a byte is already waiting
-            os.write(write_fd, b"x")
+        latch.handler(*args, **kwargs)
 
     return handler
 
@@ -432,7 +453,7 @@ def _supervise_hypercorn(cfg: HypercornConfig) -> int:
     sockets = cfg.create_sockets()
     ctx = multiprocessing.get_context("spawn")
     shutdown = ctx.Event()
-    stopping = threading.Event()
+    latch = StopLatch()
 
     def spawn() -> multiprocessing.process.BaseProcess:
         # Workers inherit "ignore SIGINT" (a terminal's Ctrl-C reaches the whole process group);
@@ -446,32 +467,27 @@ def _supervise_hypercorn(cfg: HypercornConfig) -> int:
             signal.signal(signal.SIGINT, previous)
         return proc
 
-    def stop(*_args: object) -> None:
-        stopping.set()
-        shutdown.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, latch.handler)
+    signal.signal(signal.SIGTERM, latch.handler)
     signal.signal(signal.SIGHUP, reload.request_reload)
     procs = [spawn() for _ in range(cfg.workers)]
     deaths: list[float] = []
     failed = False
     try:
-        while not stopping.is_set():
-            mp_connection.wait([proc.sentinel for proc in procs], timeout=0.5)
+        while not latch.requested:
+            mp_connection.wait([*(proc.sentinel for proc in procs), latch], timeout=0.5)
             for i, proc in enumerate(procs):
-                if proc.exitcode is None or stopping.is_set():
+                if proc.exitcode is None or latch.requested:
                     continue
                 now = time.monotonic()
                 deaths = [t for t in deaths if now - t < _CRASH_LOOP_WINDOW_S] + [now]
                 if len(deaths) > _CRASH_LOOP_DEATHS:
                     failed = True
                     _say("hypercorn workers keep exiting (crash loop); stopping")
-                    stop()
+                    latch.handler()
                     break
                 _say(f"hypercorn worker {proc.pid} exited ({proc.exitcode}); starting another")
-                stopping.wait(_RESPAWN_DELAY_S)
-                if not stopping.is_set():
+                if not latch.wait(_RESPAWN_DELAY_S):
                     procs[i] = spawn()
     finally:
         shutdown.set()
