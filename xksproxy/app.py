@@ -54,7 +54,7 @@ from typing import Any
 import orjson
 
 import sigv4
-from xksproxy import handlers, policy, requestlog
+from xksproxy import handlers, lifeline, policy, requestlog
 from xksproxy.config import Config, load_config, valid_key_id
 from xksproxy.errors import (
     InternalException,
@@ -414,6 +414,7 @@ def create_app(config: Config | None = None) -> XksApp:
     Each server worker calls this after fork, so every worker opens its own HSM sessions.
     """
     if config is None:
+        lifeline.tie_to_launcher()  # a worker of `xksproxy serve`: end with the launcher
         path = os.environ.get("XKSPROXY_CONFIG")
         if not path:
             raise RuntimeError("XKSPROXY_CONFIG is not set: it must name the config file")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hypercorn.config import Config as _HypercornBase
 
-from xksproxy import metrics, operations, reload, tls
+from xksproxy import lifeline, metrics, operations, reload, tls
 from xksproxy.config import Config, ConfigError, load_config
 
 APP_FACTORY = "xksproxy.app:create_app"
@@ -176,6 +176,7 @@ def serve(
              f"allowed subjects {', '.join(p.allowed_subjects)}")
     # Each worker process builds its own app (and HSM pools) from this path after the fork.
     os.environ["XKSPROXY_CONFIG"] = str(p.config_path)
+    lifeline.mark_launcher()  # workers get SIGTERM if this process dies, even by SIGKILL
     # Before any worker starts: the metrics listener (unless a wrapping launcher already runs
     # one), XKSPROXY_WORKERS for the quotas, and SIGHUP = reload every worker's config without
     # respawning it (see xksproxy.operations / xksproxy.reload).

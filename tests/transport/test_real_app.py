@@ -11,6 +11,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 import uuid
 
 import httpx
@@ -187,3 +188,37 @@ def test_sighup_reloads_workers_without_respawn(state, tmp_path, server):
             round_trip(c, s.url, state)
     finally:
         assert s.stop() == 0
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        text = fh.read()
+    return [int(c) for c in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "\nState:\tZ" not in fh.read()  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+def test_workers_end_when_the_launcher_is_killed(state, tmp_path, server):
+    """kill -9 of `serve` (OOM killer, a crashed supervisor) must not leave workers answering
+    on the port with a configuration nobody can reload any more."""
+    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server", server,
+                "--workers", "2", "--plain-http"], serve_env(probe=False), tmp_path)
+    workers = _children(s.proc.pid)
+    assert len(workers) >= 2, workers
+    assert httpx.get(s.url + "/ping").status_code == 200
+    s.proc.kill()
+    s.proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], "workers outlived their launcher"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(s.url + "/ping", timeout=2)
+    s.stop()
