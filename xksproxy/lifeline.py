@@ -4,20 +4,26 @@ Why: granian and hypercorn workers hold the listening socket themselves. When th
 serve`` process is killed outright (OOM killer, ``kill -9``, a crashed supervisor) nothing tells
 its workers, and they went on answering KMS on the port: with the old configuration and
 credentials, no reload, no metrics listener, and a port a restarted proxy then had to share
-(seen here after a ``kill -9`` of a hung launcher). On Linux each worker asks the kernel for
-SIGTERM when its parent goes (``PR_SET_PDEATHSIG``), which both servers handle as a normal
-shutdown. Elsewhere this is a no-op.
+(seen here after a ``kill -9`` of a hung launcher).
+
+How: a daemon thread in each worker notices that its parent changed and sends the worker
+SIGTERM, which both servers handle as a normal graceful shutdown. Polling rather than
+``PR_SET_PDEATHSIG``: a signal delivered by the kernel at an arbitrary moment (e.g. during
+start-up) left granian workers stuck in their own signal handler (2 of 8 tries here). Because a
+graceful shutdown can still hang without its parent, ``alarm`` is armed first: SIGALRM's
+default action ends the process after :data:`GRACE_S` whatever state it is in.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
+import threading
+import time
 
 ENV_LAUNCHER_PID = "XKSPROXY_LAUNCHER_PID"
-_PR_SET_PDEATHSIG = 1
+POLL_S = 0.25
+GRACE_S = 10  # as long as the launchers give a worker to stop
 
 
 def mark_launcher() -> None:
@@ -26,18 +32,20 @@ def mark_launcher() -> None:
 
 
 def tie_to_launcher() -> bool:
-    """In a worker: get SIGTERM when the launcher exits. True when the tie is in place.
+    """In a worker: stop when the launcher is gone. True when the watch is running.
 
-    Does nothing outside a launcher (tests building the app in-process) or off Linux. The
-    kernel sends the signal when the *thread* that forked us ends; both launchers start
-    workers from their main thread, which lives as long as the process.
+    Does nothing outside a launcher (tests building the app in-process).
     """
     launcher = os.environ.get(ENV_LAUNCHER_PID)
-    if not launcher or not sys.platform.startswith("linux"):
+    if not launcher or not launcher.isdigit():
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        return False
-    if str(os.getppid()) != launcher:  # it died before the tie was made
-        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=_watch, args=(int(launcher),), name="xksproxy-lifeline",
+                     daemon=True).start()
     return True
+
+
+def _watch(launcher: int) -> None:
+    while os.getppid() == launcher:
+        time.sleep(POLL_S)
+    signal.alarm(GRACE_S)  # backstop first: the graceful path below may hang without a parent
+    os.kill(os.getpid(), signal.SIGTERM)
