@@ -74,5 +74,7 @@ def prepare_launcher(metrics_bind: str | None, workers: int) -> LauncherHooks:
         except (OSError, ValueError) as exc:  # serving KMS matters more than metrics
             reason = getattr(exc, "strerror", None) or str(exc)
             print(f"xksproxy: WARNING: metrics listener on {metrics_bind} failed ({reason}); "
-                  "serving without metrics", file=sys.stderr, flush=True)
+                  "serving without metrics. Another proxy on this host? Give each one its own "
+                  "[metrics] bind (e.g. 127.0.0.1:9465), or bind = \"\" to turn metrics off",
+                  file=sys.stderr, flush=True)
     return LauncherHooks(listener)
