@@ -110,3 +110,26 @@ def test_private_directory_is_created_and_removed(monkeypatch):
     listener.close()
     time.sleep(0.05)
     assert not d.exists() and metrics.ENV_DIR not in os.environ
+
+
+def test_busy_metrics_port_warns_with_the_fix_and_still_serves(tmp_path):
+    """A second proxy on the host finds 127.0.0.1:9464 taken: it must still serve KMS, and say
+    which setting to change (run in a subprocess: the launcher hooks install signal handlers)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import socket\n"
+        "from xksproxy.operations import prepare_launcher\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "hooks = prepare_launcher(f'127.0.0.1:{s.getsockname()[1]}', 1)\n"
+        "print('url', hooks.metrics_url)\n"
+        "hooks.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != metrics.ENV_DIR}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "url None" in r.stdout
+    assert "metrics listener on 127.0.0.1:" in r.stderr
+    assert "[metrics] bind" in r.stderr and "serving without metrics" in r.stderr
