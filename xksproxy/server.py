@@ -326,11 +326,14 @@ def _run_granian(p: Plan) -> int:
         respawn_failed_workers=True,
         **kwargs,  # type: ignore[arg-type]
     )
-    server.signal_handler_interrupt = _lock_free_interrupt(server)  # type: ignore[method-assign]
+    handler, latch = _lock_free_interrupt(server)
+    server.signal_handler_interrupt = handler  # type: ignore[method-assign]
     try:
         server.serve()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        latch.close()
     # granian returns normally after a worker died (no respawn): report it as a failure.
     return 1 if server.interrupt_children and not server.interrupt_signal else 0
 
@@ -351,11 +354,27 @@ class StopLatch:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self.requested = False
+        self.closed = threading.Event()  # set by close(), never from a signal handler
 
     def handler(self, *_args: object, **_kwargs: object) -> None:
+        if self.closed.is_set():  # is_set() takes no lock; the pipe may be gone
+            return
         self.requested = True
         with contextlib.suppress(OSError):  # pipe full: a byte is already waiting
             os.write(self._write_fd, b"x")
+
+    def close(self) -> None:
+        """Serving is over: wake whoever waits; later signals are ignored. (Call
+        :meth:`release` once nobody waits any more.)"""
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"x")
+        self.closed.set()
+
+    def release(self) -> None:
+        """Close the pipe (after :meth:`close`, when no thread waits on it)."""
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def fileno(self) -> int:
         return self._read_fd
@@ -366,14 +385,23 @@ class StopLatch:
         return self.requested
 
 
-def _lock_free_interrupt(server: object) -> Callable[..., None]:
-    """granian's interrupt handler, through a :class:`StopLatch`: a relay thread sets granian's
-    ``main_loop_interrupt`` Event (and simply waits if the main thread holds its lock)."""
+def _lock_free_interrupt(server: object) -> tuple[Callable[..., None], StopLatch]:
+    """granian's interrupt handler, through a :class:`StopLatch`, and that latch (close it when
+    ``serve()`` returns).
+
+    A relay thread sets granian's ``main_loop_interrupt`` Event once a stop is requested (and
+    simply waits if the main thread holds its lock), then keeps setting it every 0.2 s until
+    serving ends: granian clears that Event in some branches of its loop (e.g. after replacing a
+    crashed worker) after it has looked at the stop flag, which would otherwise swallow the stop.
+    """
     latch = StopLatch()
 
     def relay() -> None:
         latch.wait()
-        server.main_loop_interrupt.set()  # type: ignore[attr-defined]
+        while not latch.closed.is_set():
+            server.main_loop_interrupt.set()  # type: ignore[attr-defined]
+            latch.closed.wait(0.2)
+        latch.release()
 
     threading.Thread(target=relay, name="xksproxy-stop", daemon=True).start()
 
@@ -381,7 +409,7 @@ def _lock_free_interrupt(server: object) -> Callable[..., None]:
         server.interrupt_signal = True  # type: ignore[attr-defined]
         latch.handler(*args, **kwargs)
 
-    return handler
+    return handler, latch
 
 
 def _granian_target() -> tuple[str, str]:
@@ -449,8 +477,6 @@ _RESPAWN_DELAY_S = 1.0
 
 
 def _supervise_hypercorn(cfg: HypercornConfig) -> int:
-    from hypercorn.asyncio.run import uvloop_worker
-
     sockets = cfg.create_sockets()
     ctx = multiprocessing.get_context("spawn")
     shutdown = ctx.Event()
@@ -461,7 +487,7 @@ def _supervise_hypercorn(cfg: HypercornConfig) -> int:
         # this process turns SIGINT/SIGTERM into one orderly shutdown through the shared event.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            proc = ctx.Process(target=uvloop_worker, kwargs={
+            proc = ctx.Process(target=_hypercorn_worker, kwargs={
                 "config": cfg, "sockets": sockets, "shutdown_event": shutdown})
             proc.start()
         finally:
@@ -495,11 +521,45 @@ def _supervise_hypercorn(cfg: HypercornConfig) -> int:
         for proc in procs:
             proc.join(timeout=15)
             if proc.is_alive():
-                proc.terminate()
+                proc.terminate()  # a graceful stop of its own (see _hypercorn_worker)
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
                 proc.join(timeout=5)
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.close()
+        latch.close()
+        latch.release()
     return 1 if failed else 0
+
+
+def _hypercorn_worker(config: HypercornConfig, sockets: object, shutdown_event: object) -> None:
+    """hypercorn's uvloop worker, also stopping gracefully on a SIGTERM sent to it alone.
+
+    Given a shared shutdown event, hypercorn installs no signal handler in its workers, so a
+    SIGTERM to one worker (an operator, or :mod:`xksproxy.lifeline` when the launcher is gone)
+    killed it outright: requests cut, HSM sessions and the audit log not closed. Here SIGTERM only
+    sets a flag (no lock in the handler) that the shutdown trigger polls with the shared event.
+    Uses hypercorn's ``worker_serve``/``_run`` (pinned in constraints.txt) because its public
+    ``serve()`` cannot take the listening sockets the supervisor created.
+    """
+    import asyncio
+    from functools import partial
+
+    import uvloop
+    from hypercorn.asyncio.run import _run, worker_serve
+    from hypercorn.utils import load_application
+
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
+
+    async def trigger() -> None:
+        while not stop["requested"] and not shutdown_event.is_set():  # type: ignore[attr-defined]
+            await asyncio.sleep(0.1)
+
+    app = load_application(config.application_path, config.wsgi_max_body_size)
+    _run(partial(worker_serve, app, config, sockets=sockets), debug=config.debug,
+         shutdown_trigger=trigger, loop_factory=uvloop.new_event_loop)
 
 
 class HypercornConfig(_HypercornBase):

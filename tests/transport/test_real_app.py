@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import ssl
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -222,3 +225,21 @@ def test_workers_end_when_the_launcher_is_killed(state, tmp_path, server):
     with pytest.raises(httpx.ConnectError):
         httpx.get(s.url + "/ping", timeout=2)
     s.stop()
+
+
+def test_sigterm_to_one_hypercorn_worker_is_a_graceful_stop(state, tmp_path):
+    """hypercorn installs no signal handler in workers that share a shutdown event: a SIGTERM
+    (an operator, or the lifeline after the launcher died) used to kill the worker outright.
+    It must stop gracefully (exit status 0) and be replaced."""
+    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server",
+                "hypercorn", "--workers", "1", "--plain-http"], serve_env(probe=False), tmp_path)
+    try:
+        worker = next(p for p in _children(s.proc.pid)
+                      if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes())
+        os.kill(worker, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while f"worker {worker} exited" not in s.stderr() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"hypercorn worker {worker} exited (0)" in s.stderr(), s.stderr()[-2000:]
+    finally:
+        s.stop()

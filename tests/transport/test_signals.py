@@ -8,17 +8,46 @@ from types import SimpleNamespace
 from xksproxy.server import _lock_free_interrupt
 
 
+def _granian_like() -> SimpleNamespace:
+    return SimpleNamespace(main_loop_interrupt=threading.Event(), interrupt_signal=False)
+
+
 def test_interrupt_handler_returns_while_the_main_thread_holds_the_event_lock() -> None:
     """A signal handler runs in the main thread, possibly while that thread (an interrupted
     earlier handler, or Event.wait re-acquiring) holds the Event's lock: the handler must not
     wait for that lock, and the Event must still be set once the lock is released."""
-    server = SimpleNamespace(main_loop_interrupt=threading.Event(), interrupt_signal=False)
-    handler = _lock_free_interrupt(server)
+    server = _granian_like()
+    handler, latch = _lock_free_interrupt(server)
     done = threading.Event()
-    with server.main_loop_interrupt._cond:  # held by "the interrupted main thread"
-        caller = threading.Thread(target=lambda: (handler(), handler(), done.set()))
-        caller.start()
-        assert done.wait(5.0), "the handler blocked on the Event lock"
-        assert server.interrupt_signal is True
-        assert not server.main_loop_interrupt.is_set()
-    assert server.main_loop_interrupt.wait(5.0)
+    try:
+        with server.main_loop_interrupt._cond:  # held by "the interrupted main thread"
+            caller = threading.Thread(target=lambda: (handler(), handler(), done.set()))
+            caller.start()
+            assert done.wait(5.0), "the handler blocked on the Event lock"
+            assert server.interrupt_signal is True
+            assert not server.main_loop_interrupt.is_set()
+        assert server.main_loop_interrupt.wait(5.0)
+    finally:
+        latch.close()
+
+
+def test_a_stop_survives_granian_clearing_its_event() -> None:
+    """granian clears ``main_loop_interrupt`` in some branches (e.g. after replacing a crashed
+    worker) after looking at the stop flag: the stop must be re-signalled, not lost."""
+    server = _granian_like()
+    handler, latch = _lock_free_interrupt(server)
+    try:
+        handler()
+        assert server.main_loop_interrupt.wait(5.0)
+        server.main_loop_interrupt.clear()  # granian's respawn branch
+        assert server.main_loop_interrupt.wait(5.0), "the stop was swallowed"
+    finally:
+        latch.close()
+
+
+def test_signals_after_the_latch_is_closed_are_ignored() -> None:
+    server = _granian_like()
+    handler, latch = _lock_free_interrupt(server)
+    latch.close()
+    handler()  # must not raise or write to a reused descriptor
+    assert latch.closed.is_set()
