@@ -15,6 +15,8 @@ README "Known limits":
   arrives decoded: it is routed as the decoded path and its signature, computed by the client
   over the encoded form, fails (401) where ASGI answers 404/400.
 * Header values are str (granian decodes them); SigV4 treats str and latin-1 bytes alike.
+  granian drops a value that is not valid UTF-8, so a request that signed such a header
+  fails with 401 (KMS signs only ``host``, ``x-amz-date`` and ASCII headers).
 * A chunked body whose connection drops mid-way ends like a complete one (granian reports
   neither an error nor the disconnect). The truncated body then fails SigV4 (the signature
   covers the body's hash) and the request is logged 401 rather than 499; the answer goes nowhere.
