@@ -65,6 +65,7 @@ from xksproxy.errors import (
     to_xks_error,
 )
 from xksproxy.health import HealthMonitor
+from xksproxy.httpio import BodyLimit, Disconnected, Headers, Respond, response_headers
 from xksproxy.keystores import KeyStore, KeyStoreTable
 from xksproxy.protocol import (
     OP_DECRYPT,
@@ -87,24 +88,6 @@ AdmissionHook = Callable[[RequestContext], Callable[[], None] | None]
 LifecycleHook = Callable[[], Awaitable[None]]
 
 
-Headers = list[tuple[str, str]]
-Respond = Callable[[int, bytes, "Headers | None"], Awaitable[None]]
-
-
-class Disconnected(Exception):
-    """The client went away while we were reading its body."""
-
-
-def check_declared_length(value: bytes | str, cap: int) -> None:
-    """Refuse before reading when Content-Length already says the body is over the cap."""
-    if value.isdigit() and int(value) > cap:
-        raise body_too_large(cap)
-
-
-def body_too_large(cap: int) -> ValidationException:
-    return ValidationException(f"request body exceeds max_body_bytes ({cap})")
-
-
 class XksApp:
     """ASGI application for one worker process (build it after fork)."""
 
@@ -121,9 +104,8 @@ class XksApp:
         if config.logging.request_log:
             self.observers.append(RequestLog().observe)
         self._deadline_s = config.server.request_deadline_ms / 1000.0
-        # A body slower than this is a misbehaving client, never KMS (see _read_asgi_body).
-        self._body_timeout_s = max(1.0, 2 * self._deadline_s)
-        self._max_body = config.server.max_body_bytes
+        # A body slower than this is a misbehaving client, never KMS (see BodyLimit).
+        self.body_limit = BodyLimit(config.server.max_body_bytes, max(1.0, 2 * self._deadline_s))
         self._max_plaintext = {h.name: h.max_plaintext_bytes for h in config.hsms}
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -182,6 +164,13 @@ class XksApp:
         self.config = config
         self.table = table
 
+    def report_startup_failure(self, exc: Exception) -> str:
+        """Log why :meth:`startup` failed; return the one-line reason for the server."""
+        detail = str(exc)[:300]
+        log.error("startup failed", extra={"fields": {
+            "error": type(exc).__name__, "detail": detail}})
+        return f"{type(exc).__name__}: {detail}"
+
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
@@ -189,10 +178,8 @@ class XksApp:
                 try:
                     await self.startup()
                 except Exception as exc:
-                    log.error("startup failed", extra={"fields": {
-                        "error": type(exc).__name__, "detail": str(exc)[:300]}})
                     await send({"type": "lifespan.startup.failed",
-                                "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                                "message": self.report_startup_failure(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -226,24 +213,16 @@ class XksApp:
         raise InvalidUriPathException("no such XKS API path on this proxy")
 
     async def _read_asgi_body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        """Read an ASGI request body under the size cap and the body time bound.
-
-        The time bound matters: admission counts the request in before the body is read, so a
-        client trickling its body (slowloris) would otherwise hold an in-flight slot forever and
-        a few hundred of them lock every caller out with 429. It is counted from the start of
-        the read and is not the request deadline itself: when the worker is starved of CPU the
-        deadline can pass before this coroutine even runs, and a body already sitting in the
-        buffer must not then be blamed on the client (the handler answers 503 past the deadline).
-        """
-        cap = self._max_body
+        """Read an ASGI request body under :attr:`body_limit` (size cap and time bound)."""
+        limit = self.body_limit
         for name, value in scope["headers"]:
             if name == b"content-length":
-                check_declared_length(value, cap)
+                limit.check_declared(value)
                 break
         chunks: list[bytes] = []
         total = 0
         try:
-            async with asyncio.timeout(self._body_timeout_s):
+            async with asyncio.timeout(limit.timeout_s):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
@@ -251,26 +230,14 @@ class XksApp:
                     chunk = message.get("body", b"")
                     if chunk:
                         total += len(chunk)
-                        if total > cap:
-                            raise body_too_large(cap)
+                        if total > limit.cap:
+                            raise limit.too_large()
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise self.body_timeout() from None
+            raise limit.timed_out() from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @property
-    def max_body_bytes(self) -> int:
-        return self._max_body
-
-    @property
-    def body_timeout_s(self) -> float:
-        return self._body_timeout_s
-
-    def body_timeout(self) -> ValidationException:
-        return ValidationException(
-            f"request body not received in full within {self._body_timeout_s:g} s")
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """ASGI HTTP entry: route on ``raw_path`` (as received, still percent-encoded)."""
@@ -280,12 +247,7 @@ class XksApp:
             return await self._read_asgi_body(scope, receive)
 
         async def respond(status: int, body: bytes, extra: Headers | None) -> None:
-            headers = [(b"content-type", b"application/json"),
-                       (b"content-length", str(len(body)).encode())]
-            if extra:
-                names = {k.encode() for k, _ in extra}
-                headers = [h for h in headers if h[0] not in names]
-                headers += [(k.encode(), v.encode()) for k, v in extra]
+            headers = [(k.encode(), v.encode()) for k, v in response_headers(body, extra)]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
@@ -307,8 +269,8 @@ class XksApp:
         """Serve one HTTP request, whatever the server interface (ASGI or RSGI).
 
         ``path`` and ``query`` are as on the wire (percent-encoded); ``headers`` are (name, value)
-        pairs, lower-case names, str or bytes. ``read_body`` returns the whole body under the
-        size cap and time bound (raising ``ValidationException`` or :class:`Disconnected`);
+        pairs, lower-case names, str or bytes. ``read_body`` returns the whole body within
+        :attr:`body_limit` (raising ``ValidationException`` or ``httpio.Disconnected``);
         ``respond(status, body, extra_headers)`` sends a JSON response.
         """
         started = time.monotonic()

@@ -2,11 +2,11 @@
 
 Why RSGI and not ASGI under granian: the ASGI bridge builds a message dict per ``receive``/``send``
 and holds the GIL while it hands the response back to Rust; RSGI reads the body and writes the
-response in one call each. Measured on this machine it saves about 50 µs of server CPU per Encrypt
-and halves the KMS-mix p99 at 1,800 req/s (BENCHMARKS.md, "RSGI"). The request itself is served
-by the same transport-neutral :meth:`XksApp.handle` as under ASGI (hypercorn), so routing, limits,
-SigV4 and every error body are identical — with two differences RSGI imposes, both documented in
-README "Known limits":
+response in one call each. In runs alternated with the ASGI app it cost 8-15 % less server CPU
+per Encrypt (BENCHMARKS.md, "Latest"). The request itself is served by the same
+transport-neutral :meth:`XksApp.handle` as under ASGI (hypercorn), with the same body rules and
+response headers (:mod:`xksproxy.httpio`), so routing, limits, SigV4 and every error body are
+identical — except for what RSGI itself imposes (README "Known limits"):
 
 * RSGI gives only the percent-*decoded* path. :func:`wire_path` re-encodes it, which restores the
   wire form of every path KMS can send (its paths never contain ``%``) and of any path whose
@@ -26,24 +26,15 @@ README "Known limits":
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import sys
 from typing import Any
 from urllib.parse import quote
 
-from xksproxy.app import (
-    Disconnected,
-    Headers,
-    XksApp,
-    body_too_large,
-    check_declared_length,
-)
-
-log = logging.getLogger("xksproxy.rsgi")
+from xksproxy.app import XksApp
+from xksproxy.httpio import Disconnected, Headers, response_headers
 
 _UNRESERVED_PATH = re.compile(r"[A-Za-z0-9/._~-]*").fullmatch
-_CONTENT_TYPE = ("content-type", "application/json")
 
 
 def wire_path(decoded: str) -> str:
@@ -54,35 +45,36 @@ def wire_path(decoded: str) -> str:
 
 
 async def read_body(app: XksApp, scope: Any, protocol: Any) -> bytes:
-    """The whole body, under ``max_body_bytes`` and the body time bound (see
-    ``XksApp._read_asgi_body``).
+    """The whole body within ``app.body_limit`` (size cap and time bound).
 
     With a Content-Length within the cap the body is read in one call (the HTTP layer never reads
     past the declared length); without one (chunked), it is streamed and refused as soon as it
     passes the cap, so an oversized body is never buffered in full.
     """
-    cap = app.max_body_bytes
+    limit = app.body_limit
     declared = scope.headers.get("content-length")
+    expected = None
     if declared is not None:
-        check_declared_length(declared, cap)
+        limit.check_declared(declared)
+        expected = int(declared) if declared.isdigit() else None
     try:
-        async with asyncio.timeout(app.body_timeout_s):
-            if declared is not None and declared.isdigit():
+        async with asyncio.timeout(limit.timeout_s):
+            if expected is not None:
                 body = await protocol()
             else:
                 chunks: list[bytes] = []
                 total = 0
                 async for chunk in protocol:
                     total += len(chunk)
-                    if total > cap:
-                        raise body_too_large(cap)
+                    if total > limit.cap:
+                        raise limit.too_large()
                     chunks.append(chunk)
                 body = b"".join(chunks)
     except TimeoutError:
-        raise app.body_timeout() from None
+        raise limit.timed_out() from None
     except RuntimeError as exc:  # granian's RSGIProtocolClosed / RSGIProtocolError
         raise Disconnected from exc
-    if declared is not None and declared.isdigit() and len(body) < int(declared):
+    if expected is not None and len(body) < expected:
         raise Disconnected  # the connection ended before the declared length arrived
     return body
 
@@ -123,11 +115,7 @@ async def handle(app: XksApp, scope: Any, protocol: Any) -> None:
         return await read_body(app, scope, protocol)
 
     async def respond(status: int, body: bytes, extra: Headers | None) -> None:
-        out = [_CONTENT_TYPE, ("content-length", str(len(body)))]
-        if extra:
-            names = {k for k, _ in extra}
-            out = [h for h in out if h[0] not in names] + extra
-        protocol.response_bytes(status, out, body)
+        protocol.response_bytes(status, response_headers(body, extra), body)
 
     await app.handle(scope.method, wire_path(scope.path), scope.query_string, headers,
                      read, respond)
@@ -142,8 +130,7 @@ def init(app: XksApp, loop: asyncio.AbstractEventLoop) -> None:
     try:
         loop.run_until_complete(app.startup())
     except Exception as exc:
-        log.error("startup failed", extra={"fields": {
-            "error": type(exc).__name__, "detail": str(exc)[:300]}})
+        app.report_startup_failure(exc)
         sys.exit(1)
 
 

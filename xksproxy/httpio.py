@@ -1,0 +1,63 @@
+"""What the two server interfaces (ASGI for hypercorn, RSGI for granian) share around
+:meth:`xksproxy.app.XksApp.handle`: the request-body rules and the response headers.
+
+Why one place: each interface reads bodies and writes responses through its own API, but the
+rules must not drift apart between them — the same cap, the same time bound, the same error
+messages, the same headers on every answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from xksproxy.errors import ValidationException
+
+Headers = list[tuple[str, str]]
+#: ``respond(status, body, extra_headers)``: send one JSON answer.
+Respond = Callable[[int, bytes, "Headers | None"], Awaitable[None]]
+
+
+class Disconnected(Exception):
+    """The client went away while we were reading its body."""
+
+
+class BodyLimit:
+    """Size cap and time bound for reading one request body.
+
+    The time bound matters: admission counts a request in before its body is read, so a client
+    trickling its body (slowloris) would otherwise hold an in-flight slot forever and a few
+    hundred of them lock every caller out with 429. It is counted from the start of the read,
+    not from arrival: when a worker is starved of CPU the request deadline can pass before the
+    read even starts, and a body already sitting in the buffer must not then be blamed on the
+    client (the handler answers 503 past the deadline).
+    """
+
+    __slots__ = ("cap", "timeout_s")
+
+    def __init__(self, cap: int, timeout_s: float) -> None:
+        self.cap = cap
+        self.timeout_s = timeout_s
+
+    def check_declared(self, content_length: bytes | str) -> None:
+        """Refuse before reading when Content-Length already says the body is over the cap."""
+        if content_length.isdigit() and int(content_length) > self.cap:
+            raise self.too_large()
+
+    def too_large(self) -> ValidationException:
+        return ValidationException(f"request body exceeds max_body_bytes ({self.cap})")
+
+    def timed_out(self) -> ValidationException:
+        return ValidationException(
+            f"request body not received in full within {self.timeout_s:g} s")
+
+
+_CONTENT_TYPE = ("content-type", "application/json")
+
+
+def response_headers(body: bytes, extra: Headers | None) -> Headers:
+    """JSON content type and length, then ``extra`` (which may replace either)."""
+    headers = [_CONTENT_TYPE, ("content-length", str(len(body)))]
+    if extra:
+        names = {k for k, _ in extra}
+        headers = [h for h in headers if h[0] not in names] + extra
+    return headers
