@@ -538,8 +538,8 @@ def _hypercorn_worker(config: HypercornConfig, sockets: object, shutdown_event: 
 
     Given a shared shutdown event, hypercorn installs no signal handler in its workers, so a
     SIGTERM to one worker (an operator, or :mod:`xksproxy.lifeline` when the launcher is gone)
-    killed it outright: requests cut, HSM sessions and the audit log not closed. Here SIGTERM only
-    sets a flag (no lock in the handler) that the shutdown trigger polls with the shared event.
+    killed it outright: requests cut, HSM sessions and the audit log not closed. Here SIGTERM goes
+    to a :class:`StopLatch` whose flag the shutdown trigger polls with the shared event.
     Uses hypercorn's ``worker_serve``/``_run`` (pinned in constraints.txt) because its public
     ``serve()`` cannot take the listening sockets the supervisor created.
     """
@@ -550,11 +550,11 @@ def _hypercorn_worker(config: HypercornConfig, sockets: object, shutdown_event: 
     from hypercorn.asyncio.run import _run, worker_serve
     from hypercorn.utils import load_application
 
-    stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("requested", True))
+    latch = StopLatch()
+    signal.signal(signal.SIGTERM, latch.handler)
 
     async def trigger() -> None:
-        while not stop["requested"] and not shutdown_event.is_set():  # type: ignore[attr-defined]
+        while not latch.requested and not shutdown_event.is_set():  # type: ignore[attr-defined]
             await asyncio.sleep(0.1)
 
     app = load_application(config.application_path, config.wsgi_max_body_size)

@@ -100,10 +100,15 @@ def round_trip(client: httpx.Client, base: str, state) -> None:
     assert bad.status_code == 401
 
 
+def _serve(state, tmp_path, *args: str) -> Served:
+    """``xksproxy serve`` of the module's state dir on a free loopback port."""
+    return Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", *args],
+                  serve_env(probe=False), tmp_path)
+
+
 @pytest.mark.parametrize("server", ["granian", "hypercorn"])
 def test_signed_calls_over_h2_and_h11(state, tmp_path, server):
-    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server", server,
-                "--workers", "2"], serve_env(probe=False), tmp_path)
+    s = _serve(state, tmp_path, "--server", server, "--workers", "2")
     try:
         ctx = ssl.create_default_context(cafile=str(state["dir"] / "tls/server.crt"))
         for http2 in (True, False):
@@ -117,8 +122,7 @@ def test_signed_calls_over_h2_and_h11(state, tmp_path, server):
 
 @pytest.mark.parametrize("proto", ["--http2", "--http1.1"])
 def test_curl_aws_sigv4(state, tmp_path, proto):
-    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--workers", "1"],
-               serve_env(probe=False), tmp_path)
+    s = _serve(state, tmp_path, "--workers", "1")
     try:
         port = s.url.rsplit(":", 1)[1]
         body = json.dumps({"requestMetadata": _meta("KmsHealthCheck")})
@@ -172,8 +176,7 @@ def test_sighup_reloads_workers_without_respawn(state, tmp_path, server):
     import signal
     import time
 
-    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server", server,
-                "--workers", "2"], serve_env(probe=False), tmp_path)
+    s = _serve(state, tmp_path, "--server", server, "--workers", "2")
     try:
         reloaded: set[int] = set()
         for i in range(300):  # waiting for both workers' log lines (an event, not a duration)
@@ -193,16 +196,16 @@ def test_sighup_reloads_workers_without_respawn(state, tmp_path, server):
         assert s.stop() == 0
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        text = fh.read()
-    return [int(c) for c in text.split()]
+def _workers(launcher: int) -> list[int]:
+    """The launcher's worker processes (its children but multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    return [int(c) for c in children
+            if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/status") as fh:
-            return "\nState:\tZ" not in fh.read()  # a zombie has exited
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()  # zombie = exited
     except FileNotFoundError:
         return False
 
@@ -211,31 +214,33 @@ def _alive(pid: int) -> bool:
 def test_workers_end_when_the_launcher_is_killed(state, tmp_path, server):
     """kill -9 of `serve` (OOM killer, a crashed supervisor) must not leave workers answering
     on the port with a configuration nobody can reload any more."""
-    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server", server,
-                "--workers", "2", "--plain-http"], serve_env(probe=False), tmp_path)
-    workers = _children(s.proc.pid)
-    assert len(workers) >= 2, workers
-    assert httpx.get(s.url + "/ping").status_code == 200
-    s.proc.kill()
-    s.proc.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [w for w in workers if _alive(w)], "workers outlived their launcher"
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(s.url + "/ping", timeout=2)
-    s.stop()
+    s = _serve(state, tmp_path, "--server", server, "--workers", "2", "--plain-http")
+    workers = _workers(s.proc.pid)
+    try:
+        assert len(workers) == 2, workers
+        assert httpx.get(s.url + "/ping").status_code == 200
+        s.proc.kill()
+        s.proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "workers outlived their launcher"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(s.url + "/ping", timeout=2)
+    finally:
+        for w in workers:  # never leave an orphan holding the token for later tests
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        s.stop()
 
 
 def test_sigterm_to_one_hypercorn_worker_is_a_graceful_stop(state, tmp_path):
     """hypercorn installs no signal handler in workers that share a shutdown event: a SIGTERM
     (an operator, or the lifeline after the launcher died) used to kill the worker outright.
     It must stop gracefully (exit status 0) and be replaced."""
-    s = Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", "--server",
-                "hypercorn", "--workers", "1", "--plain-http"], serve_env(probe=False), tmp_path)
+    s = _serve(state, tmp_path, "--server", "hypercorn", "--workers", "1", "--plain-http")
     try:
-        worker = next(p for p in _children(s.proc.pid)
-                      if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes())
+        (worker,) = _workers(s.proc.pid)
         os.kill(worker, signal.SIGTERM)
         deadline = time.monotonic() + 30
         while f"worker {worker} exited" not in s.stderr() and time.monotonic() < deadline:
