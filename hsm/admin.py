@@ -37,20 +37,32 @@ _USAGE_ATTRIBUTES = {
 }
 
 
-_ALIASES = {"decrypt-encrypt": "encrypt-decrypt", "both": "encrypt-decrypt",
-            "encrypt-only": "encrypt", "decrypt-only": "decrypt", "": "none"}
+_ALIASES = {
+    "decrypt-encrypt": "encrypt-decrypt",
+    "both": "encrypt-decrypt",
+    "encrypt-only": "encrypt",
+    "decrypt-only": "decrypt",
+    "": "none",
+}
 
 
 def _usage(usage: str | Collection[str]) -> frozenset[str]:
     if isinstance(usage, str):
-        name = "-".join(usage.lower().replace("+", " ").replace("_", " ").replace(",", " ")
-                        .replace("-", " ").split())
+        name = "-".join(
+            usage.lower()
+            .replace("+", " ")
+            .replace("_", " ")
+            .replace(",", " ")
+            .replace("-", " ")
+            .split()
+        )
         name = _ALIASES.get(name, name)
         try:
             return USAGE_PRESETS[name]
         except KeyError:
             raise ValueError(
-                f"usage must be one of {', '.join(USAGE_PRESETS)}, not {usage!r}") from None
+                f"usage must be one of {', '.join(USAGE_PRESETS)}, not {usage!r}"
+            ) from None
     wanted = frozenset(u.upper() for u in usage)
     unknown = wanted - set(USAGE_NAMES)
     if unknown:
@@ -95,8 +107,9 @@ def _exists(mod: module.Module, session: Any, label: str) -> bool:
         raise HsmFailure(str(exc), exc.rv) from None
 
 
-def create_key(cfg: HsmConfig, label: str, usage: str | Collection[str] = "encrypt-decrypt"
-               ) -> KeyInfo:
+def create_key(
+    cfg: HsmConfig, label: str, usage: str | Collection[str] = "encrypt-decrypt"
+) -> KeyInfo:
     """Generate an AES-256 key inside the HSM. ``usage``: a preset name (encrypt-decrypt,
     encrypt, decrypt, none) or a set of usage names. Refuses a label that is already taken."""
     wanted = _usage(usage)
@@ -112,8 +125,9 @@ def create_key(cfg: HsmConfig, label: str, usage: str | Collection[str] = "encry
         return KeyInfo(label, wanted)
 
 
-def import_test_key(cfg: HsmConfig, label: str, material: bytes,
-                    usage: str | Collection[str] = "encrypt-decrypt") -> KeyInfo:
+def import_test_key(
+    cfg: HsmConfig, label: str, material: bytes, usage: str | Collection[str] = "encrypt-decrypt"
+) -> KeyInfo:
     """TESTS ONLY: store known AES-256 key material so reference ciphertext can be computed
     outside the HSM. Never use for real keys (the material has existed in process memory)."""
     if len(material) != 32:
@@ -123,8 +137,13 @@ def import_test_key(cfg: HsmConfig, label: str, material: bytes,
         if _exists(mod, session, label):
             raise ValueError(f"a key labelled {label!r} already exists")
         template = _template(label, wanted)
-        template.update({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
-                         Attribute.VALUE: material})
+        template.update(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.VALUE: material,
+            }
+        )
         try:
             session.create_object(template)
         except PKCS11Error as exc:
@@ -161,8 +180,9 @@ def delete_key(cfg: HsmConfig, label: str) -> None:
             raise HsmFailure(str(exc), exc.rv) from None
         if not handles:
             raise KeyNotFound(f"no secret key labelled {label!r} on the token")
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                        Attribute.LABEL: label}):
+        for obj in session.get_objects(
+            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}
+        ):
             try:
                 obj.destroy()
             except PKCS11Error as exc:
@@ -181,5 +201,11 @@ def ensure_health_key(cfg: HsmConfig) -> KeyInfo:
     return create_key(cfg, label, "encrypt-decrypt")
 
 
-__all__ = ["USAGE_PRESETS", "create_key", "delete_key", "ensure_health_key", "import_test_key",
-           "list_keys"]
+__all__ = [
+    "USAGE_PRESETS",
+    "create_key",
+    "delete_key",
+    "ensure_health_key",
+    "import_test_key",
+    "list_keys",
+]

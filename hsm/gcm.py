@@ -30,8 +30,9 @@ class Gcm:
         self.handle = handle
         self._params = _ck.CK_GCM_PARAMS()
         self._params.ulTagBits = TAG_BYTES * 8
-        self._mech = _ck.CK_MECHANISM(_ck.CKM_AES_GCM, addressof(self._params),
-                                      sizeof(self._params))
+        self._mech = _ck.CK_MECHANISM(
+            _ck.CKM_AES_GCM, addressof(self._params), sizeof(self._params)
+        )
         self._len = c_ulong(0)
         self._cap = 0
         self._out: ctypes.Array[ctypes.c_char] | None = None
@@ -60,8 +61,9 @@ class Gcm:
             raise CkError(rv, "C_GenerateRandom")
         return string_at(addr, n)
 
-    def encrypt(self, key: int, iv: bytes | None, aad: bytes, plaintext: bytes
-                ) -> tuple[bytes, bytes, bytes]:
+    def encrypt(
+        self, key: int, iv: bytes | None, aad: bytes, plaintext: bytes
+    ) -> tuple[bytes, bytes, bytes]:
         """Encrypt; returns (iv, ciphertext, tag).
 
         ``iv=None`` asks the module to generate a 12-byte IV into the params buffer. A module

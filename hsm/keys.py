@@ -134,7 +134,8 @@ def resolve(fl: _ck.FunctionList, session: int, label: str) -> ResolvedKey:
         raise KeyNotFound(f"no secret key labelled {label!r} on the token")
     if len(handles) > 1:
         raise KeyNotFound(
-            f"{len(handles)} secret keys are labelled {label!r}; labels must be unique")
+            f"{len(handles)} secret keys are labelled {label!r}; labels must be unique"
+        )
     handle = handles[0]
     attrs = _read_attributes(fl, session, handle)
     if attrs.get(_ck.CKA_KEY_TYPE) != _ck.CKK_AES or attrs.get(_ck.CKA_VALUE_LEN) != 32:

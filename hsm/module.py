@@ -98,7 +98,8 @@ class Module:
         self.serialize = _needs_serialising(self.lib.manufacturer_id)
         # Held around every pool operation when ``serialize`` is set (see _needs_serialising).
         self.call_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if self.serialize else contextlib.nullcontext())
+            threading.Lock() if self.serialize else contextlib.nullcontext()
+        )
         self._pools: set[Any] = set()  # HsmPools using this module (recovery coordinates them)
         self._recovery_lock = threading.Lock()
         self._recovery: threading.Thread | None = None
@@ -123,8 +124,9 @@ class Module:
                 return
             pool._enter_recovery(reason)
             if self._recovery is None:
-                self._recovery = threading.Thread(target=self._recover, args=(reason,),
-                                                  daemon=True, name="hsm-module-recovery")
+                self._recovery = threading.Thread(
+                    target=self._recover, args=(reason,), daemon=True, name="hsm-module-recovery"
+                )
                 self._recovery.start()
 
     def _recover(self, reason: str) -> None:
@@ -149,8 +151,12 @@ class Module:
                             pool._reopen_sessions()
                 except HsmError as exc:
                     if attempts % 60 == 0:  # first failure, then about once a minute
-                        log.warning("hsm module %s: recovery attempt %d failed: %s",
-                                    self.path, attempts + 1, exc)
+                        log.warning(
+                            "hsm module %s: recovery attempt %d failed: %s",
+                            self.path,
+                            attempts + 1,
+                            exc,
+                        )
                     attempts += 1
                     for pool in pools:
                         pool._recovery_failed(f"recovery attempt failed: {exc}")
@@ -215,16 +221,21 @@ class Module:
         """Log the token in through ``handle`` unless it already is (login state is per token)."""
         info = _ck.CK_SESSION_INFO()
         rv = self.functions.C_GetSessionInfo(handle, ctypes.byref(info))
-        if rv == _ck.CKR_OK and info.state in (_ck.CKS_RO_USER_FUNCTIONS,
-                                               _ck.CKS_RW_USER_FUNCTIONS):
+        if rv == _ck.CKR_OK and info.state in (
+            _ck.CKS_RO_USER_FUNCTIONS,
+            _ck.CKS_RW_USER_FUNCTIONS,
+        ):
             return
         raw = pin.encode()
         rv = self.functions.C_Login(handle, _ck.CKU_USER, raw, len(raw))
         if rv not in (_ck.CKR_OK, _ck.CKR_USER_ALREADY_LOGGED_IN):
-            hint = (" (PIN locked or expired: reset it with the HSM's admin tool)"
-                    if rv in (_ck.CKR_PIN_LOCKED, _ck.CKR_PIN_EXPIRED)
-                    else " (wrong user PIN: check the [hsm] pin reference)"
-                    if rv in _ck.PIN_REFUSED_RVS else "")
+            hint = (
+                " (PIN locked or expired: reset it with the HSM's admin tool)"
+                if rv in (_ck.CKR_PIN_LOCKED, _ck.CKR_PIN_EXPIRED)
+                else " (wrong user PIN: check the [hsm] pin reference)"
+                if rv in _ck.PIN_REFUSED_RVS
+                else ""
+            )
             raise HsmFailure(f"C_Login failed: {_ck.rv_name(rv)}{hint}", rv)
 
 

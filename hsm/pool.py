@@ -67,8 +67,9 @@ def _startup_lock(config: HsmConfig) -> Iterator[None]:
     and environment (so unrelated tokens never wait on each other). If it cannot be opened (e.g.
     another user's file), starting proceeds unlocked and relies on the retry alone.
     """
-    ident = "\0".join([config.module, config.token_label,
-                        *(f"{k}={v}" for k, v in sorted(config.env.items()))])
+    ident = "\0".join(
+        [config.module, config.token_label, *(f"{k}={v}" for k, v in sorted(config.env.items()))]
+    )
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     path = os.path.join(tempfile.gettempdir(), f"xksproxy-hsm-start-{digest}.lock")
     try:
@@ -111,8 +112,12 @@ class _Job:
 
     __slots__ = ("_claim", "future", "loop", "op", "picked")
 
-    def __init__(self, op: Callable[[_Session], Any], future: asyncio.Future[Any],
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        op: Callable[[_Session], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.op = op
         self.future = future
         self.loop = loop
@@ -181,12 +186,17 @@ class HsmPool:
             # threads would only add a hop (measured: slower than inline), and keeping every call
             # on the loop thread means a C_Finalize issued from this thread can never overlap one.
             self._mode = "inline"
-            log.info("hsm %s: module calls are serialised; mode 'threaded' runs inline",
-                     self.config.name)
+            log.info(
+                "hsm %s: module calls are serialised; mode 'threaded' runs inline", self.config.name
+            )
         if self._mode == "threaded":
             for sess in self._sessions:
-                t = threading.Thread(target=self._worker, args=(sess,), daemon=True,
-                                     name=f"hsm-{self.config.name}-{sess.index}")
+                t = threading.Thread(
+                    target=self._worker,
+                    args=(sess,),
+                    daemon=True,
+                    name=f"hsm-{self.config.name}-{sess.index}",
+                )
                 t.start()
                 self._workers.append(t)
 
@@ -211,8 +221,9 @@ class HsmPool:
                 pin_refused = getattr(exc, "rv", None) in _ck.PIN_REFUSED_RVS
                 if pin_refused or time.monotonic() + delay > give_up:
                     raise
-                log.warning("hsm %s: start failed (%s); retrying in %.2f s",
-                            self.config.name, exc, delay)
+                log.warning(
+                    "hsm %s: start failed (%s); retrying in %.2f s", self.config.name, exc, delay
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -282,8 +293,9 @@ class HsmPool:
             return self._run_inline(sess, op, deadline)
         return await self._run(op, deadline)
 
-    async def encrypt(self, label: str, plaintext: bytes, aad: bytes, *,
-                      deadline: float) -> GcmResult:
+    async def encrypt(
+        self, label: str, plaintext: bytes, aad: bytes, *, deadline: float
+    ) -> GcmResult:
         if len(plaintext) > self.config.max_plaintext_bytes:
             raise ValueError(f"plaintext longer than {self.config.max_plaintext_bytes} bytes")
         if len(aad) > MAX_AAD_BYTES:
@@ -294,19 +306,22 @@ class HsmPool:
             return self._run_inline(sess, op, deadline)
         return await self._run(op, deadline)
 
-    async def decrypt(self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes,
-                      deadline: float) -> bytes:
+    async def decrypt(
+        self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes, deadline: float
+    ) -> bytes:
         if len(iv) not in (12, 16):
             raise InvalidCiphertext("IV must be 12 or 16 bytes")
         if len(tag) != TAG_BYTES:
             raise InvalidCiphertext("authentication tag must be 16 bytes")
         if len(ciphertext) > self.config.max_plaintext_bytes:
             raise InvalidCiphertext(
-                f"ciphertext longer than {self.config.max_plaintext_bytes} bytes")
+                f"ciphertext longer than {self.config.max_plaintext_bytes} bytes"
+            )
         if len(aad) > MAX_AAD_BYTES:
             raise InvalidCiphertext(f"AAD longer than {MAX_AAD_BYTES} bytes")
         op: Callable[[_Session], bytes] = lambda s: self._decrypt(  # noqa: E731
-            s, label, iv, ciphertext, tag, aad)
+            s, label, iv, ciphertext, tag, aad
+        )
         sess = self._ready_session()
         if sess is not None:
             return self._run_inline(sess, op, deadline)
@@ -327,9 +342,14 @@ class HsmPool:
     def stats(self) -> PoolStats:
         waiting = len(self._waiters) if self._mode == "inline" else self._jobs.qsize()
         return PoolStats(
-            name=self.config.name, mode=self._mode, state=self._state,
-            sessions=len(self._sessions), in_use=self._in_use, waiting=waiting,
-            recoveries=self._recoveries, session_replacements=self._replacements,
+            name=self.config.name,
+            mode=self._mode,
+            state=self._state,
+            sessions=len(self._sessions),
+            in_use=self._in_use,
+            waiting=waiting,
+            recoveries=self._recoveries,
+            session_replacements=self._replacements,
             last_error=self._last_error,
         )
 
@@ -470,7 +490,8 @@ class HsmPool:
             return
         if job.claim():
             job.future.set_exception(
-                SessionTimeout("no HSM session became free before the deadline"))
+                SessionTimeout("no HSM session became free before the deadline")
+            )
         else:
             job.future.set_exception(SessionTimeout("the HSM did not answer before the deadline"))
 
@@ -488,8 +509,10 @@ class HsmPool:
                 if usable:
                     self._in_use += 1
             if not usable:
-                job.deliver(None, HsmUnavailable(
-                    f"HSM {self.config.name!r} is recovering; try again shortly"))
+                job.deliver(
+                    None,
+                    HsmUnavailable(f"HSM {self.config.name!r} is recovering; try again shortly"),
+                )
                 continue
             result: Any = None
             error: BaseException | None = None
@@ -573,7 +596,8 @@ class HsmPool:
         except HsmError as exc:
             self._trigger_recovery(f"reopening a session failed: {exc}")
             raise HsmUnavailable(
-                f"HSM {self.config.name!r} is recovering; try again shortly") from None
+                f"HSM {self.config.name!r} is recovering; try again shortly"
+            ) from None
         self._replacements += 1
 
     def _trigger_recovery(self, reason: str) -> None:
@@ -604,8 +628,12 @@ class HsmPool:
                 self._drained.wait(timeout=1.0)
                 waited += 1.0
                 if waited == DRAIN_WAIT_S:
-                    log.warning("hsm %s: %d call(s) still inside the module after %.0f s",
-                                self.config.name, self._in_use, waited)
+                    log.warning(
+                        "hsm %s: %d call(s) still inside the module after %.0f s",
+                        self.config.name,
+                        self._in_use,
+                        waited,
+                    )
 
     def _reopen_sessions(self) -> None:
         """After re-initialisation: forget keys, find the token again, open every session."""
@@ -645,8 +673,9 @@ class HsmPool:
         iv = ctx.random(IV_BYTES) if self.config.iv_source == "rng" else None
         return GcmResult(*ctx.encrypt(key.handle, iv, aad, plaintext))
 
-    def _decrypt(self, sess: _Session, label: str, iv: bytes, ciphertext: bytes, tag: bytes,
-                 aad: bytes) -> bytes:
+    def _decrypt(
+        self, sess: _Session, label: str, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes
+    ) -> bytes:
         key = self._key(sess, label)
         if "DECRYPT" not in key.info.usage:
             raise KeyUsageNotPermitted(f"key {label!r} does not permit decryption")
@@ -658,7 +687,8 @@ class HsmPool:
             ambiguous = exc.call == "C_Decrypt" and exc.rv in AMBIGUOUS_DECRYPT_RVS
             if ambiguous and self._module_sane(sess):
                 raise InvalidCiphertext(
-                    "ciphertext, IV, tag or AAD failed authentication") from None
+                    "ciphertext, IV, tag or AAD failed authentication"
+                ) from None
             raise
 
     def _module_sane(self, sess: _Session) -> bool:

@@ -130,8 +130,11 @@ def provision(
             # The original's str()/repr() show the command line, PINs included: re-raise
             # without them (and without chaining the original into tracebacks).
             raise subprocess.CalledProcessError(
-                exc.returncode, [*argv, "--so-pin", "***", "--pin", "***"],
-                output=exc.output, stderr=exc.stderr) from None
+                exc.returncode,
+                [*argv, "--so-pin", "***", "--pin", "***"],
+                output=exc.output,
+                stderr=exc.stderr,
+            ) from None
     for path in token_dir.rglob("*"):
         path.chmod(0o700 if path.is_dir() else 0o600)
     return ProvisionedToken(

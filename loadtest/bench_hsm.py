@@ -87,8 +87,14 @@ async def pooled(cfg: HsmConfig, seconds: float, tasks: int) -> dict[str, object
             t0 = time.perf_counter()
             r = await pool.encrypt("bench", PLAINTEXT, AAD, deadline=time.monotonic() + 10)
             t1 = time.perf_counter()
-            back = await pool.decrypt("bench", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag,
-                                      aad=AAD, deadline=time.monotonic() + 10)
+            back = await pool.decrypt(
+                "bench",
+                iv=r.iv,
+                ciphertext=r.ciphertext,
+                tag=r.tag,
+                aad=AAD,
+                deadline=time.monotonic() + 10,
+            )
             t2 = time.perf_counter()
             assert back == PLAINTEXT
             enc.append(t1 - t0)
@@ -108,12 +114,15 @@ def row(name: str, runs: list[dict[str, object]], ratios: list[float]) -> str:
     enc, dec = result["enc"], result["dec"]
     ops = float(result["ops_s"])  # type: ignore[arg-type]
     ratio = statistics.median(ratios)
-    return (f"| {name:<30} | {ops:>9,.0f} | {ratio:>5.2f}x | {pct(enc, .5):>7.0f} | "  # type: ignore[arg-type]
-            f"{pct(enc, .99):>7.0f} | {pct(dec, .5):>7.0f} | {pct(dec, .99):>7.0f} |")  # type: ignore[arg-type]
+    return (
+        f"| {name:<30} | {ops:>9,.0f} | {ratio:>5.2f}x | {pct(enc, 0.5):>7.0f} | "  # type: ignore[arg-type]
+        f"{pct(enc, 0.99):>7.0f} | {pct(dec, 0.5):>7.0f} | {pct(dec, 0.99):>7.0f} |"
+    )  # type: ignore[arg-type]
 
 
-def rounds(variants: dict[str, HsmConfig | None], cfg_bare: HsmConfig, seconds: float,
-           tasks: int, n: int) -> None:
+def rounds(
+    variants: dict[str, HsmConfig | None], cfg_bare: HsmConfig, seconds: float, tasks: int, n: int
+) -> None:
     """Run bare + each pool variant ``n`` times, interleaved, so load drift hits all alike."""
     results: dict[str, list[dict[str, object]]] = {"bare": []}
     ratios: dict[str, list[float]] = {"bare": []}
@@ -132,7 +141,9 @@ def rounds(variants: dict[str, HsmConfig | None], cfg_bare: HsmConfig, seconds: 
     best_bare = max(float(r["ops_s"]) for r in results["bare"])  # type: ignore[arg-type]
     best = ", ".join(
         f"{name} {max(float(r['ops_s']) for r in runs) / best_bare:.2f}x"  # type: ignore[arg-type]
-        for name, runs in results.items() if name != "bare")
+        for name, runs in results.items()
+        if name != "bare"
+    )
     print(f"# best-of-{n} ratios to the best bare run (robust to load spikes): {best}", flush=True)
 
 
@@ -142,26 +153,40 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=32)
     ap.add_argument("--sessions", type=int, default=4)
-    ap.add_argument("--slow-ms", type=int, default=0,
-                    help="also run through the fault shim adding N ms per crypto call")
+    ap.add_argument(
+        "--slow-ms",
+        type=int,
+        default=0,
+        help="also run through the fault shim adding N ms per crypto call",
+    )
     args = ap.parse_args()
     state = tempfile.mkdtemp(prefix="bench-hsm-")
     token = provision(state, "bench")
     cfg = token.hsm_config(sessions=args.sessions)
     admin.create_key(cfg, "bench")
     admin.ensure_health_key(cfg)
-    print(f"# SoftHSMv2, {os.cpu_count()} CPUs, {args.rounds} interleaved rounds of "
-          f"{args.seconds:g}s per run (median shown), {args.tasks} tasks, {args.sessions} "
-          f"sessions; ops/s counts encrypts + decrypts; latencies in us")
+    print(
+        f"# SoftHSMv2, {os.cpu_count()} CPUs, {args.rounds} interleaved rounds of "
+        f"{args.seconds:g}s per run (median shown), {args.tasks} tasks, {args.sessions} "
+        f"sessions; ops/s counts encrypts + decrypts; latencies in us"
+    )
     print("| run | ops/s | vs bare | enc p50 | enc p99 | dec p50 | dec p99 |")
     print("|---|---|---|---|---|---|---|")
     # On SoftHSMv2 "threaded" runs inline (its calls are serialised); the last variant forces
     # real worker threads calling the module in parallel (XKSPROXY_PKCS11_SERIALIZE=0).
-    rounds({"pool inline": dataclasses.replace(cfg, mode="inline"),
+    rounds(
+        {
+            "pool inline": dataclasses.replace(cfg, mode="inline"),
             "pool threaded (runs inline)": dataclasses.replace(cfg, mode="threaded"),
-            "pool threaded, SERIALIZE=0": dataclasses.replace(cfg, mode="threaded",
-                                                             name=cfg.name + "+threads")},
-           cfg, args.seconds, args.tasks, args.rounds)
+            "pool threaded, SERIALIZE=0": dataclasses.replace(
+                cfg, mode="threaded", name=cfg.name + "+threads"
+            ),
+        },
+        cfg,
+        args.seconds,
+        args.tasks,
+        args.rounds,
+    )
     if args.slow_ms:
         from support.faultshim import FaultShim
 
@@ -169,10 +194,20 @@ def main() -> None:
         shim.set("delay", delay_ms=args.slow_ms)
         slow = shim.hsm_config(cfg)
         time.sleep(0.05)
-        print(f"# through the fault shim: +{args.slow_ms} ms per crypto call (network HSM); "
-              f"'vs bare' = against a bare loop on the same slow module")
-        rounds({f"pool {m}, +{args.slow_ms} ms/call": dataclasses.replace(slow, mode=m)
-                for m in ("inline", "threaded")}, slow, args.seconds, args.tasks, 1)
+        print(
+            f"# through the fault shim: +{args.slow_ms} ms per crypto call (network HSM); "
+            f"'vs bare' = against a bare loop on the same slow module"
+        )
+        rounds(
+            {
+                f"pool {m}, +{args.slow_ms} ms/call": dataclasses.replace(slow, mode=m)
+                for m in ("inline", "threaded")
+            },
+            slow,
+            args.seconds,
+            args.tasks,
+            1,
+        )
 
 
 if __name__ == "__main__":

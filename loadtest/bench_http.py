@@ -81,7 +81,8 @@ def make_ciphertext(target: Target) -> dict:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, int(port), context=ctx, timeout=30)
+            host, int(port), context=ctx, timeout=30
+        )
     else:
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
@@ -95,16 +96,37 @@ def make_ciphertext(target: Target) -> dict:
         conn.close()
 
 
-def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients: int,
-           streams: int, workdir: Path, server_pid: int) -> Figures:
+def h2load(
+    target: Target,
+    req: Prepared,
+    *,
+    h1: bool,
+    duration: float,
+    clients: int,
+    streams: int,
+    workdir: Path,
+    server_pid: int,
+) -> Figures:
     """One bounded h2load run of one pre-signed request; percentiles from its request log."""
     log = workdir / "h2load.log"
     log.unlink(missing_ok=True)
     # Same number of requests in flight on both protocols: h1 `clients` connections, h2
     # clients/streams connections with `streams` streams each.
     conns = clients if h1 else max(1, clients // streams)
-    cmd = ["h2load", "-D", f"{duration:g}", "--warm-up-time", "1", "-c", str(conns), "-t", "1",
-           "-m", str(1 if h1 else streams), f"--log-file={log}"]
+    cmd = [
+        "h2load",
+        "-D",
+        f"{duration:g}",
+        "--warm-up-time",
+        "1",
+        "-c",
+        str(conns),
+        "-t",
+        "1",
+        "-m",
+        str(1 if h1 else streams),
+        f"--log-file={log}",
+    ]
     if h1:
         cmd.append("--h1")
     if req.method == "POST":
@@ -127,8 +149,11 @@ def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients:
     cpu1 = tree_cpu_seconds(server_pid)
     r = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
-    reqs = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
-                     r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    reqs = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        out,
+    )
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     if not (m and reqs and codes):
         raise SystemExit(f"cannot parse h2load output ({r.returncode}): {out}\n{r.stderr}")
@@ -153,11 +178,13 @@ def h2load(target: Target, req: Prepared, *, h1: bool, duration: float, clients:
     )
 
 
-def bench_one(server: str, tls: bool, args: argparse.Namespace, state_dir: Path,
-              workdir: Path) -> list[tuple]:
+def bench_one(
+    server: str, tls: bool, args: argparse.Namespace, state_dir: Path, workdir: Path
+) -> list[tuple]:
     rows = []
-    with embedded_server(server=server, workers=args.workers, plain_http=not tls,
-                         state_dir=state_dir) as running:
+    with embedded_server(
+        server=server, workers=args.workers, plain_http=not tls, state_dir=state_dir
+    ) as running:
         os.environ["XKS_STATE_DIR"] = str(running.state_dir)
         target = target_from_env(running.url)
         encrypted = make_ciphertext(target)
@@ -166,9 +193,16 @@ def bench_one(server: str, tls: bool, args: argparse.Namespace, state_dir: Path,
             for op in args.ops:
                 body = decrypt_body(encrypted) if op == "decrypt" else None
                 req = prepare(target, op, body)  # signed now, replayed for seconds
-                f = h2load(target, req, h1=(proto == "h1"), duration=args.duration,
-                           clients=args.clients, streams=args.streams, workdir=workdir,
-                           server_pid=running.pid)
+                f = h2load(
+                    target,
+                    req,
+                    h1=(proto == "h1"),
+                    duration=args.duration,
+                    clients=args.clients,
+                    streams=args.streams,
+                    workdir=workdir,
+                    server_pid=running.pid,
+                )
                 if op == "ping":
                     ping_rps = f.rps
                 ratio = f.rps / ping_rps if ping_rps else float("nan")
@@ -179,32 +213,47 @@ def bench_one(server: str, tls: bool, args: argparse.Namespace, state_dir: Path,
 
 
 def print_header() -> None:
-    print("| server | transport | proto | op | req/s | vs /ping | server CPU µs/req | p50 ms "
-          "| p99 ms | p99.9 ms | non-2xx | errors |")
+    print(
+        "| server | transport | proto | op | req/s | vs /ping | server CPU µs/req | p50 ms "
+        "| p99 ms | p99.9 ms | non-2xx | errors |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def print_row(row: tuple, flush: bool = False) -> None:
     server, transport, proto, op, f, ratio = row
-    print(f"| {server} | {transport} | {proto} | {op} | {f.rps:,.0f} | {ratio:.2f} | "
-          f"{f.cpu_us:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.p999_ms:.2f} | {f.non_2xx} "
-          f"| {f.errors} |", flush=flush)
+    print(
+        f"| {server} | {transport} | {proto} | {op} | {f.rps:,.0f} | {ratio:.2f} | "
+        f"{f.cpu_us:,.0f} | {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.p999_ms:.2f} | {f.non_2xx} "
+        f"| {f.errors} |",
+        flush=flush,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.bench_http", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.bench_http",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--servers", default="granian,hypercorn")
     p.add_argument("--transports", default="tls,plain")
     p.add_argument("--protocols", default="h1,h2")
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--duration", type=float, default=5.0, help=f"seconds per run (≤ {MAX_RUN_S})")
-    p.add_argument("--clients", type=int, default=32,
-                   help="requests in flight (h1: connections; h2: clients/streams connections)")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=32,
+        help="requests in flight (h1: connections; h2: clients/streams connections)",
+    )
     p.add_argument("--streams", type=int, default=4, help="HTTP/2 streams per connection")
     p.add_argument("--workers", type=int, help="server workers (default: config = cores)")
-    p.add_argument("--state-dir", type=Path,
-                   help="use this state dir (init'ed if new), e.g. with an edited xksproxy.toml")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="use this state dir (init'ed if new), e.g. with an edited xksproxy.toml",
+    )
     args = p.parse_args(argv)
     args.servers = args.servers.split(",")
     args.protocols = args.protocols.split(",")
@@ -215,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--duration must be in (0, {MAX_RUN_S}]")
     if shutil.which("h2load") is None:
         p.error("h2load not found (apt-get install nghttp2-client)")
-    print(f"h2load: {args.clients} in flight (HTTP/1.1 -c {args.clients}; HTTP/2 "
-          f"-c {max(1, args.clients // args.streams)} -m {args.streams}), -t 1, "
-          f"-D {args.duration:g}s after 1 s warm-up; workers={args.workers or 'default'}")
+    print(
+        f"h2load: {args.clients} in flight (HTTP/1.1 -c {args.clients}; HTTP/2 "
+        f"-c {max(1, args.clients // args.streams)} -m {args.streams}), -t 1, "
+        f"-D {args.duration:g}s after 1 s warm-up; workers={args.workers or 'default'}"
+    )
     print_header()
     with tempfile.TemporaryDirectory() as tmp:
         state_dir = args.state_dir or Path(tmp) / "state"

@@ -37,8 +37,14 @@ def _env() -> dict[str, str]:
 
 def init_state(state_dir: Path) -> None:
     """`xksproxy init` into ``state_dir`` (idempotent)."""
-    r = subprocess.run([sys.executable, "-m", "xksproxy", "init", "--state-dir", str(state_dir)],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "xksproxy", "init", "--state-dir", str(state_dir)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if r.returncode != 0:
         raise SystemExit(f"xksproxy init failed: {r.stderr.strip()}")
 
@@ -61,8 +67,16 @@ def embedded_server(
         if state_dir is None:
             state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "state"
         init_state(state_dir)
-        args = [sys.executable, "-m", "xksproxy", "serve", "--config",
-                str(state_dir / "xksproxy.toml"), "--bind", "127.0.0.1:0"]
+        args = [
+            sys.executable,
+            "-m",
+            "xksproxy",
+            "serve",
+            "--config",
+            str(state_dir / "xksproxy.toml"),
+            "--bind",
+            "127.0.0.1:0",
+        ]
         if server:
             args += ["--server", server]
         if workers:
@@ -73,8 +87,9 @@ def embedded_server(
         stack.callback(out.close)
         err = (state_dir / "serve.stderr").open("wb")
         stack.callback(err.close)
-        proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=out, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=_env(), stdout=out, stderr=err, start_new_session=True
+        )
         stack.callback(_stop, proc)
         url = _wait_listening(proc, state_dir)
         yield Running(url=url, state_dir=state_dir, pid=proc.pid)
@@ -91,8 +106,10 @@ def _wait_listening(proc: subprocess.Popen, state_dir: Path) -> str:
                     return line.strip().removeprefix(prefix).decode()
         time.sleep(0.05)
     _stop(proc)
-    raise SystemExit(f"server not ready (exit status {proc.poll()}): "
-                     f"{(state_dir / 'serve.stderr').read_text(errors='replace')[-2000:]}")
+    raise SystemExit(
+        f"server not ready (exit status {proc.poll()}): "
+        f"{(state_dir / 'serve.stderr').read_text(errors='replace')[-2000:]}"
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:

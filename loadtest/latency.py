@@ -65,9 +65,12 @@ class Conn:
     async def open(cls, url: str, ctx: ssl.SSLContext | None) -> Conn:
         hostport = url.split("://", 1)[1]
         host, port = hostport.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx,
-                                                       server_hostname=None if ctx is None
-                                                       else "localhost")
+        reader, writer = await asyncio.open_connection(
+            host.strip("[]"),
+            int(port),
+            ssl=ctx,
+            server_hostname=None if ctx is None else "localhost",
+        )
         return cls(reader, writer)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
@@ -107,6 +110,7 @@ class Result:
         self.errors[key] += 1
         if body and len(self.examples) < 3:
             self.examples.append(body[:300])
+
     elapsed: float = 0.0
 
     def all(self) -> list[float]:
@@ -137,8 +141,14 @@ async def presign_pool(target: Target, ctx: ssl.SSLContext | None, n: int) -> di
     return pools
 
 
-async def run_mix(target: Target, ctx, rate: float, duration: float, connections: int,
-                  pools: dict[str, list[bytes]]) -> Result:
+async def run_mix(
+    target: Target,
+    ctx,
+    rate: float,
+    duration: float,
+    connections: int,
+    pools: dict[str, list[bytes]],
+) -> Result:
     """Open loop: request i is due at start + i/rate; each keep-alive connection takes the next
     due request as soon as it is free and waits for its due time. When every connection is busy,
     requests start late and their latency, counted from the due time, shows it."""
@@ -226,14 +236,20 @@ def report(mode: str, res: Result, args: argparse.Namespace) -> int:
     allv = res.all()
     n = len(allv) + res.n_errors()
     ms = [percentile(allv, q) * 1000 for q in (0.5, 0.9, 0.99, 0.999)]
-    print(f"mode={mode} requests={n} errors={res.n_errors()} elapsed={res.elapsed:.1f}s "
-          f"rate={n / res.elapsed:.0f}/s")
-    print(f"latency ms: p50={ms[0]:.2f} p90={ms[1]:.2f} p99={ms[2]:.2f} p99.9={ms[3]:.2f} "
-          f"max={(allv[-1] * 1000 if allv else float('nan')):.2f}")
+    print(
+        f"mode={mode} requests={n} errors={res.n_errors()} elapsed={res.elapsed:.1f}s "
+        f"rate={n / res.elapsed:.0f}/s"
+    )
+    print(
+        f"latency ms: p50={ms[0]:.2f} p90={ms[1]:.2f} p99={ms[2]:.2f} p99.9={ms[3]:.2f} "
+        f"max={(allv[-1] * 1000 if allv else float('nan')):.2f}"
+    )
     for op, vs in sorted(res.latencies.items()):
         vs.sort()
-        print(f"  {op:9s} n={len(vs):6d} p50={percentile(vs, .5) * 1000:.2f} "
-              f"p99={percentile(vs, .99) * 1000:.2f}")
+        print(
+            f"  {op:9s} n={len(vs):6d} p50={percentile(vs, 0.5) * 1000:.2f} "
+            f"p99={percentile(vs, 0.99) * 1000:.2f}"
+        )
     if res.errors:
         print(f"errors: {dict(res.errors)}")
         for body in res.examples:
@@ -249,8 +265,9 @@ def report(mode: str, res: Result, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-async def amain(args: argparse.Namespace, target: Target, cafile: Path | None,
-                server_pid: int | None = None) -> int:
+async def amain(
+    args: argparse.Namespace, target: Target, cafile: Path | None, server_pid: int | None = None
+) -> int:
     ctx = client_context(target.base_url, cafile)
     pools = await presign_pool(target, ctx, args.pool)
     cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
@@ -267,23 +284,31 @@ async def amain(args: argparse.Namespace, target: Target, cafile: Path | None,
     print(f"client CPU: {mine / n * 1e6:.0f} µs/request, {mine / res.elapsed:.2f} cores busy")
     if cpu0 is not None and server_pid:
         used = tree_cpu_seconds(server_pid) - cpu0
-        print(f"server CPU: {used / n * 1e6:.0f} µs/request, "
-              f"{used / res.elapsed:.2f} cores busy")
+        print(f"server CPU: {used / n * 1e6:.0f} µs/request, {used / res.elapsed:.2f} cores busy")
     return report(args.mode, res, args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.latency", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("mode", choices=["mix", "seq", "newconn"])
     p.add_argument("--url", help="proxy base URL (default $XKS_URL); not with --serve")
-    p.add_argument("--serve", action="store_true",
-                   help="start the embedded default in a temp state dir and measure it")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="start the embedded default in a temp state dir and measure it",
+    )
     p.add_argument("--server", choices=["granian", "hypercorn"], help="with --serve")
     p.add_argument("--workers", type=int, help="with --serve (default: config = cores)")
     p.add_argument("--plain-http", action="store_true", help="with --serve")
-    p.add_argument("--state-dir", type=Path,
-                   help="with --serve: this state dir (init'ed if new) instead of a temp one")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="with --serve: this state dir (init'ed if new) instead of a temp one",
+    )
     p.add_argument("--cafile", type=Path, help="CA for the server certificate (default: none)")
     p.add_argument("--rate", type=float, default=1800.0, help="mix: requests/s")
     p.add_argument("--duration", type=float, default=60.0, help="mix: seconds (max 240)")
@@ -304,15 +329,22 @@ def main(argv: list[str] | None = None) -> int:
     server_pid: int | None = None
     with contextlib.ExitStack() as stack:
         if args.serve:
-            running = stack.enter_context(embedded_server(
-                server=args.server, workers=args.workers, plain_http=args.plain_http,
-                state_dir=args.state_dir))
+            running = stack.enter_context(
+                embedded_server(
+                    server=args.server,
+                    workers=args.workers,
+                    plain_http=args.plain_http,
+                    state_dir=args.state_dir,
+                )
+            )
             os.environ["XKS_STATE_DIR"] = str(running.state_dir)
             target = target_from_env(running.url)
             cafile = running.state_dir / "tls/server.crt"
             server_pid = running.pid
-            print(f"server: {args.server or 'default'} workers={args.workers or 'default'} "
-                  f"url={running.url}")
+            print(
+                f"server: {args.server or 'default'} workers={args.workers or 'default'} "
+                f"url={running.url}"
+            )
         else:
             target = target_from_env(args.url)
             cafile = args.cafile

@@ -55,11 +55,14 @@ _TARGET_OPTIONS = {
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    parser.add_argument("--xks-rate", type=float, default=0.0,
-                        help="total requests/s over all users (0: as fast as possible)")
+    parser.add_argument(
+        "--xks-rate",
+        type=float,
+        default=0.0,
+        help="total requests/s over all users (0: as fast as possible)",
+    )
     for opt, env in _TARGET_OPTIONS.items():
-        parser.add_argument("--" + opt.replace("_", "-"), default=None,
-                            help=f"same as ${env}")
+        parser.add_argument("--" + opt.replace("_", "-"), default=None, help=f"same as ${env}")
 
 
 @events.init.add_listener
@@ -97,8 +100,13 @@ class XksUser(FastHttpUser):
 
     def _post(self, op: str, body: bytes, name: str):
         path = self.t.path(op)
-        return self.client.post(path, data=body, headers=signed_headers(self.t, path, body),
-                                name=name, catch_response=True)
+        return self.client.post(
+            path,
+            data=body,
+            headers=signed_headers(self.t, path, body),
+            name=name,
+            catch_response=True,
+        )
 
     @task(60)
     def encrypt(self) -> None:

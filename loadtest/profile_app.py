@@ -37,10 +37,18 @@ def scope_of(req: Prepared) -> dict:
     headers += [(k.lower().encode(), v.encode()) for k, v in req.headers.items()]
     headers.append((b"content-length", str(len(req.body)).encode()))
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-        "method": req.method, "scheme": "https", "path": req.path,
-        "raw_path": req.path.encode(), "query_string": b"", "root_path": "",
-        "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8443),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": req.method,
+        "scheme": "https",
+        "path": req.path,
+        "raw_path": req.path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8443),
     }
 
 
@@ -62,8 +70,9 @@ async def lifespan(app):
     q: asyncio.Queue = asyncio.Queue()
     out: asyncio.Queue = asyncio.Queue()
     await q.put({"type": "lifespan.startup"})
-    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}},
-                                   q.get, out.put))
+    task = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, q.get, out.put)
+    )
     msg = await out.get()
     if msg["type"] != "lifespan.startup.complete":
         raise SystemExit(f"startup failed: {msg}")
@@ -104,8 +113,11 @@ async def amain(args: argparse.Namespace, state: Path) -> None:
         for _ in range(args.count):
             status, _b = await call(app, req)
         dt = time.perf_counter() - t0
-        print(f"{op:9s} {dt / args.count * 1e6:8.1f} µs/op  (status {status})", file=REPORT,
-              flush=True)
+        print(
+            f"{op:9s} {dt / args.count * 1e6:8.1f} µs/op  (status {status})",
+            file=REPORT,
+            flush=True,
+        )
     if args.profile:
         req = reqs[args.profile]
         prof = cProfile.Profile()
@@ -122,17 +134,30 @@ async def amain(args: argparse.Namespace, state: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.profile_app", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.profile_app",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--profile", choices=["ping", "health", "metadata", "encrypt", "decrypt"])
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--state-dir", type=Path,
-                   help="an existing (or new) state dir, e.g. with an edited xksproxy.toml")
-    p.add_argument("--drop-observer", action="append", metavar="NAME",
-                   help="drop observers whose module.qualname contains NAME (repeatable)")
-    p.add_argument("--no-observers", action="store_true",
-                   help="drop the app's observers (request log, audit, metrics) to price them")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="an existing (or new) state dir, e.g. with an edited xksproxy.toml",
+    )
+    p.add_argument(
+        "--drop-observer",
+        action="append",
+        metavar="NAME",
+        help="drop observers whose module.qualname contains NAME (repeatable)",
+    )
+    p.add_argument(
+        "--no-observers",
+        action="store_true",
+        help="drop the app's observers (request log, audit, metrics) to price them",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         state = args.state_dir or Path(tmp) / "state"

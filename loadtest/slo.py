@@ -68,8 +68,11 @@ def run(host: str, rate: float, duration: float, users: int) -> tuple[dict, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.slo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.slo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--rate", type=float, required=True, help="requests/s (all operations)")
     p.add_argument("--duration", type=float, required=True, help="seconds")
     p.add_argument("--p99-ms", type=float, required=True, help="p99 budget in milliseconds")
@@ -85,21 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         host = args.host
         if args.serve:
-            running = stack.enter_context(
-                embedded_server(server=args.server, workers=args.workers))
+            running = stack.enter_context(embedded_server(server=args.server, workers=args.workers))
             os.environ["XKS_STATE_DIR"] = str(running.state_dir)
             host = running.url
-            print(f"server: {args.server or 'default'} workers={args.workers or 'default'} "
-                  f"url={host}")
+            print(
+                f"server: {args.server or 'default'} workers={args.workers or 'default'} url={host}"
+            )
         if not host:
             host = os.environ.get("XKS_URL")
         locustfile.target(host)  # fail early on an incomplete target
         f, elapsed = run(host, args.rate, args.duration, users)
-    print(f"locust mix: rate target={args.rate:.0f}/s achieved={f['rate']:.0f}/s "
-          f"users={users} duration={elapsed:.0f}s requests={f['requests']} "
-          f"failures={f['failures']}")
-    print(f"latency ms (all): p50={f['p50']:.0f} p95={f['p95']:.0f} p99={f['p99']:.0f} "
-          f"max={f['max']:.0f} (budget p99 <= {args.p99_ms:g})")
+    print(
+        f"locust mix: rate target={args.rate:.0f}/s achieved={f['rate']:.0f}/s "
+        f"users={users} duration={elapsed:.0f}s requests={f['requests']} "
+        f"failures={f['failures']}"
+    )
+    print(
+        f"latency ms (all): p50={f['p50']:.0f} p95={f['p95']:.0f} p99={f['p99']:.0f} "
+        f"max={f['max']:.0f} (budget p99 <= {args.p99_ms:g})"
+    )
     for name, (n, fails, p99) in f["by_name"].items():
         print(f"  {name:16s} n={n:6d} failures={fails} p99={p99:.0f} ms")
     for err, count in f["errors"].items():

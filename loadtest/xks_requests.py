@@ -87,8 +87,9 @@ def _meta(op: str) -> dict:
     return meta
 
 
-def encrypt_body(plaintext: bytes | None = None, aad: bytes | None = None,
-                 cdiv: bool = True) -> bytes:
+def encrypt_body(
+    plaintext: bytes | None = None, aad: bytes | None = None, cdiv: bool = True
+) -> bytes:
     """Encrypt of a 32-byte data key, 64-byte AAD, CDIV (what KMS sends for GenerateDataKey)."""
     body = {
         "requestMetadata": _meta("Encrypt"),
@@ -124,14 +125,23 @@ def health_body() -> bytes:
     return json.dumps({"requestMetadata": _meta("KmsHealthCheck")}).encode()
 
 
-def signed_headers(target: Target, path: str, body: bytes,
-                   now: float | None = None) -> dict[str, str]:
+def signed_headers(
+    target: Target, path: str, body: bytes, now: float | None = None
+) -> dict[str, str]:
     """Headers for a POST of ``body`` to ``path``: content-type + SigV4 (host is the URL's)."""
     headers = {"content-type": "application/json"}
     headers.update(
-        sigv4.sign(method="POST", host=target.host, path=path, headers=headers, body=body,
-                   credential=target.credential, region=target.region, service=XKS_SERVICE,
-                   now=now)
+        sigv4.sign(
+            method="POST",
+            host=target.host,
+            path=path,
+            headers=headers,
+            body=body,
+            credential=target.credential,
+            region=target.region,
+            service=XKS_SERVICE,
+            now=now,
+        )
     )
     return headers
 

@@ -56,8 +56,9 @@ def path_candidates(path: str) -> tuple[str, ...]:
     if hit is not None:
         return hit
     raw = path or "/"
-    return _remember_distinct(_path_cache, path,
-                              (botocore_path(raw), quote(raw, safe="/-_.~"), raw))
+    return _remember_distinct(
+        _path_cache, path, (botocore_path(raw), quote(raw, safe="/-_.~"), raw)
+    )
 
 
 def aws_query(query: str) -> str:
@@ -95,12 +96,12 @@ def query_candidates(query: str) -> tuple[str, ...]:
     hit = _query_cache.get(query)
     if hit is not None:
         return hit
-    return _remember_distinct(_query_cache, query,
-                              (aws_query(query), botocore_query(query), query))
+    return _remember_distinct(_query_cache, query, (aws_query(query), botocore_query(query), query))
 
 
-def _remember_distinct(cache: dict[str, tuple[str, ...]], key: str,
-                       candidates: tuple[str, ...]) -> tuple[str, ...]:
+def _remember_distinct(
+    cache: dict[str, tuple[str, ...]], key: str, candidates: tuple[str, ...]
+) -> tuple[str, ...]:
     """``candidates`` without repeats (order kept), cached under ``key`` unless it is long: the
     caches are keyed by caller input, so an attacker's huge paths must not fill memory."""
     result = tuple(dict.fromkeys(candidates))

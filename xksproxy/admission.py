@@ -109,8 +109,9 @@ class Admission:
 
 
 # -- wiring into the app --------------------------------------------------------------------------
-_SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar("xks_session_wait",
-                                                                      default=0.0)
+_SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "xks_session_wait", default=0.0
+)
 #: The current request's context (set by the admission hook; same task as the handler).
 _REQUEST: contextvars.ContextVar[Any] = contextvars.ContextVar("xks_request", default=None)
 
@@ -137,9 +138,9 @@ class GuardedPool:
         pool.set_session_wait_observer(_note_session_wait)
         # (sessions, in_use, waiting) per call: HsmPool.queue_state, else from stats() (fakes)
         self._queue_state: Callable[[], tuple[int, int, int]] = getattr(
-            pool, "queue_state", None) or (lambda: _queue_from_stats(pool.stats()))
-        self._keys = {op: metrics.hsm_keys(token, op)
-                      for op in ("key_info", "encrypt", "decrypt")}
+            pool, "queue_state", None
+        ) or (lambda: _queue_from_stats(pool.stats()))
+        self._keys = {op: metrics.hsm_keys(token, op) for op in ("key_info", "encrypt", "decrypt")}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
@@ -152,7 +153,8 @@ class GuardedPool:
         if in_use < sessions and waiting == 0:
             return  # a free session: always taken (same rule as check_session_queue)
         decision = self._admission.check_session_queue(
-            sessions=sessions, waiting=waiting, in_use=in_use, deadline=deadline)
+            sessions=sessions, waiting=waiting, in_use=in_use, deadline=deadline
+        )
         if not decision.ok:
             ctx = _REQUEST.get()
             if ctx is not None:
@@ -181,24 +183,32 @@ class GuardedPool:
 
     async def key_info(self, label: str, *, deadline: float) -> Any:
         return await self._guard(
-            "key_info", self._pool.key_info(label, deadline=deadline), deadline)
+            "key_info", self._pool.key_info(label, deadline=deadline), deadline
+        )
 
     async def encrypt(self, label: str, plaintext: bytes, aad: bytes, *, deadline: float) -> Any:
         return await self._guard(
-            "encrypt", self._pool.encrypt(label, plaintext, aad, deadline=deadline), deadline)
+            "encrypt", self._pool.encrypt(label, plaintext, aad, deadline=deadline), deadline
+        )
 
-    async def decrypt(self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes,
-                      deadline: float) -> Any:
+    async def decrypt(
+        self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes, deadline: float
+    ) -> Any:
         return await self._guard(
             "decrypt",
-            self._pool.decrypt(label, iv=iv, ciphertext=ciphertext, tag=tag, aad=aad,
-                               deadline=deadline),
-            deadline)
+            self._pool.decrypt(
+                label, iv=iv, ciphertext=ciphertext, tag=tag, aad=aad, deadline=deadline
+            ),
+            deadline,
+        )
 
 
 def _queue_from_stats(stats: object) -> tuple[int, int, int]:
-    return (int(getattr(stats, "sessions", 1)), int(getattr(stats, "in_use", 0)),
-            int(getattr(stats, "waiting", 0)))
+    return (
+        int(getattr(stats, "sessions", 1)),
+        int(getattr(stats, "in_use", 0)),
+        int(getattr(stats, "waiting", 0)),
+    )
 
 
 def _noop() -> None:
@@ -230,8 +240,9 @@ def install(app: Any, *, quotas: Any = None) -> Admission:
     async def guard_pools() -> None:
         guarded = {}
         for name, pool in app.pools.items():
-            guarded[name] = pool if isinstance(pool, GuardedPool) else GuardedPool(
-                pool, name, admission)
+            guarded[name] = (
+                pool if isinstance(pool, GuardedPool) else GuardedPool(pool, name, admission)
+            )
             metrics.register_pool(name, pool.stats)
         app.pools = guarded
 

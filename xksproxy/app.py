@@ -167,8 +167,9 @@ class XksApp:
     def report_startup_failure(self, exc: Exception) -> str:
         """Log why :meth:`startup` failed; return the one-line reason for the server."""
         detail = str(exc)[:300]
-        log.error("startup failed", extra={"fields": {
-            "error": type(exc).__name__, "detail": detail}})
+        log.error(
+            "startup failed", extra={"fields": {"error": type(exc).__name__, "detail": detail}}
+        )
         return f"{type(exc).__name__}: {detail}"
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -178,8 +179,12 @@ class XksApp:
                 try:
                     await self.startup()
                 except Exception as exc:
-                    await send({"type": "lifespan.startup.failed",
-                                "message": self.report_startup_failure(exc)})
+                    await send(
+                        {
+                            "type": "lifespan.startup.failed",
+                            "message": self.report_startup_failure(exc),
+                        }
+                    )
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -252,20 +257,34 @@ class XksApp:
             await send({"type": "http.response.body", "body": body})
 
         await self.handle(
-            scope["method"], raw.split(b"?", 1)[0].decode("latin-1"),
-            scope.get("query_string", b"").decode("latin-1"), scope["headers"],
-            read_body, respond)
+            scope["method"],
+            raw.split(b"?", 1)[0].decode("latin-1"),
+            scope.get("query_string", b"").decode("latin-1"),
+            scope["headers"],
+            read_body,
+            respond,
+        )
 
     async def _ping(self, method: str, respond: Respond) -> None:
         if method in ("GET", "HEAD"):
-            await respond(200, _PING_BODY if method == "GET" else b"",
-                          [("content-length", str(len(_PING_BODY)))] if method == "HEAD" else None)
+            await respond(
+                200,
+                _PING_BODY if method == "GET" else b"",
+                [("content-length", str(len(_PING_BODY)))] if method == "HEAD" else None,
+            )
         else:
             err = MethodNotAllowed("method not allowed: /ping accepts GET and HEAD")
             await respond(err.status, err.body(), [("allow", "GET, HEAD")])
 
-    async def handle(self, method: str, path: str, query: str, headers: Any,
-                     read_body: Callable[[], Awaitable[bytes]], respond: Respond) -> None:
+    async def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Any,
+        read_body: Callable[[], Awaitable[bytes]],
+        respond: Respond,
+    ) -> None:
         """Serve one HTTP request, whatever the server interface (ASGI or RSGI).
 
         ``path`` and ``query`` are as on the wire (percent-encoded); ``headers`` are (name, value)
@@ -292,8 +311,15 @@ class XksApp:
                     releases.append(release)
             body = await read_body()
             verified = sigv4.verify(
-                method=method, path=path, query=query, headers=headers, body=body,
-                lookup=store.lookup, now=time.time(), regions=store.regions)
+                method=method,
+                path=path,
+                query=query,
+                headers=headers,
+                body=body,
+                lookup=store.lookup,
+                now=time.time(),
+                regions=store.regions,
+            )
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
             doc = decode_json(body)
             meta = logged_metadata(doc)  # bounded, for the logs (ARNs, VPC ids; no secrets)
@@ -316,9 +342,17 @@ class XksApp:
         except Exception as exc:
             err = to_xks_error(exc)
             if err is None or err.status == 500:
-                log.error("request failed", exc_info=exc, extra={"fields": {
-                    "operation": ctx.operation, "keyStore": ctx.store,
-                    "kmsRequestId": ctx.kms_request_id}})
+                log.error(
+                    "request failed",
+                    exc_info=exc,
+                    extra={
+                        "fields": {
+                            "operation": ctx.operation,
+                            "keyStore": ctx.store,
+                            "kmsRequestId": ctx.kms_request_id,
+                        }
+                    },
+                )
                 err = err or InternalException()
             status, payload = err.status, err.body()
             ctx.finish(err.status, err.error_name)
@@ -327,11 +361,13 @@ class XksApp:
         finally:
             self._notify(ctx, releases)
 
-    async def _dispatch(self, store: KeyStore, op: str, key_id: str | None,
-                        doc: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    async def _dispatch(
+        self, store: KeyStore, op: str, key_id: str | None, doc: dict[str, Any], ctx: RequestContext
+    ) -> dict[str, Any]:
         if key_id is not None and not valid_key_id(key_id):
             raise ValidationException(
-                "externalKeyId in the URI must be 1-128 characters of A-Za-z0-9._-")
+                "externalKeyId in the URI must be 1-128 characters of A-Za-z0-9._-"
+            )
         if op != OP_HEALTH:
             store.check_enabled()
         req = parse_request(op, doc, max_plaintext_bytes=self._max_plaintext[store.hsm])
@@ -350,11 +386,21 @@ class XksApp:
             await self.startup()
         pool = self.pools[store.hsm]
         if op == OP_ENCRYPT:
-            return await handlers.encrypt(pool, store, key_id, req,  # type: ignore[arg-type]
-                                          deadline=ctx.deadline)
+            return await handlers.encrypt(
+                pool,
+                store,
+                key_id,
+                req,  # type: ignore[arg-type]
+                deadline=ctx.deadline,
+            )
         if op == OP_DECRYPT:
-            return await handlers.decrypt(pool, store, key_id, req,  # type: ignore[arg-type]
-                                          deadline=ctx.deadline)
+            return await handlers.decrypt(
+                pool,
+                store,
+                key_id,
+                req,  # type: ignore[arg-type]
+                deadline=ctx.deadline,
+            )
         return await handlers.get_key_metadata(pool, store, key_id, deadline=ctx.deadline)
 
     def _notify(self, ctx: RequestContext, releases: list[Callable[[], None]]) -> None:

@@ -278,8 +278,7 @@ class AuditLog:
                 try:
                     self._write_batch(batch)
                 except Exception:  # keep the writer alive; the log never holds record content
-                    log.exception("audit: writing %d record(s) to %s failed", len(batch),
-                                  self.path)
+                    log.exception("audit: writing %d record(s) to %s failed", len(batch), self.path)
                     self._forget_file()  # start from the disk again next time
                 finally:
                     self._writing = False
@@ -466,9 +465,7 @@ def verify_files(files: Iterable[Path | str], key: bytes) -> VerifyResult:
                     assert prev_seq is not None
                     if seq != prev_seq + 1 or prev != prev_mac:
                         if seq > prev_seq + 1:
-                            what = (
-                                f"expected seq {prev_seq + 1}: records were deleted or reordered"
-                            )
+                            what = f"expected seq {prev_seq + 1}: records were deleted or reordered"
                         elif seq <= prev_seq:
                             what = "out of order: it was inserted or moved here"
                         else:
@@ -625,11 +622,13 @@ def install(app: Any) -> AuditLog | None:
         # Built directly in its final form (what record() would make of it, without a second
         # dict): only FIELDS, only str/int/float values, None left out.
         rec: dict[str, object] = {"time": _now_iso()}
-        for name, value in (("kmsRequestId", c.kms_request_id),
-                            ("kmsOperation", c.kms_operation),
-                            ("principal", c.principal),
-                            ("keystore", c.store),
-                            ("keyId", c.key_id)):
+        for name, value in (
+            ("kmsRequestId", c.kms_request_id),
+            ("kmsOperation", c.kms_operation),
+            ("principal", c.principal),
+            ("keystore", c.store),
+            ("keyId", c.key_id),
+        ):
             if type(value) is str:
                 rec[name] = value
         meta = c.extra.get("metadata")
@@ -653,7 +652,8 @@ def install(app: Any) -> AuditLog | None:
         audit_log.close()
 
     metrics.REGISTRY.add_collector(
-        lambda: [("xksproxy_audit_last_seq", {}, float(audit_log.last_seq))])
+        lambda: [("xksproxy_audit_last_seq", {}, float(audit_log.last_seq))]
+    )
     # Started here, not in the lifespan: create_app runs in the worker after fork, and requests
     # answered before startup (404s, 401s) must be recorded too.
     audit_log.start()

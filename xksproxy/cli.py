@@ -159,9 +159,13 @@ def _hsm_start_problem(config_path: Path) -> str | None:
     import subprocess
 
     try:
-        done = subprocess.run([sys.executable, "-c", _HSM_START_CHECK, str(config_path)],
-                              capture_output=True, text=True, check=False,
-                              timeout=_HSM_START_CHECK_TIMEOUT_S)
+        done = subprocess.run(
+            [sys.executable, "-c", _HSM_START_CHECK, str(config_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_HSM_START_CHECK_TIMEOUT_S,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode == 0:
@@ -365,8 +369,7 @@ def cmd_credentials_add(args: argparse.Namespace) -> int:
 def cmd_credentials_remove(args: argparse.Namespace) -> int:
     from xksproxy import credentials_ops
 
-    return int(credentials_ops.main_remove(_config_path(args), args.keystore,
-                                           args.access_key_id))
+    return int(credentials_ops.main_remove(_config_path(args), args.keystore, args.access_key_id))
 
 
 def cmd_kms_config(args: argparse.Namespace) -> int:

@@ -167,8 +167,13 @@ class _Section:
             raise ConfigError(f"{self.name(key)}: must be a number")
         if not isinstance(value, kind):
             kind_name = kind.__name__ if isinstance(kind, type) else "number"
-            kind_name = {"str": "a string", "bool": "true or false", "int": "an integer",
-                         "list": "a list", "dict": "a table"}.get(kind_name, kind_name)
+            kind_name = {
+                "str": "a string",
+                "bool": "true or false",
+                "int": "an integer",
+                "list": "a list",
+                "dict": "a table",
+            }.get(kind_name, kind_name)
             raise ConfigError(f"{self.name(key)}: must be {kind_name}")
         return value
 
@@ -203,7 +208,8 @@ def resolve_secret(ref: str, where: str, base: Path) -> str:
             raise ConfigError(f"{where}: file {path} does not exist or is not readable") from None
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(
-                f"{where}: file {path} is readable by group/others (chmod 600 {path})")
+                f"{where}: file {path} is readable by group/others (chmod 600 {path})"
+            )
         try:
             return path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):
@@ -216,8 +222,7 @@ def resolve_secret(ref: str, where: str, base: Path) -> str:
         if value is None:
             raise ConfigError(f"{where}: environment variable {name} is not set")
         return value.strip()
-    raise ConfigError(
-        f"{where}: literal secrets are refused; use \"file:PATH\" or \"env:NAME\"")
+    raise ConfigError(f'{where}: literal secrets are refused; use "file:PATH" or "env:NAME"')
 
 
 def _bind(value: str, where: str) -> str:
@@ -236,6 +241,7 @@ def _positive_int(s: _Section, key: str, default: int, *, minimum: int = 1) -> i
 
 # --------------------------------------------------------------------------- sections
 
+
 def _server(s: _Section) -> ServerConfig:
     cfg = ServerConfig(
         bind=_bind(s.get("bind", "127.0.0.1:8443", str), s.name("bind")),
@@ -247,7 +253,7 @@ def _server(s: _Section) -> ServerConfig:
         max_in_flight=_positive_int(s, "max_in_flight", 256),
     )
     if cfg.server not in ("granian", "hypercorn"):
-        raise ConfigError(f"{s.name('server')}: must be \"granian\" or \"hypercorn\"")
+        raise ConfigError(f'{s.name("server")}: must be "granian" or "hypercorn"')
     if cfg.request_deadline_ms > 60000:
         raise ConfigError(f"{s.name('request_deadline_ms')}: must be at most 60000")
     s.finish()
@@ -270,7 +276,7 @@ def _env_overrides(cfg: ServerConfig, env: Mapping[str, str]) -> ServerConfig:
         changes["plain_http"] = raw in _TRUE
     if "XKSPROXY_SERVER" in env:
         if env["XKSPROXY_SERVER"] not in ("granian", "hypercorn"):
-            raise ConfigError("XKSPROXY_SERVER: must be \"granian\" or \"hypercorn\"")
+            raise ConfigError('XKSPROXY_SERVER: must be "granian" or "hypercorn"')
         changes["server"] = env["XKSPROXY_SERVER"]
     if not changes:
         return cfg
@@ -329,7 +335,8 @@ def _health(s: _Section) -> HealthConfig:
     if not 0 < interval <= 30:
         raise ConfigError(
             f"{s.name('interval_s')}: must be more than 0 and at most 30 "
-            "(the cached answer must stay under 60 s old)")
+            "(the cached answer must stay under 60 s old)"
+        )
     degraded = s.get("degraded_ms", 100, (int, float))
     if degraded <= 0:
         raise ConfigError(f"{s.name('degraded_ms')}: must be more than 0")
@@ -357,10 +364,10 @@ def _hsm(s: _Section, base: Path) -> tuple[HsmConfig, str]:
     pin = resolve_secret(s.get("pin", "file:secrets/user.pin", str), s.name("pin"), base)
     mode = s.get("mode", "inline", str)
     if mode not in ("inline", "threaded"):
-        raise ConfigError(f"{s.name('mode')}: must be \"inline\" or \"threaded\"")
+        raise ConfigError(f'{s.name("mode")}: must be "inline" or "threaded"')
     iv_source = s.get("iv_source", "rng", str)
     if iv_source not in ("rng", "module"):
-        raise ConfigError(f"{s.name('iv_source')}: must be \"rng\" or \"module\"")
+        raise ConfigError(f'{s.name("iv_source")}: must be "rng" or "module"')
     health_key = s.get("health_key_label", "xks-health-test", str)
     if not health_key:
         raise ConfigError(f"{s.name('health_key_label')}: must not be empty")
@@ -375,9 +382,16 @@ def _hsm(s: _Section, base: Path) -> tuple[HsmConfig, str]:
         env[key] = value
     env_section.finish()
     cfg = HsmConfig(
-        name=name, module=str(_path(base, module)), token_label=token_label, pin=pin,
-        sessions=_positive_int(s, "sessions", 4), mode=mode, iv_source=iv_source,
-        health_key_label=health_key, max_plaintext_bytes=max_pt, env=env,
+        name=name,
+        module=str(_path(base, module)),
+        token_label=token_label,
+        pin=pin,
+        sessions=_positive_int(s, "sessions", 4),
+        mode=mode,
+        iv_source=iv_source,
+        health_key_label=health_key,
+        max_plaintext_bytes=max_pt,
+        env=env,
     )
     s.finish()
     return cfg, model
@@ -393,7 +407,8 @@ def _deny(s: _Section) -> DenyRule:
             continue
         if key not in DENY_FIELDS:
             raise ConfigError(
-                f"{s.name(key)}: unknown deny field (use {', '.join(sorted(DENY_FIELDS))})")
+                f"{s.name(key)}: unknown deny field (use {', '.join(sorted(DENY_FIELDS))})"
+            )
         fields[key] = s.get(key, "", str)
     if not fields:
         raise ConfigError(f"{s.where}: a deny rule needs at least one field")
@@ -417,7 +432,8 @@ def _credential(s: _Section, base: Path) -> Credential:
         validate_secret(secret)
     except ValueError:
         raise ConfigError(
-            f"{s.name('secret')}: the secret must be 43-64 characters a-zA-Z0-9+/=") from None
+            f"{s.name('secret')}: the secret must be 43-64 characters a-zA-Z0-9+/="
+        ) from None
     s.finish()
     return Credential(access_key_id=akid, secret=secret)
 
@@ -430,9 +446,10 @@ def _keystore(s: _Section, base: Path, hsms: dict[str, HsmConfig]) -> KeystoreCo
     if not _PREFIX_RE.fullmatch(prefix):
         raise ConfigError(
             f"{s.name('path_prefix')}: must be empty or /segment[/segment...] of a-zA-Z0-9-_ "
-            "(leading /, no trailing /)")
+            "(leading /, no trailing /)"
+        )
     if len(prefix + "/kms/xks/v1") > 128:
-        raise ConfigError(f"{s.name('path_prefix')}: \"<prefix>/kms/xks/v1\" exceeds 128 chars")
+        raise ConfigError(f'{s.name("path_prefix")}: "<prefix>/kms/xks/v1" exceeds 128 chars')
     hsm_name = s.get("hsm", None, str)
     if hsm_name is None:
         if len(hsms) != 1:
@@ -445,7 +462,7 @@ def _keystore(s: _Section, base: Path, hsms: dict[str, HsmConfig]) -> KeystoreCo
     keys = s.strings("keys", [])
     for i, key_id in enumerate(keys):
         if key_id != "*" and not valid_key_id(key_id):
-            raise ConfigError(f"{s.name('keys')}[{i}]: must be \"*\" or 1-128 of A-Za-z0-9._-")
+            raise ConfigError(f'{s.name("keys")}[{i}]: must be "*" or 1-128 of A-Za-z0-9._-')
     labels_section = s.sub("key_labels")
     key_labels: dict[str, str] = {}
     for key_id in list(labels_section.data):
@@ -457,7 +474,8 @@ def _keystore(s: _Section, base: Path, hsms: dict[str, HsmConfig]) -> KeystoreCo
     for key_id in keys:
         if key_id != "*" and key_labels.get(key_id, key_id) == health_label:
             raise ConfigError(
-                f"{s.name('keys')}: {key_id!r} is the health test key, never a customer key")
+                f"{s.name('keys')}: {key_id!r} is the health test key, never a customer key"
+            )
     disabled = s.strings("disabled_keys", [])
     quota = s.sub("quota")
     rate = quota.get("rate", 0, (int, float))
@@ -471,19 +489,28 @@ def _keystore(s: _Section, base: Path, hsms: dict[str, HsmConfig]) -> KeystoreCo
     creds_raw = s.get("credentials", [], list)
     if not creds_raw:
         raise ConfigError(f"{s.name('credentials')}: at least one [[keystore.credentials]]")
-    creds = [_credential(_Section(c, f"{s.name('credentials')}[{i}]"), base)
-             for i, c in enumerate(creds_raw)]
+    creds = [
+        _credential(_Section(c, f"{s.name('credentials')}[{i}]"), base)
+        for i, c in enumerate(creds_raw)
+    ]
     seen: set[str] = set()
     for i, cred in enumerate(creds):
         if cred.access_key_id in seen:
             raise ConfigError(f"{s.name('credentials')}[{i}].access_key_id: duplicate in store")
         seen.add(cred.access_key_id)
     cfg = KeystoreConfig(
-        name=name, path_prefix=prefix, hsm=hsm_name,
-        regions=frozenset(s.strings("regions", [])), keys=frozenset(keys),
-        key_labels=key_labels, quota_rate=float(rate), quota_burst=burst,
-        disabled_keys=frozenset(disabled), enabled=s.get("enabled", True, bool),
-        deny=deny, credentials=creds,
+        name=name,
+        path_prefix=prefix,
+        hsm=hsm_name,
+        regions=frozenset(s.strings("regions", [])),
+        keys=frozenset(keys),
+        key_labels=key_labels,
+        quota_rate=float(rate),
+        quota_burst=burst,
+        disabled_keys=frozenset(disabled),
+        enabled=s.get("enabled", True, bool),
+        deny=deny,
+        credentials=creds,
     )
     s.finish()
     return cfg
@@ -535,9 +562,19 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
             if other.path_prefix == store.path_prefix:
                 raise ConfigError(
                     f"keystore[{i}].path_prefix: {store.path_prefix!r} already used by "
-                    f"key store {other.name!r}")
+                    f"key store {other.name!r}"
+                )
         stores.append(store)
     root.finish()
-    return Config(path=path, server=server, tls=tls, metrics=metrics, logging=logging_cfg,
-                  audit=audit, health=health, hsms=list(hsms.values()), keystores=stores,
-                  hsm_models=models)
+    return Config(
+        path=path,
+        server=server,
+        tls=tls,
+        metrics=metrics,
+        logging=logging_cfg,
+        audit=audit,
+        health=health,
+        hsms=list(hsms.values()),
+        keystores=stores,
+        hsm_models=models,
+    )

@@ -187,12 +187,14 @@ def remove(config_path: Path, keystore: str, access_key_id: str) -> tuple[str, l
         if access_key_id not in akids:
             raise CredentialsError(
                 f"key store {store.get('name')!r} has no credential {access_key_id!r} "
-                f"(have: {', '.join(map(str, akids))})")
+                f"(have: {', '.join(map(str, akids))})"
+            )
         if len(creds) == 1:
             raise CredentialsError(
                 f"refusing to remove the last credential of key store {store.get('name')!r}: "
                 "add the new one first (`xksproxy credentials add`), switch KMS to it, "
-                "then remove the old one")
+                "then remove the old one"
+            )
         lines = text.splitlines(keepends=True)
         block = _store_blocks(lines)[idx]
         start, end = _credential_table(lines, block, access_key_id)

@@ -74,8 +74,12 @@ def check_permissions(report: Report, config: Any) -> None:
     cfg_path = Path(config.path)
     m = _mode(cfg_path)
     if m & 0o022:
-        report.add("permissions: config file", FAIL, f"{cfg_path} is writable by group/others",
-                   f"chmod 600 {cfg_path}")
+        report.add(
+            "permissions: config file",
+            FAIL,
+            f"{cfg_path} is writable by group/others",
+            f"chmod 600 {cfg_path}",
+        )
     else:
         report.add("permissions: config file", OK, f"{cfg_path} mode {m:o}")
     private = []
@@ -86,30 +90,46 @@ def check_permissions(report: Report, config: Any) -> None:
             continue
         m = _mode(p)
         if m & 0o077:
-            report.add(f"permissions: {what}", FAIL, f"{p} is readable by group/others",
-                       f"chmod 600 {p}")
+            report.add(
+                f"permissions: {what}", FAIL, f"{p} is readable by group/others", f"chmod 600 {p}"
+            )
         else:
             report.add(f"permissions: {what}", OK, f"{p} mode {m:o}")
-    report.add("permissions: secret files", OK,
-               "every file: secret is private (checked by the config loader)")
+    report.add(
+        "permissions: secret files",
+        OK,
+        "every file: secret is private (checked by the config loader)",
+    )
 
 
 def check_deadline(report: Report, config: Any) -> None:
     ms = config.server.request_deadline_ms
     if ms >= KMS_TIMEOUT_MS:
-        report.add("latency budget", FAIL, f"request_deadline_ms = {ms} >= KMS timeout 250 ms",
-                   "set [server] request_deadline_ms well below 250 (default 150)")
+        report.add(
+            "latency budget",
+            FAIL,
+            f"request_deadline_ms = {ms} >= KMS timeout 250 ms",
+            "set [server] request_deadline_ms well below 250 (default 150)",
+        )
     elif ms > 200:
-        report.add("latency budget", WARN, f"request_deadline_ms = {ms}: little room for the "
-                   "network before KMS's 250 ms", "lower [server] request_deadline_ms")
+        report.add(
+            "latency budget",
+            WARN,
+            f"request_deadline_ms = {ms}: little room for the network before KMS's 250 ms",
+            "lower [server] request_deadline_ms",
+        )
     else:
         report.add("latency budget", OK, f"request_deadline_ms = {ms}")
 
 
 def check_certificate(report: Report, config: Any, now: datetime | None = None) -> None:
     if config.server.plain_http:
-        report.add("TLS certificate", WARN, "plain_http = true: no TLS on this listener",
-                   "only behind a load balancer terminating TLS inside your trust boundary")
+        report.add(
+            "TLS certificate",
+            WARN,
+            "plain_http = true: no TLS on this listener",
+            "only behind a load balancer terminating TLS inside your trust boundary",
+        )
         return
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -118,37 +138,64 @@ def check_certificate(report: Report, config: Any, now: datetime | None = None) 
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError) as exc:
-        report.add("TLS certificate", FAIL, f"{cert_path}: cannot load ({type(exc).__name__})",
-                   "point [tls] cert_file at a PEM certificate chain")
+        report.add(
+            "TLS certificate",
+            FAIL,
+            f"{cert_path}: cannot load ({type(exc).__name__})",
+            "point [tls] cert_file at a PEM certificate chain",
+        )
         return
     now = now or datetime.now(UTC)
     not_after = cert.not_valid_after_utc
     not_before = cert.not_valid_before_utc
     subject = cert.subject.rfc4514_string()
     if now < not_before:
-        report.add("TLS certificate", FAIL, f"{subject} not valid before {not_before:%Y-%m-%d}",
-                   "check the clock or the certificate")
+        report.add(
+            "TLS certificate",
+            FAIL,
+            f"{subject} not valid before {not_before:%Y-%m-%d}",
+            "check the clock or the certificate",
+        )
     elif now >= not_after:
-        report.add("TLS certificate", FAIL, f"{subject} expired {not_after:%Y-%m-%d}",
-                   "renew the certificate ([tls] cert_file/key_file)")
+        report.add(
+            "TLS certificate",
+            FAIL,
+            f"{subject} expired {not_after:%Y-%m-%d}",
+            "renew the certificate ([tls] cert_file/key_file)",
+        )
     elif not_after - now < timedelta(days=CERT_WARN_DAYS):
         days = (not_after - now).days
-        report.add("TLS certificate", WARN, f"{subject} expires in {days} days "
-                   f"({not_after:%Y-%m-%d})", "renew the certificate soon")
+        report.add(
+            "TLS certificate",
+            WARN,
+            f"{subject} expires in {days} days ({not_after:%Y-%m-%d})",
+            "renew the certificate soon",
+        )
     else:
-        report.add("TLS certificate", OK,
-                   f"{subject} valid until {not_after:%Y-%m-%d} ({(not_after - now).days} days)")
+        report.add(
+            "TLS certificate",
+            OK,
+            f"{subject} valid until {not_after:%Y-%m-%d} ({(not_after - now).days} days)",
+        )
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        report.add("TLS private key", FAIL, f"{key_path}: cannot load ({type(exc).__name__})",
-                   "point [tls] key_file at the unencrypted PEM key of the certificate")
+        report.add(
+            "TLS private key",
+            FAIL,
+            f"{key_path}: cannot load ({type(exc).__name__})",
+            "point [tls] key_file at the unencrypted PEM key of the certificate",
+        )
         return
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
     if key.public_key().public_bytes(enc, fmt) != cert.public_key().public_bytes(enc, fmt):
-        report.add("TLS private key", FAIL, "the key does not match the certificate",
-                   "use the key the certificate was issued for")
+        report.add(
+            "TLS private key",
+            FAIL,
+            "the key does not match the certificate",
+            "use the key the certificate was issued for",
+        )
     else:
         report.add("TLS private key", OK, "matches the certificate")
 
@@ -156,8 +203,12 @@ def check_certificate(report: Report, config: Any, now: datetime | None = None) 
 def check_audit(report: Report, config: Any) -> None:
     a = config.audit
     if a.file is None:
-        report.add("audit log", WARN, "disabled ([audit] file is empty)",
-                   "set [audit] file to keep a tamper-evident record of every request")
+        report.add(
+            "audit log",
+            WARN,
+            "disabled ([audit] file is empty)",
+            "set [audit] file to keep a tamper-evident record of every request",
+        )
         return
     directory = Path(a.file).parent
     if directory.exists() and not os.access(directory, os.W_OK):
@@ -176,8 +227,12 @@ def check_audit(report: Report, config: Any) -> None:
     if res.ok:
         report.add("audit log", OK, f"{a.file}: chain intact, {res.records} records")
     else:
-        report.add("audit log", FAIL, res.message,
-                   "investigate: the audit log was modified (keep a copy before rotating)")
+        report.add(
+            "audit log",
+            FAIL,
+            res.message,
+            "investigate: the audit log was modified (keep a copy before rotating)",
+        )
 
 
 def check_hsms(report: Report, config: Any) -> None:
@@ -192,33 +247,51 @@ async def _check_hsms(report: Report, config: Any) -> None:
     for hcfg in config.hsms:
         name = f"hsm {hcfg.name}"
         if not Path(hcfg.module).exists():
-            report.add(f"{name}: module", FAIL, f"{hcfg.module} does not exist",
-                       "install the vendor's PKCS#11 library or fix [[hsm]] module")
+            report.add(
+                f"{name}: module",
+                FAIL,
+                f"{hcfg.module} does not exist",
+                "install the vendor's PKCS#11 library or fix [[hsm]] module",
+            )
             continue
         pool = HsmPool(hcfg)
         try:
             await pool.start()
         except Exception as exc:
-            detail = _safe(exc) if isinstance(exc, HsmError) else (
-                f"{type(exc).__name__}: {_safe(exc)}")
-            report.add(f"{name}: module + login", FAIL, detail,
-                       "check [[hsm]] module, token_label and the PIN file")
+            detail = (
+                _safe(exc) if isinstance(exc, HsmError) else (f"{type(exc).__name__}: {_safe(exc)}")
+            )
+            report.add(
+                f"{name}: module + login",
+                FAIL,
+                detail,
+                "check [[hsm]] module, token_label and the PIN file",
+            )
             continue
         try:
-            report.add(f"{name}: module + login", OK,
-                       f"token {hcfg.token_label!r} logged in, {hcfg.sessions} sessions")
+            report.add(
+                f"{name}: module + login",
+                OK,
+                f"token {hcfg.token_label!r} logged in, {hcfg.sessions} sessions",
+            )
             probe = await pool.probe()
             if probe.ok:
                 ms = probe.latency_s * 1000
                 status = OK if ms <= config.health.degraded_ms else WARN
-                report.add(f"{name}: test-key round trip", status,
-                           f"{hcfg.health_key_label!r} encrypt+decrypt in {ms:.1f} ms",
-                           "" if status == OK else "the HSM is slow: GetHealthStatus "
-                           "will report DEGRADED")
+                report.add(
+                    f"{name}: test-key round trip",
+                    status,
+                    f"{hcfg.health_key_label!r} encrypt+decrypt in {ms:.1f} ms",
+                    "" if status == OK else "the HSM is slow: GetHealthStatus will report DEGRADED",
+                )
             else:
-                report.add(f"{name}: test-key round trip", FAIL, probe.error or "failed",
-                           f"create the health key: xksproxy keys create "
-                           f"{hcfg.health_key_label} --hsm {hcfg.name}")
+                report.add(
+                    f"{name}: test-key round trip",
+                    FAIL,
+                    probe.error or "failed",
+                    f"create the health key: xksproxy keys create "
+                    f"{hcfg.health_key_label} --hsm {hcfg.name}",
+                )
             for store in config.keystores:
                 if store.hsm == hcfg.name:
                     await _check_store_keys(report, pool, store)
@@ -239,9 +312,12 @@ async def _check_store_keys(report: Report, pool: Any, store: Any) -> None:
         try:
             info = await pool.key_info(label, deadline=time.monotonic() + 5.0)
         except KeyNotFound:
-            report.add(check, FAIL, f"no AES key labelled {label!r} on the token",
-                       f"xksproxy keys create {label} or remove it from "
-                       f"keystore {store.name!r} keys")
+            report.add(
+                check,
+                FAIL,
+                f"no AES key labelled {label!r} on the token",
+                f"xksproxy keys create {label} or remove it from keystore {store.name!r} keys",
+            )
             continue
         except HsmError as exc:
             report.add(check, FAIL, _safe(exc), "check the HSM")
@@ -251,13 +327,19 @@ async def _check_store_keys(report: Report, pool: Any, store: Any) -> None:
         if usage == {"ENCRYPT", "DECRYPT"}:
             report.add(check, OK, f"{state}AES key {label!r}: ENCRYPT, DECRYPT")
         elif usage:
-            report.add(check, WARN, f"{state}AES key {label!r}: only "
-                       f"{', '.join(sorted(usage))}",
-                       "fine if intended; KMS needs both to use the key fully")
+            report.add(
+                check,
+                WARN,
+                f"{state}AES key {label!r}: only {', '.join(sorted(usage))}",
+                "fine if intended; KMS needs both to use the key fully",
+            )
         else:
-            report.add(check, WARN, f"{state}AES key {label!r}: may neither "
-                       "encrypt nor decrypt", "recreate it with encrypt-decrypt "
-                       "usage if KMS should use it")
+            report.add(
+                check,
+                WARN,
+                f"{state}AES key {label!r}: may neither encrypt nor decrypt",
+                "recreate it with encrypt-decrypt usage if KMS should use it",
+            )
 
 
 def _safe(exc: BaseException) -> str:
@@ -275,23 +357,36 @@ def run_checks(config_path: Path, *, hsm: bool = True) -> Report:
     except ConfigError as exc:
         report.add("configuration", FAIL, exc.message, f"edit {config_path}")
         return report
-    report.add("configuration", OK, f"{config_path}: {len(config.keystores)} key store(s), "
-               f"{len(config.hsms)} HSM(s)")
+    report.add(
+        "configuration",
+        OK,
+        f"{config_path}: {len(config.keystores)} key store(s), {len(config.hsms)} HSM(s)",
+    )
     steps: list[Callable[[Report, Any], None]] = [
-        check_permissions, check_deadline, check_certificate, check_audit]
+        check_permissions,
+        check_deadline,
+        check_certificate,
+        check_audit,
+    ]
     if hsm:
         steps.append(check_hsms)
     for step in steps:
         try:
             step(report, config)
         except Exception as exc:  # a broken check must not hide the others
-            report.add(step.__name__.replace("check_", ""), FAIL,
-                       f"check crashed: {type(exc).__name__}: {_safe(exc)}")
+            report.add(
+                step.__name__.replace("check_", ""),
+                FAIL,
+                f"check crashed: {type(exc).__name__}: {_safe(exc)}",
+            )
     for store in config.keystores:
-        report.add(f"keystore {store.name}", OK if store.enabled else WARN,
-                   f"{store.uri_path}: {len(store.credentials)} credential(s)"
-                   + ("" if store.enabled else ", DISABLED"),
-                   "" if store.enabled else "set enabled = true to serve it")
+        report.add(
+            f"keystore {store.name}",
+            OK if store.enabled else WARN,
+            f"{store.uri_path}: {len(store.credentials)} credential(s)"
+            + ("" if store.enabled else ", DISABLED"),
+            "" if store.enabled else "set enabled = true to serve it",
+        )
     return report
 
 

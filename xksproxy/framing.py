@@ -64,8 +64,9 @@ def parse_metadata(metadata: bytes | None) -> MetadataInfo | None:
     return MetadataInfo(format=metadata[0], key_version=metadata[1])
 
 
-def cdiv(*, aad: bytes | None, metadata: bytes | None, iv: bytes, ciphertext: bytes,
-         tag: bytes) -> str:
+def cdiv(
+    *, aad: bytes | None, metadata: bytes | None, iv: bytes, ciphertext: bytes, tag: bytes
+) -> str:
     """The ciphertext data integrity value, base64-encoded."""
     h = hashlib.sha256()
     if aad:

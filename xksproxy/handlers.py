@@ -37,8 +37,9 @@ def _usage_list(usage: frozenset[str]) -> list[str]:
     return ordered[:10]
 
 
-async def get_key_metadata(pool: Any, store: KeyStore, key_id: str, *,
-                           deadline: float) -> dict[str, Any]:
+async def get_key_metadata(
+    pool: Any, store: KeyStore, key_id: str, *, deadline: float
+) -> dict[str, Any]:
     label = store.label_for(key_id)
     info = await pool.key_info(label, deadline=deadline)
     return {
@@ -53,15 +54,17 @@ def _check_key_enabled(store: KeyStore, key_id: str) -> None:
         raise InvalidStateException(f"external key {key_id} is disabled")
 
 
-async def encrypt(pool: Any, store: KeyStore, key_id: str, req: EncryptRequest, *,
-                  deadline: float) -> dict[str, Any]:
+async def encrypt(
+    pool: Any, store: KeyStore, key_id: str, req: EncryptRequest, *, deadline: float
+) -> dict[str, Any]:
     label = store.label_for(key_id)
     _check_key_enabled(store, key_id)
     if req.want_cdiv:
         info = await pool.key_info(label, deadline=deadline)
         if "ENCRYPT" not in info.usage or "DECRYPT" not in info.usage:
             raise InvalidKeyUsageException(
-                "a ciphertext integrity value needs a key allowed to encrypt and decrypt")
+                "a ciphertext integrity value needs a key allowed to encrypt and decrypt"
+            )
     meta = CURRENT_METADATA
     framed = hsm_aad(req.aad, meta)
     result = await pool.encrypt(label, req.plaintext, framed, deadline=deadline)
@@ -74,29 +77,42 @@ async def encrypt(pool: Any, store: KeyStore, key_id: str, req: EncryptRequest, 
     if req.want_cdiv:
         # Spec order: encrypt, compute the CDIV, then prove the output decrypts before returning.
         body["ciphertextDataIntegrityValue"] = cdiv(
-            aad=req.aad, metadata=meta, iv=result.iv, ciphertext=result.ciphertext,
-            tag=result.tag)
+            aad=req.aad, metadata=meta, iv=result.iv, ciphertext=result.ciphertext, tag=result.tag
+        )
         try:
-            check = await pool.decrypt(label, iv=result.iv, ciphertext=result.ciphertext,
-                                       tag=result.tag, aad=framed, deadline=deadline)
+            check = await pool.decrypt(
+                label,
+                iv=result.iv,
+                ciphertext=result.ciphertext,
+                tag=result.tag,
+                aad=framed,
+                deadline=deadline,
+            )
         except Exception as exc:
             # A 4xx from the verifying decrypt is our fault, not the caller's: report 500.
             mapped = to_xks_error(exc)
             if mapped is None or mapped.status < 500:
                 raise InternalException(
-                    "the HSM round-trip check of the ciphertext failed") from exc
+                    "the HSM round-trip check of the ciphertext failed"
+                ) from exc
             raise mapped from exc
         if not hmac.compare_digest(check, req.plaintext):
             raise InternalException("the HSM round-trip check of the ciphertext failed")
     return body
 
 
-async def decrypt(pool: Any, store: KeyStore, key_id: str, req: DecryptRequest, *,
-                  deadline: float) -> dict[str, Any]:
+async def decrypt(
+    pool: Any, store: KeyStore, key_id: str, req: DecryptRequest, *, deadline: float
+) -> dict[str, Any]:
     label = store.label_for(key_id)
     _check_key_enabled(store, key_id)
     parse_metadata(req.ciphertext_metadata)  # unknown format -> InvalidCiphertext, no HSM call
-    plaintext = await pool.decrypt(label, iv=req.iv, ciphertext=req.ciphertext, tag=req.tag,
-                                   aad=hsm_aad(req.aad, req.ciphertext_metadata),
-                                   deadline=deadline)
+    plaintext = await pool.decrypt(
+        label,
+        iv=req.iv,
+        ciphertext=req.ciphertext,
+        tag=req.tag,
+        aad=hsm_aad(req.aad, req.ciphertext_metadata),
+        deadline=deadline,
+    )
     return {"plaintext": b64encode(plaintext)}

@@ -45,8 +45,9 @@ class ProbeRecord:
 class HealthMonitor:
     """Owns the probe task and the per-token cache."""
 
-    def __init__(self, config: HealthConfig, pools: Mapping[str, Any],
-                 models: Mapping[str, str]) -> None:
+    def __init__(
+        self, config: HealthConfig, pools: Mapping[str, Any], models: Mapping[str, str]
+    ) -> None:
         self._config = config
         self._pools = pools
         self._models = models
@@ -61,12 +62,16 @@ class HealthMonitor:
                 result = await asyncio.wait_for(pool.probe(), timeout=self._config.interval_s)
                 ok, latency = bool(result.ok), float(result.latency_s)
                 if not ok:
-                    log.warning("health probe failed", extra={"fields": {
-                        "hsm": name, "error": str(result.error or "")[:200]}})
+                    log.warning(
+                        "health probe failed",
+                        extra={"fields": {"hsm": name, "error": str(result.error or "")[:200]}},
+                    )
             except Exception as exc:  # a probe must never kill the loop
                 ok, latency = False, time.monotonic() - started
-                log.warning("health probe raised", extra={"fields": {
-                    "hsm": name, "error": type(exc).__name__}})
+                log.warning(
+                    "health probe raised",
+                    extra={"fields": {"hsm": name, "error": type(exc).__name__}},
+                )
             self._records[name] = ProbeRecord(ok, latency, time.monotonic())
 
     async def _run(self) -> None:
@@ -110,8 +115,11 @@ class HealthMonitor:
             "xksProxyModel": cfg.xks_proxy_model,
             "ekmVendor": cfg.ekm_vendor,
             "ekmFleetDetails": [
-                {"id": name, "model": self._models.get(name, cfg.ekm_vendor),
-                 "healthStatus": self.status(name)}
+                {
+                    "id": name,
+                    "model": self._models.get(name, cfg.ekm_vendor),
+                    "healthStatus": self.status(name),
+                }
                 for name in hsm_names[:10]
             ],
         }

@@ -47,8 +47,7 @@ class BodyLimit:
         return ValidationException(f"request body exceeds max_body_bytes ({self.cap})")
 
     def timed_out(self) -> ValidationException:
-        return ValidationException(
-            f"request body not received in full within {self.timeout_s:g} s")
+        return ValidationException(f"request body not received in full within {self.timeout_s:g} s")
 
 
 _CONTENT_TYPE = ("content-type", "application/json")

@@ -39,8 +39,9 @@ def tie_to_launcher() -> bool:
     launcher = os.environ.get(ENV_LAUNCHER_PID)
     if not launcher or not launcher.isdigit():
         return False
-    threading.Thread(target=_watch, args=(int(launcher),), name="xksproxy-lifeline",
-                     daemon=True).start()
+    threading.Thread(
+        target=_watch, args=(int(launcher),), name="xksproxy-lifeline", daemon=True
+    ).start()
     return True
 
 

@@ -49,8 +49,22 @@ import orjson
 FLUSH_INTERVAL_S = 0.5
 SLO_OBJECTIVE = 0.999
 #: Latency buckets (seconds) around KMS's 250 ms timeout.
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
-                    0.25, 0.5, 1.0)
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.5,
+    1.0,
+)
 BURN_WINDOWS_S = {"5m": 300.0, "30m": 1800.0, "1h": 3600.0, "6h": 21600.0}
 ENV_DIR = "XKSPROXY_METRICS_DIR"
 
@@ -59,38 +73,57 @@ Labels = tuple[tuple[str, str], ...]
 HELP: dict[str, tuple[str, str]] = {
     "xksproxy_requests_total": ("counter", "XKS requests by operation, key store and outcome."),
     "xksproxy_request_duration_seconds": (
-        "histogram", "Time from request start to response, by operation, key store and outcome."),
+        "histogram",
+        "Time from request start to response, by operation, key store and outcome.",
+    ),
     "xksproxy_errors_total": ("counter", "Error responses by errorName and operation."),
     "xksproxy_throttled_total": (
-        "counter", "Requests answered 429 by reason (quota, in_flight, session_queue)."),
+        "counter",
+        "Requests answered 429 by reason (quota, in_flight, session_queue).",
+    ),
     "xksproxy_hsm_call_duration_seconds": ("histogram", "PKCS#11 operation latency by token."),
     "xksproxy_hsm_session_wait_seconds": ("histogram", "Time spent waiting for an HSM session."),
     "xksproxy_hsm_sessions": ("gauge", "HSM sessions open (summed over workers)."),
     "xksproxy_hsm_sessions_in_use": ("gauge", "HSM sessions busy right now (summed over workers)."),
     "xksproxy_hsm_sessions_waiting": ("gauge", "Requests waiting for an HSM session."),
     "xksproxy_token_health": (
-        "gauge", "1 for the health status each token reports (ACTIVE/DEGRADED/UNAVAILABLE)."),
+        "gauge",
+        "1 for the health status each token reports (ACTIVE/DEGRADED/UNAVAILABLE).",
+    ),
     "xksproxy_in_flight_requests": ("gauge", "Requests being processed (summed over workers)."),
     "xksproxy_slo_requests_total": ("counter", "Requests counted for the SLO."),
     "xksproxy_slo_good_requests_total": (
-        "counter", "Requests answered within the deadline with status < 500, not shed."),
+        "counter",
+        "Requests answered within the deadline with status < 500, not shed.",
+    ),
     "xksproxy_slo_within_budget_ratio": (
-        "gauge", "Share of SLO requests that were good since the listener started."),
+        "gauge",
+        "Share of SLO requests that were good since the listener started.",
+    ),
     "xksproxy_slo_objective": ("gauge", "SLO objective (share of good requests)."),
     "xksproxy_slo_latency_target_seconds": ("gauge", "Deadline a good request must meet."),
     "xksproxy_slo_error_budget_burn_rate": (
-        "gauge", "Error-budget burn rate over a sliding window (1 = exactly on budget)."),
+        "gauge",
+        "Error-budget burn rate over a sliding window (1 = exactly on budget).",
+    ),
     "xksproxy_audit_dropped_total": ("counter", "Audit records dropped (queue full)."),
     "xksproxy_request_log_dropped_total": (
-        "counter", "Request-log lines dropped (stdout not draining, queue full)."),
+        "counter",
+        "Request-log lines dropped (stdout not draining, queue full).",
+    ),
     "xksproxy_config_reloads_total": ("counter", "Configuration reloads by result."),
     "xksproxy_audit_last_seq": (
-        "gauge", "Sequence number of the newest audit record (an off-host truncation anchor)."),
+        "gauge",
+        "Sequence number of the newest audit record (an off-host truncation anchor).",
+    ),
     "xksproxy_workers": ("gauge", "Worker processes reporting metrics."),
 }
 #: Gauges merged with max instead of sum across workers.
-_MAX_GAUGES = {"xksproxy_token_health", "xksproxy_slo_latency_target_seconds",
-               "xksproxy_audit_last_seq"}
+_MAX_GAUGES = {
+    "xksproxy_token_health",
+    "xksproxy_slo_latency_target_seconds",
+    "xksproxy_audit_last_seq",
+}
 
 
 def _labels(labels: Mapping[str, object]) -> Labels:
@@ -173,7 +206,12 @@ def configure(*, deadline_s: float) -> None:
 
 
 def observe_request(
-    *, operation: str, keystore: str, status: int, error_name: str | None, seconds: float,
+    *,
+    operation: str,
+    keystore: str,
+    status: int,
+    error_name: str | None,
+    seconds: float,
     shed: bool = False,
 ) -> None:
     """One answered XKS request (any outcome)."""
@@ -191,18 +229,19 @@ def observe_request(
 
 
 @functools.lru_cache(maxsize=4096)
-def _request_keys(operation: str, keystore: str, error_name: str | None
-                  ) -> tuple[tuple[str, Labels], ...]:
+def _request_keys(
+    operation: str, keystore: str, error_name: str | None
+) -> tuple[tuple[str, Labels], ...]:
     """Prepared series keys for one (operation, store, outcome): label sorting done once."""
-    labels = _labels({"operation": operation, "keystore": keystore,
-                      "outcome": error_name or "ok"})
+    labels = _labels({"operation": operation, "keystore": keystore, "outcome": error_name or "ok"})
     store = _labels({"keystore": keystore})
-    return (("xksproxy_requests_total", labels),
-            ("xksproxy_request_duration_seconds", labels),
-            ("xksproxy_errors_total", _labels({"errorName": error_name or "",
-                                               "operation": operation})),
-            ("xksproxy_slo_requests_total", store),
-            ("xksproxy_slo_good_requests_total", store))
+    return (
+        ("xksproxy_requests_total", labels),
+        ("xksproxy_request_duration_seconds", labels),
+        ("xksproxy_errors_total", _labels({"errorName": error_name or "", "operation": operation})),
+        ("xksproxy_slo_requests_total", store),
+        ("xksproxy_slo_good_requests_total", store),
+    )
 
 
 def observe_throttled(reason: str, keystore: str) -> None:
@@ -222,8 +261,9 @@ def hsm_keys(token: str, operation: str) -> tuple[tuple[str, Labels], tuple[str,
     return _hsm_call_key(token, operation), _session_wait_key(token)
 
 
-def observe_hsm_op(keys: tuple[tuple[str, Labels], tuple[str, Labels]], wait_s: float,
-                   call_s: float) -> None:
+def observe_hsm_op(
+    keys: tuple[tuple[str, Labels], tuple[str, Labels]], wait_s: float, call_s: float
+) -> None:
     """One HSM operation: its call time and its session wait (hot path: prepared keys)."""
     REGISTRY.observe_key(keys[0], call_s)
     REGISTRY.observe_key(keys[1], wait_s)
@@ -232,8 +272,7 @@ def observe_hsm_op(keys: tuple[tuple[str, Labels], tuple[str, Labels]], wait_s: 
 @functools.lru_cache(maxsize=256)
 def _hsm_call_key(token: str, operation: str) -> tuple[str, Labels]:
     """Prepared series key (one per HSM call on the hot path: label sorting done once)."""
-    return ("xksproxy_hsm_call_duration_seconds",
-            _labels({"token": token, "operation": operation}))
+    return ("xksproxy_hsm_call_duration_seconds", _labels({"token": token, "operation": operation}))
 
 
 @functools.lru_cache(maxsize=64)
@@ -246,8 +285,9 @@ HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
 
 def set_token_health(token: str, status: str) -> None:
     for s in HEALTH_STATES:
-        REGISTRY.set_gauge("xksproxy_token_health", {"token": token, "status": s},
-                           1.0 if s == status else 0.0)
+        REGISTRY.set_gauge(
+            "xksproxy_token_health", {"token": token, "status": s}, 1.0 if s == status else 0.0
+        )
 
 
 def audit_dropped(n: int = 1) -> None:
@@ -514,8 +554,9 @@ class MetricsListener:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        threading.Thread(target=self._server.serve_forever, name="xksproxy-metrics",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, name="xksproxy-metrics", daemon=True
+        ).start()
         threading.Thread(target=self._sample, name="xksproxy-slo-sampler", daemon=True).start()
 
     def _sample(self) -> None:

@@ -27,8 +27,9 @@ def install(app: Any, *, reload_interval_s: float = 1.0) -> Operations:
     adm = admission.install(app, quotas=quotas)
     metrics.install(app)
     audit_log = audit.install(app)
-    reloader = reload.install(app, getattr(app.config, "path", None),
-                              interval_s=reload_interval_s, quotas=quotas)
+    reloader = reload.install(
+        app, getattr(app.config, "path", None), interval_s=reload_interval_s, quotas=quotas
+    )
     ops = Operations(quotas, adm, audit_log, reloader)
     app.operations = ops
     return ops
@@ -73,8 +74,11 @@ def prepare_launcher(metrics_bind: str | None, workers: int) -> LauncherHooks:
             listener = metrics.start_listener(metrics_bind)
         except (OSError, ValueError) as exc:  # serving KMS matters more than metrics
             reason = getattr(exc, "strerror", None) or str(exc)
-            print(f"xksproxy: WARNING: metrics listener on {metrics_bind} failed ({reason}); "
-                  "serving without metrics. Another proxy on this host? Give each one its own "
-                  "[metrics] bind (e.g. 127.0.0.1:9465), or bind = \"\" to turn metrics off",
-                  file=sys.stderr, flush=True)
+            print(
+                f"xksproxy: WARNING: metrics listener on {metrics_bind} failed ({reason}); "
+                "serving without metrics. Another proxy on this host? Give each one its own "
+                '[metrics] bind (e.g. 127.0.0.1:9465), or bind = "" to turn metrics off',
+                file=sys.stderr,
+                flush=True,
+            )
     return LauncherHooks(listener)

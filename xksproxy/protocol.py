@@ -54,7 +54,11 @@ _REQUIRED_METADATA: dict[str, tuple[str, ...]] = {
     OP_DECRYPT: ("kmsRequestId", "kmsOperation", "awsPrincipalArn", "kmsKeyArn"),
 }
 _OPTIONAL_METADATA = (
-    "awsPrincipalArn", "kmsKeyArn", "kmsViaService", "awsSourceVpc", "awsSourceVpce",
+    "awsPrincipalArn",
+    "kmsKeyArn",
+    "kmsViaService",
+    "awsSourceVpc",
+    "awsSourceVpce",
 )
 # What the logs record of requestMetadata, and how much of each value (see logged_metadata).
 _LOGGED_METADATA = ("kmsRequestId", "kmsOperation", *_OPTIONAL_METADATA)
@@ -142,8 +146,10 @@ def logged_metadata(doc: Any) -> dict[str, str]:
         value = meta.get(name)
         if type(value) is str:
             if len(value) > MAX_LOGGED_CHARS:
-                value = (f"{value[:MAX_LOGGED_CHARS]}"
-                         f"...[{len(value) - MAX_LOGGED_CHARS} more characters]")
+                value = (
+                    f"{value[:MAX_LOGGED_CHARS]}"
+                    f"...[{len(value) - MAX_LOGGED_CHARS} more characters]"
+                )
             out[name] = value
     return out
 
@@ -168,7 +174,8 @@ def parse_metadata(doc: dict[str, Any], operation: str) -> RequestMetadata:
         value = meta.get(name)
         if value is not None and len(value) > MAX_ARN_CHARS:
             raise ValidationException(
-                f"requestMetadata.{name} is longer than {MAX_ARN_CHARS} characters")
+                f"requestMetadata.{name} is longer than {MAX_ARN_CHARS} characters"
+            )
     return RequestMetadata(
         kms_request_id=meta["kmsRequestId"],
         kms_operation=meta["kmsOperation"],
@@ -180,8 +187,14 @@ def parse_metadata(doc: dict[str, Any], operation: str) -> RequestMetadata:
     )
 
 
-def _b64(doc: dict[str, Any], name: str, *, required: bool, max_bytes: int | None = None,
-         too_big: type[Exception] = UnsupportedOperationException) -> bytes | None:
+def _b64(
+    doc: dict[str, Any],
+    name: str,
+    *,
+    required: bool,
+    max_bytes: int | None = None,
+    too_big: type[Exception] = UnsupportedOperationException,
+) -> bytes | None:
     """Strictly decode the standard-base64 field ``name``.
 
     The encoded length is checked *before* decoding so an oversized value costs nothing.
@@ -224,28 +237,37 @@ def _algorithm(doc: dict[str, Any], name: str, expected: str, *, required: bool)
     return True
 
 
-def parse_request(operation: str, doc: dict[str, Any], *,
-                  max_plaintext_bytes: int) -> XksRequest:
+def parse_request(operation: str, doc: dict[str, Any], *, max_plaintext_bytes: int) -> XksRequest:
     """Validate ``doc`` for ``operation`` (one of the OP_* names) into a typed request."""
     metadata = parse_metadata(doc, operation)
     if operation == OP_ENCRYPT:
         plaintext = _b64(doc, "plaintext", required=True, max_bytes=max_plaintext_bytes)
         _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
         aad = _b64(doc, "additionalAuthenticatedData", required=False, max_bytes=MAX_AAD_BYTES)
-        cdiv = _algorithm(doc, "ciphertextDataIntegrityValueAlgorithm", "SHA_256",
-                          required=False)
+        cdiv = _algorithm(doc, "ciphertextDataIntegrityValueAlgorithm", "SHA_256", required=False)
         assert plaintext is not None
         return EncryptRequest(metadata, plaintext, aad, cdiv)
     if operation == OP_DECRYPT:
         _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
         ciphertext = _b64(doc, "ciphertext", required=True, max_bytes=max_plaintext_bytes)
-        iv = _b64(doc, "initializationVector", required=True, max_bytes=16,
-                  too_big=ValidationException)
-        tag = _b64(doc, "authenticationTag", required=True, max_bytes=TAG_LENGTH,
-                   too_big=ValidationException)
+        iv = _b64(
+            doc, "initializationVector", required=True, max_bytes=16, too_big=ValidationException
+        )
+        tag = _b64(
+            doc,
+            "authenticationTag",
+            required=True,
+            max_bytes=TAG_LENGTH,
+            too_big=ValidationException,
+        )
         aad = _b64(doc, "additionalAuthenticatedData", required=False, max_bytes=MAX_AAD_BYTES)
-        meta = _b64(doc, "ciphertextMetadata", required=False,
-                    max_bytes=MAX_CIPHERTEXT_METADATA_BYTES, too_big=ValidationException)
+        meta = _b64(
+            doc,
+            "ciphertextMetadata",
+            required=False,
+            max_bytes=MAX_CIPHERTEXT_METADATA_BYTES,
+            too_big=ValidationException,
+        )
         assert ciphertext is not None and iv is not None and tag is not None
         if len(iv) not in IV_LENGTHS:
             raise ValidationException("initializationVector must be 12 or 16 bytes")

@@ -91,7 +91,8 @@ def describe_changes(old: Config, new: Config) -> dict[str, Any]:
             new_by_id = {c.access_key_id: c.secret for c in b.credentials}
             old_ids, new_ids = set(old_by_id), set(new_by_id)
             secrets_changed = sorted(
-                akid for akid in old_ids & new_ids if old_by_id[akid] != new_by_id[akid])
+                akid for akid in old_ids & new_ids if old_by_id[akid] != new_by_id[akid]
+            )
             d: dict[str, Any] = {}
             if new_ids - old_ids:
                 d["credentialsAdded"] = sorted(new_ids - old_ids)
@@ -156,16 +157,23 @@ class Reloader:
             self.last_error = exc.message
             log.error(
                 "configuration reload refused; the running configuration stays in force",
-                extra={"fields": {"reason": reason, "file": str(self.config_path),
-                                  "error": exc.message}},
+                extra={
+                    "fields": {
+                        "reason": reason,
+                        "file": str(self.config_path),
+                        "error": exc.message,
+                    }
+                },
             )
             self._report("invalid")
             return False
         except Exception as exc:  # never let a reload kill the worker
             self.failures += 1
             self.last_error = type(exc).__name__
-            log.exception("configuration reload failed; the running configuration stays in force",
-                          extra={"fields": {"reason": reason, "file": str(self.config_path)}})
+            log.exception(
+                "configuration reload failed; the running configuration stays in force",
+                extra={"fields": {"reason": reason, "file": str(self.config_path)}},
+            )
             self._report("error")
             return False
         changes = describe_changes(self.current, new)
@@ -173,8 +181,12 @@ class Reloader:
         self.current = new
         self.reloads += 1
         self.last_error = None
-        fields: dict[str, Any] = {"reason": reason, "file": str(self.config_path),
-                                  "keystores": changes, "pid": os.getpid()}
+        fields: dict[str, Any] = {
+            "reason": reason,
+            "file": str(self.config_path),
+            "keystores": changes,
+            "pid": os.getpid(),
+        }
         if restart:
             fields["needsRestart"] = restart
         log.info("configuration reloaded", extra={"fields": fields})
@@ -274,8 +286,9 @@ def request_reload(*_args: object) -> None:
 
 
 # -- wiring into the app ---------------------------------------------------------------------
-def install(app: Any, config_path: Path | None, *, interval_s: float = 1.0,
-            quotas: Any = None) -> Reloader | None:
+def install(
+    app: Any, config_path: Path | None, *, interval_s: float = 1.0, quotas: Any = None
+) -> Reloader | None:
     """Reload ``app``'s key stores (and ``quotas``) when ``config_path`` changes."""
     if config_path is None:
         return None
@@ -288,15 +301,21 @@ def install(app: Any, config_path: Path | None, *, interval_s: float = 1.0,
             if store.hsm not in known:
                 raise ConfigError(
                     f"keystore {store.name!r}: hsm {store.hsm!r} is not running in this process "
-                    "(adding an [[hsm]] needs a restart)")
+                    "(adding an [[hsm]] needs a restart)"
+                )
         app.replace_keystores(new)
         if quotas is not None:
             from xksproxy.quotas import specs_from_config
 
             quotas.update(specs_from_config(new))
 
-    reloader = Reloader(Path(config_path), app.config, apply, interval_s=interval_s,
-                        on_result=metrics.config_reloaded)
+    reloader = Reloader(
+        Path(config_path),
+        app.config,
+        apply,
+        interval_s=interval_s,
+        on_result=metrics.config_reloaded,
+    )
 
     async def start() -> None:
         reloader.start()

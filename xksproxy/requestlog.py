@@ -40,19 +40,19 @@ import orjson
 class RequestContext:
     """What is known about one request; filled in as the request progresses."""
 
-    started: float                       # time.monotonic() at arrival
-    deadline: float                      # absolute time.monotonic() deadline for HSM work
-    operation: str = ""                  # health / metadata / encrypt / decrypt
-    store: str | None = None             # key store name
-    key_id: str | None = None            # external key id (from the path)
-    access_key_id: str | None = None     # authenticated SigV4 access key id
-    region: str | None = None            # SigV4 scope region
+    started: float  # time.monotonic() at arrival
+    deadline: float  # absolute time.monotonic() deadline for HSM work
+    operation: str = ""  # health / metadata / encrypt / decrypt
+    store: str | None = None  # key store name
+    key_id: str | None = None  # external key id (from the path)
+    access_key_id: str | None = None  # authenticated SigV4 access key id
+    region: str | None = None  # SigV4 scope region
     kms_request_id: str | None = None
     kms_operation: str | None = None
-    principal: str | None = None         # awsPrincipalArn
+    principal: str | None = None  # awsPrincipalArn
     status: int = 0
-    error_name: str | None = None        # None on success
-    deny_rule: str | None = None         # name of the policy rule that denied, if any
+    error_name: str | None = None  # None on success
+    deny_rule: str | None = None  # name of the policy rule that denied, if any
     latency_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # free slot for hooks (never secrets)
 
@@ -86,8 +86,9 @@ class LineWriter:
     on first use (after fork, in the worker).
     """
 
-    def __init__(self, write: Callable[[bytes], None] = _stdout_write,
-                 max_lines: int = MAX_QUEUED_LINES) -> None:
+    def __init__(
+        self, write: Callable[[bytes], None] = _stdout_write, max_lines: int = MAX_QUEUED_LINES
+    ) -> None:
         self._write = write
         self._max = max_lines
         self._buf: collections.deque[bytes] = collections.deque()
@@ -117,8 +118,9 @@ class LineWriter:
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="xksproxy-request-log",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="xksproxy-request-log", daemon=True
+                )
                 self._thread.start()
                 atexit.register(self.flush, 1.0)
 
@@ -139,9 +141,13 @@ class LineWriter:
         lines = [buf.popleft() for _ in range(len(buf))]
         dropped, self._dropped_pending = self._dropped_pending, 0
         if dropped:  # make the loss visible where the lines are missing
-            note = {"time": time.time(), "log": "service", "level": "warning",
-                    "logger": "xksproxy.requestlog",
-                    "message": f"request log: {dropped} line(s) dropped (stdout not draining)"}
+            note = {
+                "time": time.time(),
+                "log": "service",
+                "level": "warning",
+                "logger": "xksproxy.requestlog",
+                "message": f"request log: {dropped} line(s) dropped (stdout not draining)",
+            }
             lines.insert(0, orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))
         with contextlib.suppress(Exception):  # a closed/replaced stdout must not kill the thread
             self._write(b"".join(lines))

@@ -117,8 +117,9 @@ async def handle(app: XksApp, scope: Any, protocol: Any) -> None:
     async def respond(status: int, body: bytes, extra: Headers | None) -> None:
         protocol.response_bytes(status, response_headers(body, extra), body)
 
-    await app.handle(scope.method, wire_path(scope.path), scope.query_string, headers,
-                     read, respond)
+    await app.handle(
+        scope.method, wire_path(scope.path), scope.query_string, headers, read, respond
+    )
 
 
 def init(app: XksApp, loop: asyncio.AbstractEventLoop) -> None:

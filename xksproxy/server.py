@@ -108,23 +108,25 @@ def plan(
     ca = config.tls.client_ca_file
     notes: list[str] = []
     if ca is not None and plain:
-        notes.append("[tls] client_ca_file is ignored with plain HTTP: the load balancer that "
-                     "terminates TLS must authenticate KMS")
+        notes.append(
+            "[tls] client_ca_file is ignored with plain HTTP: the load balancer that "
+            "terminates TLS must authenticate KMS"
+        )
     elif ca is not None and chosen == "granian":
         if server == "granian":
             raise ConfigError(
                 "--server granian cannot enforce [tls] allowed_client_subjects (granian does not "
                 "expose the client certificate); use --server hypercorn for mTLS"
             )
-        notes.append("mTLS is configured: serving with hypercorn, which can pin the client "
-                     "subject (granian cannot)")
+        notes.append(
+            "mTLS is configured: serving with hypercorn, which can pin the client "
+            "subject (granian cannot)"
+        )
         chosen = "hypercorn"
     patterns = tls.allowed_subject_patterns(
         config.tls.allowed_client_subjects, [ks.regions for ks in config.keystores]
     )
-    stores = tuple(
-        (ks.name, f"{ks.path_prefix}{XKS_SUFFIX}") for ks in config.keystores
-    )
+    stores = tuple((ks.name, f"{ks.path_prefix}{XKS_SUFFIX}") for ks in config.keystores)
     return Plan(
         config_path=Path(config.path).resolve(),
         host=host,
@@ -157,8 +159,13 @@ def serve(
     store once a worker has answered on the socket (tests and operators wait for that line).
     """
     try:
-        p = plan(load_config(Path(config_path)), bind=bind, plain_http=plain_http,
-                 server=server, workers=workers)
+        p = plan(
+            load_config(Path(config_path)),
+            bind=bind,
+            plain_http=plain_http,
+            server=server,
+            workers=workers,
+        )
         if not p.plain_http:
             _check_tls_files(p)
         if p.server == "granian":
@@ -172,8 +179,9 @@ def serve(
     for note in p.notes:
         _say(note)
     if p.allowed_subjects:
-        _say(f"mTLS: client CA {p.client_ca_file}, "
-             f"allowed subjects {', '.join(p.allowed_subjects)}")
+        _say(
+            f"mTLS: client CA {p.client_ca_file}, allowed subjects {', '.join(p.allowed_subjects)}"
+        )
     # Each worker process builds its own app (and HSM pools) from this path after the fork.
     os.environ["XKSPROXY_CONFIG"] = str(p.config_path)
     lifeline.mark_launcher()  # workers get SIGTERM if this process dies, even by SIGKILL
@@ -181,11 +189,11 @@ def serve(
     # one), XKSPROXY_WORKERS for the quotas, and SIGHUP = reload every worker's config without
     # respawning it (see xksproxy.operations / xksproxy.reload).
     launched_by_wrapper = bool(os.environ.get(metrics.ENV_DIR))
-    hooks = operations.prepare_launcher(None if launched_by_wrapper else p.metrics_bind,
-                                        p.workers)
+    hooks = operations.prepare_launcher(None if launched_by_wrapper else p.metrics_bind, p.workers)
     stop = threading.Event()
-    watcher = threading.Thread(target=_announce_when_ready, args=(p, stop, hooks.metrics_url),
-                               daemon=True)
+    watcher = threading.Thread(
+        target=_announce_when_ready, args=(p, stop, hooks.metrics_url), daemon=True
+    )
     watcher.start()
     runner: Callable[[Plan], int] = _run_granian if p.server == "granian" else _run_hypercorn
     try:
@@ -198,14 +206,18 @@ def serve(
 def _check_tls_files(p: Plan) -> None:
     for what, path in (("cert_file", p.cert_file), ("key_file", p.key_file)):
         if not Path(path).is_file():
-            raise ConfigError(f"[tls] {what}: {path} does not exist (run `xksproxy init`, "
-                              "configure a certificate, or use --plain-http behind a TLS proxy)")
+            raise ConfigError(
+                f"[tls] {what}: {path} does not exist (run `xksproxy init`, "
+                "configure a certificate, or use --plain-http behind a TLS proxy)"
+            )
     if p.client_ca_file is not None and not Path(p.client_ca_file).is_file():
         raise ConfigError(f"[tls] client_ca_file: {p.client_ca_file} does not exist")
     if p.server == "granian" and b"BEGIN PRIVATE KEY" not in Path(p.key_file).read_bytes():
-        raise ConfigError(f"[tls] key_file: granian reads only unencrypted PKCS#8 keys "
-                          f"('BEGIN PRIVATE KEY'); convert with `openssl pkcs8 -topk8 -nocrypt "
-                          f"-in {p.key_file}` or use --server hypercorn")
+        raise ConfigError(
+            f"[tls] key_file: granian reads only unencrypted PKCS#8 keys "
+            f"('BEGIN PRIVATE KEY'); convert with `openssl pkcs8 -topk8 -nocrypt "
+            f"-in {p.key_file}` or use --server hypercorn"
+        )
 
 
 def _check_bind_available(p: Plan) -> None:
@@ -223,7 +235,8 @@ def _check_bind_available(p: Plan) -> None:
         except OSError as exc:
             raise ConfigError(
                 f"[server] bind: cannot listen on {p.host}:{p.port}: {exc.strerror or exc} "
-                "(stop the process using it or choose another --bind)") from None
+                "(stop the process using it or choose another --bind)"
+            ) from None
 
 
 def _say(message: str) -> None:
@@ -487,8 +500,10 @@ def _supervise_hypercorn(cfg: HypercornConfig) -> int:
         # this process turns SIGINT/SIGTERM into one orderly shutdown through the shared event.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            proc = ctx.Process(target=_hypercorn_worker, kwargs={
-                "config": cfg, "sockets": sockets, "shutdown_event": shutdown})
+            proc = ctx.Process(
+                target=_hypercorn_worker,
+                kwargs={"config": cfg, "sockets": sockets, "shutdown_event": shutdown},
+            )
             proc.start()
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -558,8 +573,12 @@ def _hypercorn_worker(config: HypercornConfig, sockets: object, shutdown_event: 
             await asyncio.sleep(0.1)
 
     app = load_application(config.application_path, config.wsgi_max_body_size)
-    _run(partial(worker_serve, app, config, sockets=sockets), debug=config.debug,
-         shutdown_trigger=trigger, loop_factory=uvloop.new_event_loop)
+    _run(
+        partial(worker_serve, app, config, sockets=sockets),
+        debug=config.debug,
+        shutdown_trigger=trigger,
+        loop_factory=uvloop.new_event_loop,
+    )
 
 
 class HypercornConfig(_HypercornBase):

@@ -54,9 +54,7 @@ _SELF_SIGNED_DAYS = 825
 log = logging.getLogger("xksproxy.tls")
 
 
-def generate_self_signed(
-    cert_path: Path | str, key_path: Path | str, hosts: Sequence[str]
-) -> None:
+def generate_self_signed(cert_path: Path | str, key_path: Path | str, hosts: Sequence[str]) -> None:
     """Write a self-signed server certificate and its key (PEM, PKCS#8, both files 0600).
 
     ECDSA P-256: the handshake is several times cheaper than RSA-2048, which matters for the
@@ -86,9 +84,15 @@ def generate_self_signed(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -158,8 +162,11 @@ def log_tls_refusal(reason: str) -> None:
 
     Goes through the ``xksproxy.tls`` logger, i.e. the worker's JSON service log on stdout.
     """
-    log.warning("client TLS handshake refused: %s", reason,
-                extra={"fields": {"event": "tls_client_refused", "reason": reason}})
+    log.warning(
+        "client TLS handshake refused: %s",
+        reason,
+        extra={"fields": {"event": "tls_client_refused", "reason": reason}},
+    )
 
 
 class PinnedSSLObject(ssl.SSLObject):

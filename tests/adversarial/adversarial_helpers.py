@@ -49,8 +49,14 @@ class Target:
     def key_path(self, key_id: str, op: str) -> str:
         return f"{self.prefix}{API}/keys/{key_id}/{op}"
 
-    def signed_head(self, path: str, body: bytes, *, sign_path: str | None = None,
-                    extra: dict[str, str] | None = None) -> bytes:
+    def signed_head(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        sign_path: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> bytes:
         """Request line and headers (no body), signed by botocore for ``sign_path or path``."""
         headers = botocore_headers(self.server.base_url + (sign_path or path), body, self.cred)
         headers["Host"] = self.server.host
@@ -61,8 +67,9 @@ class Target:
     def post(self, path: str, body: bytes, **kw: Any) -> Answer:
         """A signed POST with Content-Length, the connection closed after the answer."""
         head = self.signed_head(path, body, **kw)
-        return self.exchange(head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                             .encode() + body)
+        return self.exchange(
+            head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+        )
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=READ_TIMEOUT_S)
@@ -100,8 +107,7 @@ def read_answer(s: socket.socket, what: str = "") -> Answer:
 def assert_xks_error(answer: Answer, status: int, name: str) -> dict[str, Any]:
     """The XKS error contract: status, JSON content type, exactly errorName + errorMessage."""
     assert answer.status == status, answer.describe()
-    assert answer.headers.get("content-type", "").startswith("application/json"), \
-        answer.describe()
+    assert answer.headers.get("content-type", "").startswith("application/json"), answer.describe()
     doc = answer.json()
     assert set(doc) == {"errorName", "errorMessage"}, answer.describe()
     assert doc["errorName"] == name, answer.describe()

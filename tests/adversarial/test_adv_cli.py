@@ -17,17 +17,33 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _serve(config: Path, bind: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*cli_command(), "serve", "--config", str(config), "--bind", bind, "--workers", "1",
-         *extra],
-        capture_output=True, text=True, timeout=60, env=cli_env(), cwd=REPO, check=False)
+        [
+            *cli_command(),
+            "serve",
+            "--config",
+            str(config),
+            "--bind",
+            bind,
+            "--workers",
+            "1",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+        cwd=REPO,
+        check=False,
+    )
 
 
 def _state(target: Target) -> Path:
     return target.server.state.path
 
 
-def _assert_clean_refusal(done: subprocess.CompletedProcess[str], target: Target,
-                          must_name: str) -> None:
+def _assert_clean_refusal(
+    done: subprocess.CompletedProcess[str], target: Target, must_name: str
+) -> None:
     out = done.stdout + done.stderr
     assert done.returncode not in (0, None), out[-2000:]
     assert "Traceback" not in out, out[-2000:]
@@ -55,16 +71,19 @@ def _variant(target: Target, name: str, pattern: str, replacement: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("case", "must_name"), [
-    ("missing-config", "not found"),
-    ("invalid-toml", "TOML"),
-    ("unknown-option", "bogus_option"),
-    ("loose-secret", "chmod 600"),
-    ("missing-module", "PKCS#11 module"),
-    ("missing-cert", "cert_file"),
-    ("wrong-pin", "CKR_PIN_INCORRECT"),
-    ("unknown-token", "no-such-token"),
-])
+@pytest.mark.parametrize(
+    ("case", "must_name"),
+    [
+        ("missing-config", "not found"),
+        ("invalid-toml", "TOML"),
+        ("unknown-option", "bogus_option"),
+        ("loose-secret", "chmod 600"),
+        ("missing-module", "PKCS#11 module"),
+        ("missing-cert", "cert_file"),
+        ("wrong-pin", "CKR_PIN_INCORRECT"),
+        ("unknown-token", "no-such-token"),
+    ],
+)
 def test_startup_errors_say_what_to_fix(target: Target, case: str, must_name: str) -> None:
     state = _state(target)
     extra = ("--plain-http",)
@@ -74,28 +93,31 @@ def test_startup_errors_say_what_to_fix(target: Target, case: str, must_name: st
         config = state / "invalid.toml"
         config.write_text("this is [not toml\n")
     elif case == "unknown-option":
-        config = _variant(target, "unknown.toml", r"^max_in_flight = .*$",
-                          "max_in_flight = 256\nbogus_option = 1")
+        config = _variant(
+            target, "unknown.toml", r"^max_in_flight = .*$", "max_in_flight = 256\nbogus_option = 1"
+        )
     elif case == "loose-secret":
         loose = state / "secrets" / "loose.secret"
         loose.write_text(target.cred.secret + "\n")
         os.chmod(loose, 0o644)
-        config = _variant(target, "loose.toml", r'^secret = "file:.*"$',
-                          f'secret = "file:{loose}"')
+        config = _variant(target, "loose.toml", r'^secret = "file:.*"$', f'secret = "file:{loose}"')
     elif case == "missing-module":
-        config = _variant(target, "nomodule.toml", r"^module = .*$",
-                          'module = "/nonexistent/libpkcs11.so"')
+        config = _variant(
+            target, "nomodule.toml", r"^module = .*$", 'module = "/nonexistent/libpkcs11.so"'
+        )
     elif case == "wrong-pin":
         wrong = state / "secrets" / "wrong.pin"
         wrong.write_text("not-the-pin\n")
         os.chmod(wrong, 0o600)
         config = _variant(target, "wrongpin.toml", r"^pin = .*$", f'pin = "file:{wrong}"')
     elif case == "unknown-token":
-        config = _variant(target, "notoken.toml", r"^token_label = .*$",
-                          'token_label = "no-such-token"')
+        config = _variant(
+            target, "notoken.toml", r"^token_label = .*$", 'token_label = "no-such-token"'
+        )
     else:
-        config = _variant(target, "nocert.toml", r"^cert_file = .*$",
-                          'cert_file = "/nonexistent/server.crt"')
+        config = _variant(
+            target, "nocert.toml", r"^cert_file = .*$", 'cert_file = "/nonexistent/server.crt"'
+        )
         extra = ()
     done = _serve(config, f"127.0.0.1:{free_port()}", *extra)
     _assert_clean_refusal(done, target, must_name)

@@ -17,8 +17,7 @@ EXPECTED = {
     "bad-path": {404},
     "bad-ciphertext": {400, 429},
 }
-NAMES = {400: None, 401: "AuthenticationFailedException", 404: None,
-         429: "ThrottlingException"}
+NAMES = {400: None, 401: "AuthenticationFailedException", 404: None, 429: "ThrottlingException"}
 
 
 def _request(target: Target, kind: str) -> bytes:
@@ -37,16 +36,23 @@ def _request(target: Target, kind: str) -> bytes:
         body = b"{}"
     else:
         path = target.key_path("demo", "decrypt")
-        body = json.dumps(decrypt_body({"ciphertext": "AAAA",
-                                        "initializationVector": b64(b"\0" * 12),
-                                        "authenticationTag": b64(b"\0" * 16)})).encode()
+        body = json.dumps(
+            decrypt_body(
+                {
+                    "ciphertext": "AAAA",
+                    "initializationVector": b64(b"\0" * 12),
+                    "authenticationTag": b64(b"\0" * 16),
+                }
+            )
+        ).encode()
     headers = {"Content-Type": "application/json"}
     if kind != "unsigned":
         headers = botocore_headers(target.server.base_url + path, body, target.cred)
     headers["Host"] = target.server.host
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return (f"POST {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 async def _one(port: int, data: bytes) -> Answer:
@@ -59,8 +65,9 @@ async def _one(port: int, data: bytes) -> Answer:
         writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip()
-               for k, _, v in (line.partition(":") for line in lines[1:])}
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+    }
     return Answer(int(lines[0].split()[1]), headers, body)
 
 
@@ -83,6 +90,7 @@ def test_mixed_concurrent_connections(target: Target) -> None:
             assert expected_name is None or doc["errorName"] == expected_name
     assert any(a.status == 200 for a in answers)
     assert target.server.proc.poll() is None
-    after = target.post(target.key_path("demo", "encrypt"),
-                        json.dumps(encrypt_body(b"adversarial")).encode())
+    after = target.post(
+        target.key_path("demo", "encrypt"), json.dumps(encrypt_body(b"adversarial")).encode()
+    )
     assert after.status == 200, after.describe()

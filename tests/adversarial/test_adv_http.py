@@ -51,9 +51,10 @@ def _chunk(data: bytes) -> bytes:
 def test_chunked_body_within_the_cap_is_served(target: Target) -> None:
     path = target.key_path("demo", "encrypt")
     body = _encrypt_bytes()
-    head = (target.signed_head(path, body)
-            + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-    pieces = [body[i:i + 7] for i in range(0, len(body), 7)]
+    head = (
+        target.signed_head(path, body) + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
     answer = target.exchange(head + b"".join(_chunk(p) for p in pieces) + b"0\r\n\r\n")
     assert answer.status == 200, answer.describe()
 

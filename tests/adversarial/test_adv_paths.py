@@ -16,25 +16,30 @@ def _enc() -> bytes:
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "OPTIONS", "PATCH"])
 def test_non_post_is_405_json(target: Target, method: str) -> None:
     path = target.key_path("demo", "encrypt")
-    answer = target.exchange(f"{method} {path} HTTP/1.1\r\nHost: {target.server.host}\r\n"
-                             "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    answer = target.exchange(
+        f"{method} {path} HTTP/1.1\r\nHost: {target.server.host}\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+    )
     assert_xks_error(answer, 405, "ValidationException")
     assert answer.headers.get("allow") == "POST"
 
 
-@pytest.mark.parametrize(("suffix", "status", "name"), [
-    ("/keys/de%21o/encrypt", 400, "ValidationException"),      # "!" is no key-id character
-    ("/keys/de%20o/encrypt", 400, "ValidationException"),      # nor is ' '
-    ("//keys/demo/encrypt", 404, "InvalidUriPathException"),
-    ("/keys/demo/encrypt/", 404, "InvalidUriPathException"),
-    ("/keys/../keys/demo/encrypt", 404, "InvalidUriPathException"),
-    ("/keys/demo/encrypt%00", 404, "InvalidUriPathException"),
-    ("/keys/" + "k" * 129 + "/encrypt", 400, "ValidationException"),
-    ("/keys/" + "k" * 128 + "/encrypt", 404, "KeyNotFoundException"),
-    ("/keys/a.b-c_d/encrypt", 404, "KeyNotFoundException"),
-    ("/keys/xks-health-test/encrypt", 404, "KeyNotFoundException"),
-    ("/keys/" + "k" * 300 + "/encrypt", 404, "InvalidUriPathException"),  # URI > 256 chars
-])
+@pytest.mark.parametrize(
+    ("suffix", "status", "name"),
+    [
+        ("/keys/de%21o/encrypt", 400, "ValidationException"),  # "!" is no key-id character
+        ("/keys/de%20o/encrypt", 400, "ValidationException"),  # nor is ' '
+        ("//keys/demo/encrypt", 404, "InvalidUriPathException"),
+        ("/keys/demo/encrypt/", 404, "InvalidUriPathException"),
+        ("/keys/../keys/demo/encrypt", 404, "InvalidUriPathException"),
+        ("/keys/demo/encrypt%00", 404, "InvalidUriPathException"),
+        ("/keys/" + "k" * 129 + "/encrypt", 400, "ValidationException"),
+        ("/keys/" + "k" * 128 + "/encrypt", 404, "KeyNotFoundException"),
+        ("/keys/a.b-c_d/encrypt", 404, "KeyNotFoundException"),
+        ("/keys/xks-health-test/encrypt", 404, "KeyNotFoundException"),
+        ("/keys/" + "k" * 300 + "/encrypt", 404, "InvalidUriPathException"),  # URI > 256 chars
+    ],
+)
 def test_odd_paths(target: Target, suffix: str, status: int, name: str) -> None:
     path = f"{target.prefix}{API}{suffix}"
     assert_xks_error(target.post(path, _enc()), status, name)
@@ -55,8 +60,10 @@ def test_unknown_paths_are_404_json(target: Target, path: str) -> None:
 
 
 def test_crypto_field_boundaries(target: Target) -> None:
-    encrypted = target.post(target.key_path("demo", "encrypt"), json.dumps(
-        encrypt_body(b"adversarial", aad=b"A")).encode())
+    encrypted = target.post(
+        target.key_path("demo", "encrypt"),
+        json.dumps(encrypt_body(b"adversarial", aad=b"A")).encode(),
+    )
     assert encrypted.status == 200, encrypted.describe()
     good = encrypted.json()
     decrypt = target.key_path("demo", "decrypt")
@@ -89,7 +96,12 @@ def test_crypto_field_boundaries(target: Target) -> None:
     ok = target.post(decrypt, json.dumps(decrypt_body(good, aad=b"A")).encode())
     assert ok.status == 200, ok.describe()
     # Someone else's ciphertext: the same fields under another key must not decrypt.
-    other = target.post(target.key_path("demo-encrypt-only", "encrypt"), json.dumps(
-        encrypt_body(b"adversarial", aad=b"A")).encode()).json()
-    assert_xks_error(target.post(decrypt, json.dumps(decrypt_body(other, aad=b"A")).encode()),
-                     400, "InvalidCiphertextException")
+    other = target.post(
+        target.key_path("demo-encrypt-only", "encrypt"),
+        json.dumps(encrypt_body(b"adversarial", aad=b"A")).encode(),
+    ).json()
+    assert_xks_error(
+        target.post(decrypt, json.dumps(decrypt_body(other, aad=b"A")).encode()),
+        400,
+        "InvalidCiphertextException",
+    )

@@ -14,8 +14,13 @@ def test_logs_hold_no_plaintext_secret_or_traceback(target: Target) -> None:
     texts = {"server output": target.server.log_text()}
     for path in sorted((state.path / "audit").glob("*.log*")):
         texts[path.name] = path.read_text(errors="replace")
-    forbidden = [MARKER.decode(), base64.b64encode(MARKER).decode(), "Signature=",
-                 "AWS4-HMAC-SHA256", *state.secrets_used]
+    forbidden = [
+        MARKER.decode(),
+        base64.b64encode(MARKER).decode(),
+        "Signature=",
+        "AWS4-HMAC-SHA256",
+        *state.secrets_used,
+    ]
     for name, text in texts.items():
         for value in forbidden:
             assert value not in text, f"{name} contains a forbidden value ({value[:12]}...)"

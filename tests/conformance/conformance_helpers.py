@@ -244,8 +244,12 @@ def botocore_headers(
     at: dt.datetime | None = None,
 ) -> dict[str, str]:
     """Sign with botocore's SigV4Auth (what KMS-like AWS tooling does); ``at`` fakes the clock."""
-    req = AWSRequest(method=method, url=url, data=body,
-                     headers=dict(headers or {"Content-Type": "application/json"}))
+    req = AWSRequest(
+        method=method,
+        url=url,
+        data=body,
+        headers=dict(headers or {"Content-Type": "application/json"}),
+    )
     signer = SigV4Auth(Credentials(cred.akid, cred.secret), service, region)
     if at is None:
         signer.add_auth(req)
@@ -281,16 +285,22 @@ class BotocoreClient:
     ) -> Reply:
         """Sign and POST; ``mutate(headers, body) -> (headers, body)`` tampers after signing."""
         data = _as_bytes(body)
-        signed = botocore_headers(self.base_url + path, data, cred, region=region,
-                                  service=service, headers=headers, at=at)
+        signed = botocore_headers(
+            self.base_url + path, data, cred, region=region, service=service, headers=headers, at=at
+        )
         if len(SIGNATURES) < 500:
             SIGNATURES.append(signed["Authorization"].rsplit("Signature=", 1)[-1])
         if mutate is not None:
             signed, data = mutate(signed, data)
         return self.raw("POST", path, data, signed)
 
-    def raw(self, method: str, path: str, data: bytes | None = None,
-            headers: Mapping[str, str] | None = None) -> Reply:
+    def raw(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
         """Send exactly what is given (no signing): unauthenticated and tampered requests."""
         r = self.http.request(method, path, content=data, headers=dict(headers or {}))
         local = None
@@ -300,8 +310,13 @@ class BotocoreClient:
                 local = stream.get_extra_info("client_addr")
             except OSError:  # the server closed the connection after answering: fine
                 local = None
-        return Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content,
-                     r.http_version, local)
+        return Reply(
+            r.status_code,
+            {k.lower(): v for k, v in r.headers.items()},
+            r.content,
+            r.http_version,
+            local,
+        )
 
 
 class RequestsClient:
@@ -317,12 +332,23 @@ class RequestsClient:
     def close(self) -> None:
         self.session.close()
 
-    def post(self, path: str, body: bytes | Mapping[str, Any] | str, cred: Cred, *,
-             region: str = REGION) -> Reply:
-        auth = AWSRequestsAuth(aws_access_key=cred.akid, aws_secret_access_key=cred.secret,
-                               aws_host=self.host, aws_region=region, aws_service=SERVICE)
-        r = self.session.post(self.base_url + path, data=_as_bytes(body), auth=auth,
-                              headers={"Content-Type": "application/json"}, timeout=30)
+    def post(
+        self, path: str, body: bytes | Mapping[str, Any] | str, cred: Cred, *, region: str = REGION
+    ) -> Reply:
+        auth = AWSRequestsAuth(
+            aws_access_key=cred.akid,
+            aws_secret_access_key=cred.secret,
+            aws_host=self.host,
+            aws_region=region,
+            aws_service=SERVICE,
+        )
+        r = self.session.post(
+            self.base_url + path,
+            data=_as_bytes(body),
+            auth=auth,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
         return Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
 
 
@@ -335,16 +361,36 @@ class CurlClient:
         self.base_url = base_url
         self.cacert = cacert
 
-    def post(self, path: str, body: bytes | Mapping[str, Any] | str, cred: Cred | None, *,
-             region: str = REGION, extra_args: list[str] | None = None) -> Reply:
+    def post(
+        self,
+        path: str,
+        body: bytes | Mapping[str, Any] | str,
+        cred: Cred | None,
+        *,
+        region: str = REGION,
+        extra_args: list[str] | None = None,
+    ) -> Reply:
         data = _as_bytes(body)
         with tempfile.TemporaryDirectory(prefix="xks-curl-") as tmp:
             body_file = Path(tmp, "body")
             body_file.write_bytes(data)
             out_file, hdr_file = Path(tmp, "out"), Path(tmp, "hdr")
-            cmd = ["curl", "-sS", "--max-time", "30", "-o", str(out_file), "-D", str(hdr_file),
-                   "-w", "%{http_code} %{http_version}",
-                   "-H", "Content-Type: application/json", "--data-binary", f"@{body_file}"]
+            cmd = [
+                "curl",
+                "-sS",
+                "--max-time",
+                "30",
+                "-o",
+                str(out_file),
+                "-D",
+                str(hdr_file),
+                "-w",
+                "%{http_code} %{http_version}",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                f"@{body_file}",
+            ]
             if cred is not None:
                 # The secret goes through a 0600 config file, not argv (visible in ps).
                 cfg = Path(tmp, "curlrc")
@@ -409,11 +455,13 @@ def assert_ok(reply: Reply) -> dict[str, Any]:
     return doc
 
 
-def assert_encrypt_response(doc: Mapping[str, Any], plaintext: bytes, aad: bytes | None,
-                            cdiv: bool) -> None:
+def assert_encrypt_response(
+    doc: Mapping[str, Any], plaintext: bytes, aad: bytes | None, cdiv: bool
+) -> None:
     """Shape and sizes of a successful Encrypt answer, CDIV recomputed independently."""
-    ct, iv, tag = (unb64(doc[k]) for k in ("ciphertext", "initializationVector",
-                                           "authenticationTag"))
+    ct, iv, tag = (
+        unb64(doc[k]) for k in ("ciphertext", "initializationVector", "authenticationTag")
+    )
     assert len(ct) == len(plaintext)
     assert len(iv) in (12, 16), len(iv)
     assert len(tag) == 16, len(tag)

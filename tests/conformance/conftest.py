@@ -77,8 +77,7 @@ def stores(state: StateDir) -> dict:
 
 @pytest.fixture(scope="session")
 def tls_server(state: StateDir, server: Server) -> Iterator[Server]:
-    cfg = copy_config(state, "xksproxy-tls.toml",
-                      {("audit", "file"): '"audit/tls-audit.log"'})
+    cfg = copy_config(state, "xksproxy-tls.toml", {("audit", "file"): '"audit/tls-audit.log"'})
     srv = start_server(state, config=cfg, plain_http=False, log_name="server-tls")
     yield srv
     srv.stop()
@@ -98,22 +97,45 @@ def fault_server(state: StateDir, server: Server) -> Iterator[Server]:
     if not FAULTSHIM_SRC.exists():
         pytest.skip("tests/support/faultshim.c not available yet")
     shim = state.path / "faultshim.so"
-    done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(FAULTSHIM_SRC),
-                           "-ldl", "-lpthread"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-o",
+            str(shim),
+            str(FAULTSHIM_SRC),
+            "-ldl",
+            "-lpthread",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, f"faultshim build failed:\n{done.stderr}"
     control = state.path / "faultshim.control"
     control.write_text("ok\n")
-    cfg = copy_config(state, "xksproxy-fault.toml", {
-        ("hsm", "module"): f'"{shim}"',
-        ("hsm", "mode"): '"threaded"',
-        ("health", "interval_s"): "1",
-        ("server", "request_deadline_ms"): str(DEFAULT_DEADLINE_MS),
-        ("audit", "file"): '"audit/fault-audit.log"',
-    })
-    srv = start_server(state, config=cfg, log_name="server-fault", env={
-        "FAULTSHIM_CONTROL": str(control),
-        "FAULTSHIM_MODULE": "/usr/lib/softhsm/libsofthsm2.so",
-    })
+    cfg = copy_config(
+        state,
+        "xksproxy-fault.toml",
+        {
+            ("hsm", "module"): f'"{shim}"',
+            ("hsm", "mode"): '"threaded"',
+            ("health", "interval_s"): "1",
+            ("server", "request_deadline_ms"): str(DEFAULT_DEADLINE_MS),
+            ("audit", "file"): '"audit/fault-audit.log"',
+        },
+    )
+    srv = start_server(
+        state,
+        config=cfg,
+        log_name="server-fault",
+        env={
+            "FAULTSHIM_CONTROL": str(control),
+            "FAULTSHIM_MODULE": "/usr/lib/softhsm/libsofthsm2.so",
+        },
+    )
     srv.control = control
     yield srv
     control.write_text("ok\n")
@@ -123,34 +145,48 @@ def fault_server(state: StateDir, server: Server) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def rotation_server(state: StateDir, server: Server) -> Iterator[Server]:
     """A server on its own copy of the config, which the rotation test edits through the CLI."""
-    cfg = copy_config(state, "xksproxy-rotation.toml",
-                      {("audit", "file"): '"audit/rotation-audit.log"'}, private_secrets=True)
+    cfg = copy_config(
+        state,
+        "xksproxy-rotation.toml",
+        {("audit", "file"): '"audit/rotation-audit.log"'},
+        private_secrets=True,
+    )
     srv = start_server(state, config=cfg, log_name="server-rotation")
     srv.config_path = cfg
     yield srv
     srv.stop()
 
 
-@pytest.fixture(scope="module", params=[("granian", 2), ("hypercorn", 1), ("hypercorn", 2)],
-                ids=lambda p: f"{p[0]}-{p[1]}w")
-def alt_server(request: pytest.FixtureRequest, state: StateDir,
-               server: Server) -> Iterator[Server]:
+@pytest.fixture(
+    scope="module",
+    params=[("granian", 2), ("hypercorn", 1), ("hypercorn", 2)],
+    ids=lambda p: f"{p[0]}-{p[1]}w",
+)
+def alt_server(request: pytest.FixtureRequest, state: StateDir, server: Server) -> Iterator[Server]:
     """The same config under the other launcher choices of the stable CLI."""
     impl, workers = request.param
     name = f"{impl}-{workers}w"
-    cfg = copy_config(state, f"xksproxy-{name}.toml",
-                      {("audit", "file"): f'"audit/{name}-audit.log"'})
-    srv = start_server(state, config=cfg, log_name=f"server-{name}", workers=workers,
-                       server_impl=impl)
+    cfg = copy_config(
+        state, f"xksproxy-{name}.toml", {("audit", "file"): f'"audit/{name}-audit.log"'}
+    )
+    srv = start_server(
+        state, config=cfg, log_name=f"server-{name}", workers=workers, server_impl=impl
+    )
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="session")
 def tls_hypercorn_server(state: StateDir, server: Server) -> Iterator[Server]:
-    cfg = copy_config(state, "xksproxy-tls-hypercorn.toml",
-                      {("audit", "file"): '"audit/tls-hypercorn-audit.log"'})
-    srv = start_server(state, config=cfg, plain_http=False, log_name="server-tls-hypercorn",
-                       server_impl="hypercorn")
+    cfg = copy_config(
+        state, "xksproxy-tls-hypercorn.toml", {("audit", "file"): '"audit/tls-hypercorn-audit.log"'}
+    )
+    srv = start_server(
+        state,
+        config=cfg,
+        plain_http=False,
+        log_name="server-tls-hypercorn",
+        server_impl="hypercorn",
+    )
     yield srv
     srv.stop()

@@ -49,8 +49,15 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*cli_command(), *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(), cwd=REPO, check=False)
+    done = subprocess.run(
+        [*cli_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=REPO,
+        check=False,
+    )
     return done
 
 
@@ -129,8 +136,11 @@ def init_state(path: Path) -> StateDir:
     assert uri_path.endswith("/kms/xks/v1"), uri_path
     config = path / "xksproxy.toml"
     parsed = tomllib.loads(config.read_text())
-    demo = Store("demo", uri_path[: -len("/kms/xks/v1")],
-                 (Cred(cred["AccessKeyId"], cred["RawSecretAccessKey"]),))
+    demo = Store(
+        "demo",
+        uri_path[: -len("/kms/xks/v1")],
+        (Cred(cred["AccessKeyId"], cred["RawSecretAccessKey"]),),
+    )
     state = StateDir(path, config, demo, parsed["hsm"][0]["name"])
     state.secrets_used.append(demo.creds[0].secret)
     # Parallel servers (and teammates' servers) must not fight over the default metrics port.
@@ -142,17 +152,23 @@ def init_state(path: Path) -> StateDir:
     return state
 
 
-def store_toml(state: StateDir, name: str, prefix: str, extra: str = "",
-               regions: str = "[]", keys: str = '["demo"]') -> tuple[str, Store]:
+def store_toml(
+    state: StateDir,
+    name: str,
+    prefix: str,
+    extra: str = "",
+    regions: str = "[]",
+    keys: str = '["demo"]',
+) -> tuple[str, Store]:
     """A ``[[keystore]]`` table with its own fresh credential written to a 0600 secret file."""
     cred = new_credential()
     secret_file = state.write_secret(f"conformance-{name}.secret", cred.secret)
     state.secrets_used.append(cred.secret)
     text = (
-        f"\n[[keystore]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\n"
-        f"hsm = \"{state.hsm_name}\"\nregions = {regions}\nkeys = {keys}\n{extra}"
-        f"\n[[keystore.credentials]]\naccess_key_id = \"{cred.akid}\"\n"
-        f"secret = \"file:{secret_file}\"\n"
+        f'\n[[keystore]]\nname = "{name}"\npath_prefix = "{prefix}"\n'
+        f'hsm = "{state.hsm_name}"\nregions = {regions}\nkeys = {keys}\n{extra}'
+        f'\n[[keystore.credentials]]\naccess_key_id = "{cred.akid}"\n'
+        f'secret = "file:{secret_file}"\n'
     )
     return text, Store(name, prefix, (cred,))
 
@@ -171,17 +187,17 @@ def extend_config(state: StateDir) -> None:
     state.secrets_used.append(demo2.secret)
     parts = [
         "\n# ---- appended by tests/conformance ----\n"
-        f"[[keystore.credentials]]\naccess_key_id = \"{demo2.akid}\"\nsecret = \"file:{f2}\"\n"
-        "\n[[keystore.deny]]\nname = \"conformance-denied-role\"\n"
-        "principal = \"arn:aws:iam::*:role/denied\"\n"
-        "\n[[keystore.deny]]\nname = \"conformance-op-glob\"\noperation = \"Forbidden*\"\n"
-        "\n[[keystore.deny]]\nname = \"conformance-and\"\nkey_id = \"demo-encrypt-only\"\n"
-        "via_service = \"blocked-svc\"\n"
+        f'[[keystore.credentials]]\naccess_key_id = "{demo2.akid}"\nsecret = "file:{f2}"\n'
+        '\n[[keystore.deny]]\nname = "conformance-denied-role"\n'
+        'principal = "arn:aws:iam::*:role/denied"\n'
+        '\n[[keystore.deny]]\nname = "conformance-op-glob"\noperation = "Forbidden*"\n'
+        '\n[[keystore.deny]]\nname = "conformance-and"\nkey_id = "demo-encrypt-only"\n'
+        'via_service = "blocked-svc"\n'
     ]
     stores = {"demo": Store("demo", state.demo.prefix, (*state.demo.creds, demo2))}
     for name, prefix, extra in [
         ("second", "/second", ""),
-        ("keyoff", "/keyoff", "disabled_keys = [\"demo\"]\n"),
+        ("keyoff", "/keyoff", 'disabled_keys = ["demo"]\n'),
         ("storeoff", "/storeoff", "enabled = false\n"),
         ("throttled", "/throttled", "\n[keystore.quota]\nrate = 1\nburst = 1\n"),
         ("longprefix", LONG_PREFIX, ""),
@@ -192,8 +208,13 @@ def extend_config(state: StateDir) -> None:
     for name, prefix, regions, keys, extra in [
         ("regional", "/regional", '["eu-west-1", "us-east-1"]', '["demo"]', ""),
         ("wildcard", "/wildcard", "[]", '["*"]', ""),
-        ("aliased", "/aliased", "[]", '["alias-1"]',
-         '\n[keystore.key_labels]\n"alias-1" = "demo"\n'),
+        (
+            "aliased",
+            "/aliased",
+            "[]",
+            '["alias-1"]',
+            '\n[keystore.key_labels]\n"alias-1" = "demo"\n',
+        ),
     ]:
         text, store = store_toml(state, name, prefix, extra, regions=regions, keys=keys)
         parts.append(text)
@@ -239,16 +260,31 @@ class Server:
         return self.exit_code
 
 
-def start_server(state: StateDir, *, config: Path | None = None, plain_http: bool = True,
-                 log_name: str = "server", env: dict[str, str] | None = None,
-                 startup_s: float = 60.0, workers: int = 1,
-                 server_impl: str | None = None) -> Server:
+def start_server(
+    state: StateDir,
+    *,
+    config: Path | None = None,
+    plain_http: bool = True,
+    log_name: str = "server",
+    env: dict[str, str] | None = None,
+    startup_s: float = 60.0,
+    workers: int = 1,
+    server_impl: str | None = None,
+) -> Server:
     """``xksproxy serve`` on a free loopback port; wait for the "listening on" line or /ping."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     log_path = state.path / f"{log_name}.out"
-    cmd = [*cli_command(), "serve", "--config", str(config or state.config), "--bind", host,
-           "--workers", str(workers)]
+    cmd = [
+        *cli_command(),
+        "serve",
+        "--config",
+        str(config or state.config),
+        "--bind",
+        host,
+        "--workers",
+        str(workers),
+    ]
     if server_impl is not None:
         cmd += ["--server", server_impl]
     if plain_http:
@@ -256,16 +292,18 @@ def start_server(state: StateDir, *, config: Path | None = None, plain_http: boo
     full_env = cli_env()
     full_env.update(env or {})
     out = log_path.open("wb")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=REPO, start_new_session=True
+    )
     out.close()
     scheme = "http" if plain_http else "https"
     server = Server(proc, f"{scheme}://{host}", host, log_path, state)
     deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"xksproxy serve exited {proc.returncode}:\n"
-                                 f"{server.log_text()[-4000:]}")
+            raise AssertionError(
+                f"xksproxy serve exited {proc.returncode}:\n{server.log_text()[-4000:]}"
+            )
         if "listening on" in server.log_text():
             return server
         try:
@@ -276,12 +314,14 @@ def start_server(state: StateDir, *, config: Path | None = None, plain_http: boo
             pass
         time.sleep(0.2)
     server.stop()
-    raise AssertionError(f"xksproxy serve did not start in {startup_s}s:\n"
-                         f"{server.log_text()[-4000:]}")
+    raise AssertionError(
+        f"xksproxy serve did not start in {startup_s}s:\n{server.log_text()[-4000:]}"
+    )
 
 
-def copy_config(state: StateDir, name: str, edits: dict[tuple[str, str], str],
-                private_secrets: bool = False) -> Path:
+def copy_config(
+    state: StateDir, name: str, edits: dict[tuple[str, str], str], private_secrets: bool = False
+) -> Path:
     """A variant of the state's config with some options replaced (e.g. the HSM module).
 
     ``private_secrets``: give the copy its own copies of the suite's secret files, so that a CLI
@@ -296,7 +336,7 @@ def copy_config(state: StateDir, name: str, edits: dict[tuple[str, str], str],
         for src in sorted((state.path / "secrets").glob("conformance-*.secret")):
             dst = src.with_name(f"{stem}-{src.name}")
             shutil.copy2(src, dst)
-            text = text.replace(f"file:{src}\"", f"file:{dst}\"")
+            text = text.replace(f'file:{src}"', f'file:{dst}"')
     path = state.path / name
     path.write_text(text)
     return path

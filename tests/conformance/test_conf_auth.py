@@ -30,8 +30,11 @@ def utc_now() -> dt.datetime:
 def test_no_authorization_header(boto, stores, op):
     s = stores["demo"]
     path = s.health_path if op == "health" else s.key_path("demo", op)
-    body = {"health": health_body(), "metadata": metadata_body(),
-            "encrypt": encrypt_body(secret_marker("pt"))}[op]
+    body = {
+        "health": health_body(),
+        "metadata": metadata_body(),
+        "encrypt": encrypt_body(secret_marker("pt")),
+    }[op]
     r = boto.raw("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
     assert_json_error(r, 401, AUTH)
 
@@ -88,10 +91,19 @@ def basic_authorization(headers, body):
     return headers, body
 
 
-@pytest.mark.parametrize("mutate", [tamper_signature, tamper_body, drop_date,
-                                    change_content_type, duplicate_authorization,
-                                    garbage_authorization, basic_authorization],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        tamper_signature,
+        tamper_body,
+        drop_date,
+        change_content_type,
+        duplicate_authorization,
+        garbage_authorization,
+        basic_authorization,
+    ],
+    ids=lambda f: f.__name__,
+)
 def test_tampered_request(boto, stores, mutate):
     s = stores["demo"]
     r = boto.post(s.key_path("demo", "metadata"), metadata_body(), s.creds[0], mutate=mutate)
@@ -100,8 +112,9 @@ def test_tampered_request(boto, stores, mutate):
 
 def test_another_stores_credential(boto, stores):
     demo, second = stores["demo"], stores["second"]
-    assert_json_error(boto.post(demo.key_path("demo", "metadata"), metadata_body(),
-                                second.creds[0]), 401, AUTH)
+    assert_json_error(
+        boto.post(demo.key_path("demo", "metadata"), metadata_body(), second.creds[0]), 401, AUTH
+    )
     assert_json_error(boto.post(second.health_path, health_body(), demo.creds[0]), 401, AUTH)
 
 
@@ -114,8 +127,9 @@ def test_unknown_access_key(boto, stores):
 @pytest.mark.parametrize("service", ["kms", "kms-xks-proxyx", "s3"])
 def test_wrong_service_in_scope(boto, stores, service):
     s = stores["demo"]
-    assert_json_error(boto.post(s.health_path, health_body(), s.creds[0], service=service),
-                      401, AUTH)
+    assert_json_error(
+        boto.post(s.health_path, health_body(), s.creds[0], service=service), 401, AUTH
+    )
 
 
 def test_any_region_accepted_when_unrestricted(boto, stores):
@@ -134,8 +148,9 @@ def test_clock_skew_inside_window_accepted(boto, stores, minutes):
 def test_clock_skew_outside_window_rejected(boto, stores, minutes):
     s = stores["demo"]
     at = utc_now() + dt.timedelta(minutes=minutes)
-    assert_json_error(boto.post(s.key_path("demo", "metadata"), metadata_body(), s.creds[0],
-                                at=at), 401, AUTH)
+    assert_json_error(
+        boto.post(s.key_path("demo", "metadata"), metadata_body(), s.creds[0], at=at), 401, AUTH
+    )
 
 
 def test_credential_date_must_match_amz_date(boto, stores):
@@ -163,8 +178,12 @@ def test_signature_for_other_path_rejected(boto, stores):
 def test_auth_checked_before_key_lookup(boto, stores):
     """No oracle: an unauthenticated caller cannot learn which keys exist."""
     s = stores["demo"]
-    r = boto.raw("POST", s.key_path("nosuchkey", "metadata"), json.dumps(metadata_body()).encode(),
-                 {"Content-Type": "application/json"})
+    r = boto.raw(
+        "POST",
+        s.key_path("nosuchkey", "metadata"),
+        json.dumps(metadata_body()).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert_json_error(r, 401, AUTH)
 
 
@@ -177,8 +196,7 @@ def test_restricted_regions_accept_listed(boto, stores, region):
 @pytest.mark.parametrize("region", ["us-west-2", "eu-west-2", "us-east-1x"])
 def test_restricted_regions_reject_others(boto, stores, region):
     s = stores["regional"]
-    assert_json_error(boto.post(s.health_path, health_body(), s.creds[0], region=region), 401,
-                      AUTH)
+    assert_json_error(boto.post(s.health_path, health_body(), s.creds[0], region=region), 401, AUTH)
 
 
 def test_signed_content_sha256_header_must_match_body(boto, stores):
@@ -186,9 +204,12 @@ def test_signed_content_sha256_header_must_match_body(boto, stores):
     header would let a different body through under a valid signature."""
     s = stores["demo"]
     body = json.dumps(metadata_body()).encode()
-    good = {"Content-Type": "application/json",
-            "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()}
+    good = {
+        "Content-Type": "application/json",
+        "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest(),
+    }
     assert_ok(boto.post(s.key_path("demo", "metadata"), body, s.creds[0], headers=good))
     bad = dict(good, **{"X-Amz-Content-SHA256": hashlib.sha256(b"other").hexdigest()})
-    assert_json_error(boto.post(s.key_path("demo", "metadata"), body, s.creds[0], headers=bad),
-                      401, AUTH)
+    assert_json_error(
+        boto.post(s.key_path("demo", "metadata"), body, s.creds[0], headers=bad), 401, AUTH
+    )

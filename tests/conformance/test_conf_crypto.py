@@ -39,8 +39,13 @@ def test_cdiv_spec_vector():
         "ciphertext": "ghxkK1txeDNn3q8Y",
         "authenticationTag": "vBxN2ncH1oEkR8WVXpmyYQ==",
     }
-    raw = aad + b"key_version=1" + base64.b64decode("HMrlRw85cAJUd5Ax") + base64.b64decode(
-        "ghxkK1txeDNn3q8Y") + base64.b64decode("vBxN2ncH1oEkR8WVXpmyYQ==")
+    raw = (
+        aad
+        + b"key_version=1"
+        + base64.b64decode("HMrlRw85cAJUd5Ax")
+        + base64.b64decode("ghxkK1txeDNn3q8Y")
+        + base64.b64decode("vBxN2ncH1oEkR8WVXpmyYQ==")
+    )
     want = "qHA/ImC9h5HsLRXqCyPmWgYx7tzyoTplzILbP0fPXsc="
     assert base64.b64encode(hashlib.sha256(raw).digest()).decode() == want
     assert expected_cdiv(aad, response) == want
@@ -54,11 +59,19 @@ def test_cdiv_spec_vector():
 def roundtrip(client, store, key="demo", *, aad=None, cdiv=False, size=32, cred_index=0):
     pt = secret_marker("pt", size)
     cred = store.creds[cred_index]
-    enc = assert_ok(client.post(store.key_path(key, "encrypt"),
-                                encrypt_body(pt, aad=aad, cdiv=cdiv, expect_logged=True), cred))
+    enc = assert_ok(
+        client.post(
+            store.key_path(key, "encrypt"),
+            encrypt_body(pt, aad=aad, cdiv=cdiv, expect_logged=True),
+            cred,
+        )
+    )
     assert_encrypt_response(enc, pt, aad, cdiv)
-    dec = assert_ok(client.post(store.key_path(key, "decrypt"),
-                                decrypt_body(enc, aad=aad, expect_logged=True), cred))
+    dec = assert_ok(
+        client.post(
+            store.key_path(key, "decrypt"), decrypt_body(enc, aad=aad, expect_logged=True), cred
+        )
+    )
     assert set(dec) == {"plaintext"}, sorted(dec)
     assert unb64(dec["plaintext"]) == pt
     return enc
@@ -98,15 +111,22 @@ def test_unknown_kms_operation_and_extra_fields_accepted(boto, stores):
     """Spec: never reject an unknown kmsOperation; ignore unknown fields (KMS may add some)."""
     s = stores["demo"]
     pt = secret_marker("pt")
-    body = encrypt_body(pt, operation="BulkEncryptFromTheFuture", newMetaField="x",
-                        kmsViaService="ebs", awsSourceVpc="vpc-12345678",
-                        awsSourceVpce="vpce-12345678")
+    body = encrypt_body(
+        pt,
+        operation="BulkEncryptFromTheFuture",
+        newMetaField="x",
+        kmsViaService="ebs",
+        awsSourceVpc="vpc-12345678",
+        awsSourceVpce="vpce-12345678",
+    )
     body["someFutureTopLevelField"] = {"a": [1, 2, 3]}
     enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]))
     dbody = decrypt_body(enc, operation="ReEncrypt", anotherNewField=True)
     dbody["extra"] = None
-    assert unb64(assert_ok(boto.post(s.key_path("demo", "decrypt"), dbody,
-                                     s.creds[0]))["plaintext"]) == pt
+    assert (
+        unb64(assert_ok(boto.post(s.key_path("demo", "decrypt"), dbody, s.creds[0]))["plaintext"])
+        == pt
+    )
     md = metadata_body("BulkDescribeKey", someNewField=1)
     md["topLevelExtra"] = "y"
     assert_ok(boto.post(s.key_path("demo", "metadata"), md, s.creds[0]))
@@ -118,9 +138,13 @@ def test_long_arns_accepted(boto, stores):
     principal = "arn:aws:iam::123456789012:role/" + "r" * (2048 - 31)
     key_arn = "arn:aws:kms:us-east-1:123456789012:key/" + "k" * (2048 - 39)
     assert len(principal) == len(key_arn) == 2048
-    assert_ok(boto.post(s.key_path("demo", "encrypt"),
-                        encrypt_body(secret_marker("pt"), principal=principal, key_arn=key_arn),
-                        s.creds[0]))
+    assert_ok(
+        boto.post(
+            s.key_path("demo", "encrypt"),
+            encrypt_body(secret_marker("pt"), principal=principal, key_arn=key_arn),
+            s.creds[0],
+        )
+    )
 
 
 def test_each_encrypt_uses_fresh_iv(boto, stores):
@@ -142,11 +166,13 @@ def test_plaintext_4300_bytes_and_aad_8192_bytes(boto, stores):
     s = stores["demo"]
     pt = sensitive_large("pt-4300", 4300)
     aad = sensitive_large("aad-8192", 8192)
-    enc = assert_ok(boto.post(s.key_path("demo", "encrypt"),
-                              encrypt_body(pt, aad=aad, cdiv=True), s.creds[0]))
+    enc = assert_ok(
+        boto.post(s.key_path("demo", "encrypt"), encrypt_body(pt, aad=aad, cdiv=True), s.creds[0])
+    )
     assert_encrypt_response(enc, pt, aad, True)
-    dec = assert_ok(boto.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad),
-                              s.creds[0]))
+    dec = assert_ok(
+        boto.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad), s.creds[0])
+    )
     assert unb64(dec["plaintext"]) == pt
 
 
@@ -154,19 +180,21 @@ def test_aad_65535_bytes_is_the_framing_limit(boto, stores):
     """AAD is framed with a 2-byte length: 65535 must work."""
     s = stores["demo"]
     pt, aad = secret_marker("pt"), sensitive_large("aad-65535", 65535)
-    enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), encrypt_body(pt, aad=aad),
-                              s.creds[0]))
-    dec = assert_ok(boto.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad),
-                              s.creds[0]))
+    enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), encrypt_body(pt, aad=aad), s.creds[0]))
+    dec = assert_ok(
+        boto.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad), s.creds[0])
+    )
     assert unb64(dec["plaintext"]) == pt
 
 
 def test_aad_65536_bytes_is_unsupported(boto, stores):
     """One byte past the framing limit is beyond our implementation's maximum size → 501."""
     s = stores["demo"]
-    r = boto.post(s.key_path("demo", "encrypt"),
-                  encrypt_body(secret_marker("pt"), aad=sensitive_large("aad-65536", 65536)),
-                  s.creds[0])
+    r = boto.post(
+        s.key_path("demo", "encrypt"),
+        encrypt_body(secret_marker("pt"), aad=sensitive_large("aad-65536", 65536)),
+        s.creds[0],
+    )
     assert_json_error(r, 501, "UnsupportedOperationException")
 
 
@@ -176,8 +204,9 @@ def test_plaintext_over_configured_maximum_is_unsupported(boto, stores):
     ok = sensitive_large("pt-65536", 65536)
     enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), encrypt_body(ok), s.creds[0]))
     assert len(unb64(enc["ciphertext"])) == 65536
-    r = boto.post(s.key_path("demo", "encrypt"),
-                  encrypt_body(sensitive_large("pt-65537", 65537)), s.creds[0])
+    r = boto.post(
+        s.key_path("demo", "encrypt"), encrypt_body(sensitive_large("pt-65537", 65537)), s.creds[0]
+    )
     assert_json_error(r, 501, "UnsupportedOperationException")
 
 
@@ -196,13 +225,16 @@ def flip(b64text: str, index: int = 0) -> str:
 def sealed(boto, stores):
     s = stores["demo"]
     pt, aad = secret_marker("pt", 48), secret_marker("aad", 24)
-    enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), encrypt_body(pt, aad=aad, cdiv=True),
-                              s.creds[0]))
+    enc = assert_ok(
+        boto.post(s.key_path("demo", "encrypt"), encrypt_body(pt, aad=aad, cdiv=True), s.creds[0])
+    )
     return s, pt, aad, enc
 
 
-@pytest.mark.parametrize("field", ["ciphertext", "initializationVector", "authenticationTag",
-                                   "ciphertextMetadata", "aad"])
+@pytest.mark.parametrize(
+    "field",
+    ["ciphertext", "initializationVector", "authenticationTag", "ciphertextMetadata", "aad"],
+)
 def test_tampered_field_is_invalid_ciphertext(boto, sealed, field):
     s, _, aad, enc = sealed
     enc = dict(enc)
@@ -228,8 +260,9 @@ def test_missing_aad_is_invalid_ciphertext(boto, sealed):
 
 def test_added_aad_is_invalid_ciphertext(boto, stores):
     s = stores["demo"]
-    enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")),
-                              s.creds[0]))
+    enc = assert_ok(
+        boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")), s.creds[0])
+    )
     r = boto.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=b"x"), s.creds[0])
     assert_json_error(r, 400, "InvalidCiphertextException")
 
@@ -237,8 +270,9 @@ def test_added_aad_is_invalid_ciphertext(boto, stores):
 def test_metadata_moved_into_aad_is_invalid_ciphertext(boto, stores):
     """The length framing stops 'metadata passed as AAD and dropped' from decrypting."""
     s = stores["demo"]
-    enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")),
-                              s.creds[0]))
+    enc = assert_ok(
+        boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")), s.creds[0])
+    )
     if "ciphertextMetadata" not in enc:
         pytest.skip("proxy issues no ciphertextMetadata")
     moved = dict(enc)
@@ -274,8 +308,9 @@ def test_20_byte_metadata_is_well_formed(boto, sealed):
 def test_ciphertext_from_another_key_is_invalid(boto, stores, sealed):
     """demo-decrypt-only may decrypt, but not what another key sealed."""
     s, _, aad, enc = sealed
-    r = boto.post(s.key_path("demo-decrypt-only", "decrypt"), decrypt_body(enc, aad=aad),
-                  s.creds[0])
+    r = boto.post(
+        s.key_path("demo-decrypt-only", "decrypt"), decrypt_body(enc, aad=aad), s.creds[0]
+    )
     assert_json_error(r, 400, "InvalidCiphertextException")
 
 
@@ -294,8 +329,9 @@ EXPECTED_USAGE = {
 @pytest.mark.parametrize("key", sorted(EXPECTED_USAGE))
 def test_key_metadata_reports_exact_usage(req, stores, key):
     s = stores["demo"]
-    doc = assert_ok(req.post(s.key_path(key, "metadata"), metadata_body(expect_logged=True),
-                             s.creds[0]))
+    doc = assert_ok(
+        req.post(s.key_path(key, "metadata"), metadata_body(expect_logged=True), s.creds[0])
+    )
     assert doc["keySpec"] == "AES_256"
     assert doc["keyStatus"] == "ENABLED"
     usage = doc["keyUsage"]
@@ -307,8 +343,11 @@ def test_key_metadata_reports_exact_usage(req, stores, key):
 def test_key_metadata_curl_createkey_without_key_arn(curl, stores):
     """CreateKey's GetKeyMetadata carries no kmsKeyArn (optional for metadata)."""
     s = stores["demo"]
-    doc = assert_ok(curl.post(s.key_path("demo", "metadata"),
-                              metadata_body("CreateKey", key_arn=None), s.creds[0]))
+    doc = assert_ok(
+        curl.post(
+            s.key_path("demo", "metadata"), metadata_body("CreateKey", key_arn=None), s.creds[0]
+        )
+    )
     assert doc["keySpec"] == "AES_256" and doc["keyStatus"] == "ENABLED"
     assert {"ENCRYPT", "DECRYPT"} <= set(doc["keyUsage"])
 
@@ -320,10 +359,12 @@ def test_encrypt_only_key(boto, stores):
     enc = assert_ok(boto.post(path, encrypt_body(pt, aad=b"ctx"), s.creds[0]))
     assert_encrypt_response(enc, pt, b"ctx", False)
     # CDIV needs the round-trip decrypt, which this key may not do.
-    assert_json_error(boto.post(path, encrypt_body(pt, cdiv=True), s.creds[0]), 400,
-                      "InvalidKeyUsageException")
-    r = boto.post(s.key_path("demo-encrypt-only", "decrypt"), decrypt_body(enc, aad=b"ctx"),
-                  s.creds[0])
+    assert_json_error(
+        boto.post(path, encrypt_body(pt, cdiv=True), s.creds[0]), 400, "InvalidKeyUsageException"
+    )
+    r = boto.post(
+        s.key_path("demo-encrypt-only", "decrypt"), decrypt_body(enc, aad=b"ctx"), s.creds[0]
+    )
     assert_json_error(r, 400, "InvalidKeyUsageException")
 
 
@@ -331,10 +372,12 @@ def test_encrypt_only_key(boto, stores):
 @pytest.mark.parametrize("variant", ["plain", "aad", "cdiv"])
 def test_key_without_encrypt_usage(req, stores, key, variant):
     s = stores["demo"]
-    body = encrypt_body(secret_marker("pt"), aad=b"ctx" if variant != "plain" else None,
-                        cdiv=variant == "cdiv")
-    assert_json_error(req.post(s.key_path(key, "encrypt"), body, s.creds[0]), 400,
-                      "InvalidKeyUsageException")
+    body = encrypt_body(
+        secret_marker("pt"), aad=b"ctx" if variant != "plain" else None, cdiv=variant == "cdiv"
+    )
+    assert_json_error(
+        req.post(s.key_path(key, "encrypt"), body, s.creds[0]), 400, "InvalidKeyUsageException"
+    )
 
 
 def test_no_usage_key_cannot_decrypt(boto, sealed):
@@ -357,21 +400,31 @@ def test_disabled_key_metadata_reports_disabled(boto, stores):
 
 def test_disabled_key_encrypt_decrypt_invalid_state(boto, stores, sealed):
     s = stores["keyoff"]
-    assert_json_error(boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")),
-                                s.creds[0]), 400, "InvalidStateException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")), s.creds[0]),
+        400,
+        "InvalidStateException",
+    )
     _, _, aad, enc = sealed
-    assert_json_error(boto.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad),
-                                s.creds[0]), 400, "InvalidStateException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad), s.creds[0]),
+        400,
+        "InvalidStateException",
+    )
 
 
 @pytest.mark.parametrize("op", ["metadata", "encrypt", "decrypt"])
 def test_disabled_store_invalid_state(boto, stores, sealed, op):
     s = stores["storeoff"]
     _, _, aad, enc = sealed
-    body = {"metadata": metadata_body(), "encrypt": encrypt_body(secret_marker("pt")),
-            "decrypt": decrypt_body(enc, aad=aad)}[op]
-    assert_json_error(boto.post(s.key_path("demo", op), body, s.creds[0]), 400,
-                      "InvalidStateException")
+    body = {
+        "metadata": metadata_body(),
+        "encrypt": encrypt_body(secret_marker("pt")),
+        "decrypt": decrypt_body(enc, aad=aad),
+    }[op]
+    assert_json_error(
+        boto.post(s.key_path("demo", op), body, s.creds[0]), 400, "InvalidStateException"
+    )
 
 
 @pytest.mark.parametrize("op", ["metadata", "encrypt", "decrypt"])
@@ -381,40 +434,53 @@ def test_deny_rule_access_denied(boto, stores, sealed, op):
     request_id = rid()
     DENIED_REQUEST_IDS.append(request_id)
     kw = {"principal": DENIED_PRINCIPAL, "request_id": request_id}
-    body = {"metadata": metadata_body(**kw),
-            "encrypt": encrypt_body(secret_marker("pt"), **kw),
-            "decrypt": decrypt_body(enc, aad=aad, **kw)}[op]
-    assert_json_error(boto.post(s.key_path("demo", op), body, s.creds[0]), 403,
-                      "AccessDeniedException")
+    body = {
+        "metadata": metadata_body(**kw),
+        "encrypt": encrypt_body(secret_marker("pt"), **kw),
+        "decrypt": decrypt_body(enc, aad=aad, **kw),
+    }[op]
+    assert_json_error(
+        boto.post(s.key_path("demo", op), body, s.creds[0]), 403, "AccessDeniedException"
+    )
 
 
 def test_deny_rule_is_per_store(boto, stores):
     s = stores["second"]
-    assert_ok(boto.post(s.key_path("demo", "metadata"), metadata_body(principal=DENIED_PRINCIPAL),
-                        s.creds[0]))
+    assert_ok(
+        boto.post(
+            s.key_path("demo", "metadata"), metadata_body(principal=DENIED_PRINCIPAL), s.creds[0]
+        )
+    )
 
 
 @pytest.mark.parametrize("key", ["nosuchkey", "demo-encrypt-only", "xks-health-test"])
 def test_key_not_in_store(boto, stores, key):
     """Unknown key, a token key this store may not use, and the health test key → 404."""
     s = stores["second"]
-    for op, body in [("metadata", metadata_body()),
-                     ("encrypt", encrypt_body(secret_marker("pt")))]:
-        assert_json_error(boto.post(s.key_path(key, op), body, s.creds[0]), 404,
-                          "KeyNotFoundException")
+    for op, body in [("metadata", metadata_body()), ("encrypt", encrypt_body(secret_marker("pt")))]:
+        assert_json_error(
+            boto.post(s.key_path(key, op), body, s.creds[0]), 404, "KeyNotFoundException"
+        )
 
 
 def test_key_not_found_curl(curl, stores):
     s = stores["demo"]
-    assert_json_error(curl.post(s.key_path("absent-key", "metadata"), metadata_body(),
-                                s.creds[0]), 404, "KeyNotFoundException")
+    assert_json_error(
+        curl.post(s.key_path("absent-key", "metadata"), metadata_body(), s.creds[0]),
+        404,
+        "KeyNotFoundException",
+    )
 
 
 def test_throttling_quota(boto, stores):
     """rate=1 burst=1: a quick burst of 5 gets at least one 429; the rest succeed."""
     s = stores["throttled"]
-    replies = [boto.post(s.health_path.replace("/health", "/keys/demo/metadata"),
-                         metadata_body(), s.creds[0]) for _ in range(5)]
+    replies = [
+        boto.post(
+            s.health_path.replace("/health", "/keys/demo/metadata"), metadata_body(), s.creds[0]
+        )
+        for _ in range(5)
+    ]
     statuses = [r.status for r in replies]
     assert statuses[0] == 200, replies[0].describe()
     throttled = [r for r in replies if r.status == 429]
@@ -441,49 +507,68 @@ def test_wildcard_store_never_exposes_health_key(boto, stores, op):
     """keys = ["*"] means every key *except* the dedicated health test key."""
     s = stores["wildcard"]
     body = metadata_body() if op == "metadata" else encrypt_body(secret_marker("pt"))
-    assert_json_error(boto.post(s.key_path("xks-health-test", op), body, s.creds[0]), 404,
-                      "KeyNotFoundException")
+    assert_json_error(
+        boto.post(s.key_path("xks-health-test", op), body, s.creds[0]), 404, "KeyNotFoundException"
+    )
 
 
 def test_key_labels_map_external_id_to_hsm_key(boto, stores):
     """alias-1 → HSM key "demo": same key material as the demo store's "demo" key."""
     aliased, demo = stores["aliased"], stores["demo"]
     pt = secret_marker("pt")
-    enc = assert_ok(boto.post(aliased.key_path("alias-1", "encrypt"), encrypt_body(pt, cdiv=True),
-                              aliased.creds[0]))
+    enc = assert_ok(
+        boto.post(
+            aliased.key_path("alias-1", "encrypt"), encrypt_body(pt, cdiv=True), aliased.creds[0]
+        )
+    )
     dec = assert_ok(boto.post(demo.key_path("demo", "decrypt"), decrypt_body(enc), demo.creds[0]))
     assert unb64(dec["plaintext"]) == pt
     # The HSM label itself is not an external id of this store.
-    assert_json_error(boto.post(aliased.key_path("demo", "metadata"), metadata_body(),
-                                aliased.creds[0]), 404, "KeyNotFoundException")
+    assert_json_error(
+        boto.post(aliased.key_path("demo", "metadata"), metadata_body(), aliased.creds[0]),
+        404,
+        "KeyNotFoundException",
+    )
 
 
-@pytest.mark.parametrize(("operation", "denied"), [("ForbiddenOperation", True),
-                                                   ("Forbidden", True),
-                                                   ("NotForbidden", False),
-                                                   ("Encrypt", False)])
+@pytest.mark.parametrize(
+    ("operation", "denied"),
+    [
+        ("ForbiddenOperation", True),
+        ("Forbidden", True),
+        ("NotForbidden", False),
+        ("Encrypt", False),
+    ],
+)
 def test_deny_rule_operation_glob(boto, stores, operation, denied):
     s = stores["demo"]
-    r = boto.post(s.key_path("demo", "encrypt"),
-                  encrypt_body(secret_marker("pt"), operation=operation), s.creds[0])
+    r = boto.post(
+        s.key_path("demo", "encrypt"),
+        encrypt_body(secret_marker("pt"), operation=operation),
+        s.creds[0],
+    )
     if denied:
         assert_json_error(r, 403, "AccessDeniedException")
     else:
         assert_ok(r)
 
 
-@pytest.mark.parametrize(("key", "via", "denied"), [
-    ("demo-encrypt-only", "blocked-svc", True),
-    ("demo-encrypt-only", "ebs", False),
-    ("demo-encrypt-only", None, False),
-    ("demo", "blocked-svc", False),
-])
+@pytest.mark.parametrize(
+    ("key", "via", "denied"),
+    [
+        ("demo-encrypt-only", "blocked-svc", True),
+        ("demo-encrypt-only", "ebs", False),
+        ("demo-encrypt-only", None, False),
+        ("demo", "blocked-svc", False),
+    ],
+)
 def test_deny_rule_fields_all_must_match(boto, stores, key, via, denied):
     """A rule naming several fields matches only when every one of them matches."""
     s = stores["demo"]
     extra = {"kmsViaService": via} if via else {}
-    r = boto.post(s.key_path(key, "encrypt"), encrypt_body(secret_marker("pt"), **extra),
-                  s.creds[0])
+    r = boto.post(
+        s.key_path(key, "encrypt"), encrypt_body(secret_marker("pt"), **extra), s.creds[0]
+    )
     if denied:
         assert_json_error(r, 403, "AccessDeniedException")
     else:

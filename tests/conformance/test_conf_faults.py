@@ -40,8 +40,7 @@ def set_mode(server, mode: str) -> None:
 
 def encrypt(client, stores):
     s = stores["demo"]
-    return client.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")),
-                       s.creds[0])
+    return client.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")), s.creds[0])
 
 
 def test_fault_server_healthy_baseline(fault, stores):

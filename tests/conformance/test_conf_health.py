@@ -12,7 +12,8 @@ STATUSES = {"ACTIVE", "DEGRADED", "UNAVAILABLE"}
 def check_health_shape(doc: dict) -> None:
     """xks-spec §4 GetHealthStatus: every field present, fleet size > 0, 1..10 fleet entries."""
     assert isinstance(doc["xksProxyFleetSize"], int) and not isinstance(
-        doc["xksProxyFleetSize"], bool)
+        doc["xksProxyFleetSize"], bool
+    )
     assert doc["xksProxyFleetSize"] > 0
     for name in ("xksProxyVendor", "xksProxyModel", "ekmVendor"):
         assert isinstance(doc[name], str) and doc[name], name
@@ -46,12 +47,20 @@ def test_health_curl(curl, stores):
     check_health_shape(assert_ok(curl.post(store.health_path, health_body(), store.creds[0])))
 
 
-@pytest.mark.parametrize("operation", ["CreateCustomKeyStore", "ConnectCustomKeyStore",
-                                       "UpdateCustomKeyStore", "SomeFutureKmsOperation"])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        "CreateCustomKeyStore",
+        "ConnectCustomKeyStore",
+        "UpdateCustomKeyStore",
+        "SomeFutureKmsOperation",
+    ],
+)
 def test_health_any_kms_operation(boto, stores, operation):
     store = stores["demo"]
-    check_health_shape(assert_ok(boto.post(store.health_path, health_body(operation),
-                                           store.creds[0])))
+    check_health_shape(
+        assert_ok(boto.post(store.health_path, health_body(operation), store.creds[0]))
+    )
 
 
 def test_health_second_credential_and_other_stores(boto, stores):
@@ -72,8 +81,11 @@ def test_health_exempt_from_store_switch(boto, stores):
 def test_health_exempt_from_deny_rules(boto, stores):
     """xks-spec §8: health is never subject to secondary authorization."""
     s = stores["demo"]
-    body = {"requestMetadata": request_metadata(
-        "KmsHealthCheck", principal="arn:aws:iam::123456789012:role/denied", key_arn=None)}
+    body = {
+        "requestMetadata": request_metadata(
+            "KmsHealthCheck", principal="arn:aws:iam::123456789012:role/denied", key_arn=None
+        )
+    }
     check_health_shape(assert_ok(boto.post(s.health_path, body, s.creds[0])))
 
 
@@ -92,8 +104,7 @@ def test_health_missing_field_is_validation(boto, stores, drop):
         del body["requestMetadata"]
     else:
         del body["requestMetadata"][drop]
-    doc = assert_json_error(boto.post(s.health_path, body, s.creds[0]), 400,
-                            "ValidationException")
+    doc = assert_json_error(boto.post(s.health_path, body, s.creds[0]), 400, "ValidationException")
     assert drop in doc.get("errorMessage", ""), doc
 
 

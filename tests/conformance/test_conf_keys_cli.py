@@ -48,8 +48,9 @@ def poll_metadata(client, store, key_id, want: int, tries: int = 50):
     return r
 
 
-@pytest.mark.parametrize(("usage", "expect"), [("encrypt-decrypt", {"ENCRYPT", "DECRYPT"}),
-                                               ("decrypt", {"DECRYPT"})])
+@pytest.mark.parametrize(
+    ("usage", "expect"), [("encrypt-decrypt", {"ENCRYPT", "DECRYPT"}), ("decrypt", {"DECRYPT"})]
+)
 def test_created_key_usable_then_deleted_key_gone(boto, stores, state, usage, expect):
     s = stores["wildcard"]
     key_id = f"conf-{secrets.token_hex(6)}"
@@ -61,10 +62,10 @@ def test_created_key_usable_then_deleted_key_gone(boto, stores, state, usage, ex
         assert set(doc["keyUsage"]) & {"ENCRYPT", "DECRYPT"} == expect, doc
         if "ENCRYPT" in expect:
             pt = secret_marker("pt")
-            enc = assert_ok(boto.post(s.key_path(key_id, "encrypt"),
-                                      encrypt_body(pt, cdiv=True), s.creds[0]))
-            dec = assert_ok(boto.post(s.key_path(key_id, "decrypt"), decrypt_body(enc),
-                                      s.creds[0]))
+            enc = assert_ok(
+                boto.post(s.key_path(key_id, "encrypt"), encrypt_body(pt, cdiv=True), s.creds[0])
+            )
+            dec = assert_ok(boto.post(s.key_path(key_id, "decrypt"), decrypt_body(enc), s.creds[0]))
             assert unb64(dec["plaintext"]) == pt
     finally:
         done = run_cli("keys", "delete", key_id, "--config", str(state.config))

@@ -25,21 +25,29 @@ def test_launcher_smoke(alt_server, stores):
     s = stores["demo"]
     curl = CurlClient(alt_server.base_url)
     check_health_shape(assert_ok(curl.post(s.health_path, health_body(), s.creds[0])))
-    assert_json_error(curl.post(s.health_path, health_body(), None), 401,
-                      "AuthenticationFailedException")
+    assert_json_error(
+        curl.post(s.health_path, health_body(), None), 401, "AuthenticationFailedException"
+    )
 
     def worker(n: int) -> int:
         client = BotocoreClient(alt_server.base_url)
         try:
             for _ in range(10):
                 pt = secret_marker("pt", 20 + n)
-                enc = assert_ok(client.post(s.key_path("demo", "encrypt"),
-                                            encrypt_body(pt, cdiv=True), s.creds[0]))
-                dec = assert_ok(client.post(s.key_path("demo", "decrypt"), decrypt_body(enc),
-                                            s.creds[0]))
+                enc = assert_ok(
+                    client.post(
+                        s.key_path("demo", "encrypt"), encrypt_body(pt, cdiv=True), s.creds[0]
+                    )
+                )
+                dec = assert_ok(
+                    client.post(s.key_path("demo", "decrypt"), decrypt_body(enc), s.creds[0])
+                )
                 assert unb64(dec["plaintext"]) == pt
-            assert_json_error(client.post(s.key_path("nope", "metadata"), metadata_body(),
-                                          s.creds[0]), 404, "KeyNotFoundException")
+            assert_json_error(
+                client.post(s.key_path("nope", "metadata"), metadata_body(), s.creds[0]),
+                404,
+                "KeyNotFoundException",
+            )
             r = client.raw("GET", s.health_path)
             assert_json_error(r, 405, None)
             return 10
@@ -52,8 +60,11 @@ def test_launcher_smoke(alt_server, stores):
 
 def test_launcher_audit_chain_intact(alt_server, state):
     """Several workers append to one audit chain: it must still verify."""
-    logs = [p for p in (state.path / "audit").glob("*-audit.log")
-            if alt_server.log_path.stem.removeprefix("server-") in p.name]
+    logs = [
+        p
+        for p in (state.path / "audit").glob("*-audit.log")
+        if alt_server.log_path.stem.removeprefix("server-") in p.name
+    ]
     assert len(logs) == 1, logs
     done = run_cli("audit", "verify", "--config", str(state.config), str(logs[0]))
     assert done.returncode == 0, done.stdout + done.stderr

@@ -43,16 +43,20 @@ def test_concurrent_round_trips(server, stores):
             for i in range(ROUNDS):
                 pt = secret_marker("pt", 16 + (n * ROUNDS + i) % 64)
                 aad = secret_marker("aad", 20) if i % 2 else None
-                r = client.post(s.key_path("demo", "encrypt"),
-                                encrypt_body(pt, aad=aad, cdiv=True), s.creds[i % 2])
+                r = client.post(
+                    s.key_path("demo", "encrypt"),
+                    encrypt_body(pt, aad=aad, cdiv=True),
+                    s.creds[i % 2],
+                )
                 if r.status in shed:
                     assert_json_error(r, r.status, shed[r.status])
                     dropped += 1
                     continue
                 enc = assert_ok(r)
                 assert_encrypt_response(enc, pt, aad, True)
-                r = client.post(s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad),
-                                s.creds[i % 2])
+                r = client.post(
+                    s.key_path("demo", "decrypt"), decrypt_body(enc, aad=aad), s.creds[i % 2]
+                )
                 if r.status in shed:
                     assert_json_error(r, r.status, shed[r.status])
                     dropped += 1
@@ -81,18 +85,27 @@ def test_kms_config_file_is_usable(boto, stores, state, store):
     assert doc["XksProxyUriPath"] == s.base
     cred = doc["XksProxyAuthenticationCredential"]
     assert set(cred) == {"AccessKeyId", "RawSecretAccessKey"}
-    assert_ok(boto.post(doc["XksProxyUriPath"] + "/health", health_body(),
-                        Cred(cred["AccessKeyId"], cred["RawSecretAccessKey"])))
+    assert_ok(
+        boto.post(
+            doc["XksProxyUriPath"] + "/health",
+            health_body(),
+            Cred(cred["AccessKeyId"], cred["RawSecretAccessKey"]),
+        )
+    )
 
 
-@pytest.mark.parametrize("path", ["/", "/favicon.ico", "/kms", "/kms/xks/v1/keys/demo/encrypt",
-                                  "/demo/kms/xks"])
+@pytest.mark.parametrize(
+    "path", ["/", "/favicon.ico", "/kms", "/kms/xks/v1/keys/demo/encrypt", "/demo/kms/xks"]
+)
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_stray_paths_are_404_json(server, method, path):
     """Unauthenticated requests outside any key store: 404 InvalidUriPathException, JSON."""
     r = httpx.request(method, server.base_url + path, content=b"{}", timeout=10)
-    assert_json_error(Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()},
-                            r.content), 404, "InvalidUriPathException")
+    assert_json_error(
+        Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content),
+        404,
+        "InvalidUriPathException",
+    )
 
 
 @pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])

@@ -46,13 +46,15 @@ def test_add_then_remove_credential_without_restart(rot, stores, state):
     def tick() -> None:
         r = watcher.post(demo.health_path, health_body(), demo.creds[0])
         assert_ok(r)
-        assert r.local_addr == first.local_addr, \
+        assert r.local_addr == first.local_addr, (
             f"keep-alive connection dropped during reload: {first.local_addr} -> {r.local_addr}"
+        )
 
     pid = server.proc.pid
     try:
-        done = run_cli("credentials", "add", "--config", str(server.config_path), "--keystore",
-                       s.prefix)
+        done = run_cli(
+            "credentials", "add", "--config", str(server.config_path), "--keystore", s.prefix
+        )
         tick()
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
@@ -60,18 +62,28 @@ def test_add_then_remove_credential_without_restart(rot, stores, state):
         new = Cred(cred_doc["AccessKeyId"], cred_doc["RawSecretAccessKey"])
         state.secrets_used.append(new.secret)
 
-        assert poll_status(client, s.health_path, new, 200, tick=tick) == 200, \
+        assert poll_status(client, s.health_path, new, 200, tick=tick) == 200, (
             "new credential never accepted"
+        )
         assert_ok(client.post(s.health_path, health_body(), old))  # both valid during rotation
 
-        done = run_cli("credentials", "remove", "--config", str(server.config_path),
-                       "--keystore", s.prefix, old.akid)
+        done = run_cli(
+            "credentials",
+            "remove",
+            "--config",
+            str(server.config_path),
+            "--keystore",
+            s.prefix,
+            old.akid,
+        )
         tick()
         assert done.returncode == 0, done.stderr
-        assert poll_status(client, s.health_path, old, 401, tick=tick) == 401, \
+        assert poll_status(client, s.health_path, old, 401, tick=tick) == 401, (
             "old credential still accepted"
-        assert_json_error(client.post(s.health_path, health_body(), old), 401,
-                          "AuthenticationFailedException")
+        )
+        assert_json_error(
+            client.post(s.health_path, health_body(), old), 401, "AuthenticationFailedException"
+        )
         assert_ok(client.post(s.health_path, health_body(), new))
         tick()
         assert server.proc.pid == pid and server.proc.poll() is None, "server restarted or died"

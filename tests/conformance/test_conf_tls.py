@@ -42,10 +42,10 @@ def roundtrip_botocore(server, stores, cert, http2: bool) -> None:
         assert_ok(r)
         assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1"), r.http_version
         pt = secret_marker("pt")
-        enc = assert_ok(client.post(s.key_path("demo", "encrypt"), encrypt_body(pt, cdiv=True),
-                                    s.creds[0]))
-        dec = assert_ok(client.post(s.key_path("demo", "decrypt"), decrypt_body(enc),
-                                    s.creds[0]))
+        enc = assert_ok(
+            client.post(s.key_path("demo", "encrypt"), encrypt_body(pt, cdiv=True), s.creds[0])
+        )
+        dec = assert_ok(client.post(s.key_path("demo", "decrypt"), decrypt_body(enc), s.creds[0]))
         assert unb64(dec["plaintext"]) == pt
     finally:
         client.close()
@@ -58,8 +58,7 @@ def test_tls_roundtrip_botocore(tls_server, stores, cert, http2):
 
 def test_tls_curl_verifies_generated_certificate(tls_server, stores, cert):
     s = stores["demo"]
-    r = CurlClient(tls_server.base_url, cacert=cert).post(s.health_path, health_body(),
-                                                           s.creds[0])
+    r = CurlClient(tls_server.base_url, cacert=cert).post(s.health_path, health_body(), s.creds[0])
     assert_ok(r)
 
 
@@ -90,10 +89,13 @@ def test_tls_1_1_refused(tls_server):
         handshake(host, int(port), ctx).close()
 
 
-@pytest.mark.parametrize(("version", "ciphers"), [
-    (ssl.TLSVersion.TLSv1_3, None),
-    (ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384"),
-])
+@pytest.mark.parametrize(
+    ("version", "ciphers"),
+    [
+        (ssl.TLSVersion.TLSv1_3, None),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384"),
+    ],
+)
 def test_tls_spec_cipher_suites(tls_server, version, ciphers):
     """At least one spec suite per version the proxy speaks (TLS 1.3 and 1.2 both offered)."""
     host, port = tls_server.host.rsplit(":", 1)
@@ -106,8 +108,11 @@ def test_tls_spec_cipher_suites(tls_server, version, ciphers):
     with handshake(host, int(port), ctx) as tls:
         name = tls.cipher()[0]
         if version is ssl.TLSVersion.TLSv1_3:
-            assert name in {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
-                            "TLS_AES_128_GCM_SHA256"}, name
+            assert name in {
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "TLS_AES_128_GCM_SHA256",
+            }, name
         else:
             assert name in ciphers.split(":"), name
 
@@ -127,7 +132,8 @@ def test_tls_offers_a_spec_tls13_suite(tls_server):
 def test_tls_curl_http2(tls_server, stores, cert):
     s = stores["demo"]
     r = CurlClient(tls_server.base_url, cacert=cert).post(
-        s.key_path("demo", "metadata"), metadata_body(), s.creds[0], extra_args=["--http2"])
+        s.key_path("demo", "metadata"), metadata_body(), s.creds[0], extra_args=["--http2"]
+    )
     assert_ok(r)
     assert r.http_version == "HTTP/2", r.http_version
 

@@ -22,8 +22,9 @@ from conformance_helpers import (
 @pytest.fixture(scope="module")
 def sealed(boto, stores):
     s = stores["demo"]
-    enc = assert_ok(boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")),
-                              s.creds[0]))
+    enc = assert_ok(
+        boto.post(s.key_path("demo", "encrypt"), encrypt_body(secret_marker("pt")), s.creds[0])
+    )
     return s, enc
 
 
@@ -32,8 +33,12 @@ def sealed(boto, stores):
 # ---------------------------------------------------------------------------------------------
 
 ENCRYPT_REQUIRED = ["plaintext", "encryptionAlgorithm"]
-DECRYPT_REQUIRED = ["ciphertext", "initializationVector", "authenticationTag",
-                    "encryptionAlgorithm"]
+DECRYPT_REQUIRED = [
+    "ciphertext",
+    "initializationVector",
+    "authenticationTag",
+    "encryptionAlgorithm",
+]
 META_REQUIRED = {
     "encrypt": ["awsPrincipalArn", "kmsKeyArn", "kmsOperation", "kmsRequestId"],
     "decrypt": ["awsPrincipalArn", "kmsKeyArn", "kmsOperation", "kmsRequestId"],
@@ -42,14 +47,19 @@ META_REQUIRED = {
 
 
 def body_for(op, sealed_enc):
-    return {"encrypt": encrypt_body(secret_marker("pt")),
-            "decrypt": decrypt_body(sealed_enc),
-            "metadata": metadata_body()}[op]
+    return {
+        "encrypt": encrypt_body(secret_marker("pt")),
+        "decrypt": decrypt_body(sealed_enc),
+        "metadata": metadata_body(),
+    }[op]
 
 
-CASES = ([("encrypt", f) for f in ENCRYPT_REQUIRED] + [("decrypt", f) for f in DECRYPT_REQUIRED]
-         + [(op, "requestMetadata") for op in META_REQUIRED]
-         + [(op, f"requestMetadata.{f}") for op, fs in META_REQUIRED.items() for f in fs])
+CASES = (
+    [("encrypt", f) for f in ENCRYPT_REQUIRED]
+    + [("decrypt", f) for f in DECRYPT_REQUIRED]
+    + [(op, "requestMetadata") for op in META_REQUIRED]
+    + [(op, f"requestMetadata.{f}") for op, fs in META_REQUIRED.items() for f in fs]
+)
 
 
 @pytest.mark.parametrize(("op", "missing"), CASES)
@@ -60,17 +70,20 @@ def test_missing_required_field_named_in_validation_error(boto, sealed, op, miss
         del body["requestMetadata"][missing.split(".", 1)[1]]
     else:
         del body[missing]
-    doc = assert_json_error(boto.post(s.key_path("demo", op), body, s.creds[0]), 400,
-                            "ValidationException")
+    doc = assert_json_error(
+        boto.post(s.key_path("demo", op), body, s.creds[0]), 400, "ValidationException"
+    )
     assert missing.split(".")[-1] in doc.get("errorMessage", ""), doc
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'"string"', b"{", b"null",
-                                 b'{"requestMetadata": "x"}'])
+@pytest.mark.parametrize(
+    "raw", [b"", b"not json", b"[]", b'"string"', b"{", b"null", b'{"requestMetadata": "x"}']
+)
 def test_malformed_body_is_validation(req, stores, raw):
     s = stores["demo"]
-    assert_json_error(req.post(s.key_path("demo", "encrypt"), raw, s.creds[0]), 400,
-                      "ValidationException")
+    assert_json_error(
+        req.post(s.key_path("demo", "encrypt"), raw, s.creds[0]), 400, "ValidationException"
+    )
 
 
 @pytest.mark.parametrize("field", ["plaintext", "additionalAuthenticatedData"])
@@ -79,8 +92,9 @@ def test_non_base64_encrypt_field_is_validation(boto, stores, field, bad):
     s = stores["demo"]
     body = encrypt_body(secret_marker("pt"), aad=b"ctx")
     body[field] = bad
-    assert_json_error(boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400,
-                      "ValidationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400, "ValidationException"
+    )
 
 
 def urlsafe_only(size: int = 30) -> tuple[bytes, str]:
@@ -98,52 +112,68 @@ def test_urlsafe_base64_is_validation(boto, stores, sealed):
     raw, url = urlsafe_only()
     body = encrypt_body(raw)
     body["plaintext"] = url
-    assert_json_error(boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400,
-                      "ValidationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400, "ValidationException"
+    )
     body = decrypt_body(enc)
     body["ciphertext"] = urlsafe_only(len(base64.b64decode(enc["ciphertext"])))[1]
-    assert_json_error(boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 400,
-                      "ValidationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 400, "ValidationException"
+    )
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("plaintext", 12), ("encryptionAlgorithm", None), ("additionalAuthenticatedData", 5),
-    ("ciphertextDataIntegrityValueAlgorithm", ["SHA_256"]),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("plaintext", 12),
+        ("encryptionAlgorithm", None),
+        ("additionalAuthenticatedData", 5),
+        ("ciphertextDataIntegrityValueAlgorithm", ["SHA_256"]),
+    ],
+)
 def test_wrong_json_types_are_validation(boto, stores, field, value):
     s = stores["demo"]
     body = encrypt_body(secret_marker("pt"))
     body[field] = value
-    assert_json_error(boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400,
-                      "ValidationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400, "ValidationException"
+    )
 
 
 def test_request_metadata_field_wrong_type_is_validation(boto, stores):
     s = stores["demo"]
     body = encrypt_body(secret_marker("pt"))
     body["requestMetadata"]["kmsRequestId"] = 42
-    assert_json_error(boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400,
-                      "ValidationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400, "ValidationException"
+    )
 
 
-@pytest.mark.parametrize(("field", "value"), [("encryptionAlgorithm", "AES_CBC"),
-                                              ("ciphertextDataIntegrityValueAlgorithm",
-                                               "SHA_512")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("encryptionAlgorithm", "AES_CBC"), ("ciphertextDataIntegrityValueAlgorithm", "SHA_512")],
+)
 def test_unsupported_algorithm(boto, stores, field, value):
     """xks-spec §5: unsupported algorithm → 501 UnsupportedOperationException."""
     s = stores["demo"]
     body = encrypt_body(secret_marker("pt"))
     body[field] = value
-    assert_json_error(boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 501,
-                      "UnsupportedOperationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]),
+        501,
+        "UnsupportedOperationException",
+    )
 
 
 def test_unsupported_decrypt_algorithm(boto, sealed):
     s, enc = sealed
     body = decrypt_body(enc)
     body["encryptionAlgorithm"] = "AES_CBC"
-    assert_json_error(boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 501,
-                      "UnsupportedOperationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]),
+        501,
+        "UnsupportedOperationException",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,32 +181,49 @@ def test_unsupported_decrypt_algorithm(boto, sealed):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "size"), [
-    ("initializationVector", 11), ("initializationVector", 13), ("initializationVector", 15),
-    ("initializationVector", 17), ("initializationVector", 0),
-    ("authenticationTag", 15), ("authenticationTag", 17), ("authenticationTag", 0),
-    ("ciphertextMetadata", 21),
-])
+@pytest.mark.parametrize(
+    ("field", "size"),
+    [
+        ("initializationVector", 11),
+        ("initializationVector", 13),
+        ("initializationVector", 15),
+        ("initializationVector", 17),
+        ("initializationVector", 0),
+        ("authenticationTag", 15),
+        ("authenticationTag", 17),
+        ("authenticationTag", 0),
+        ("ciphertextMetadata", 21),
+    ],
+)
 def test_decrypt_field_size_rejected(boto, sealed, field, size):
     s, enc = sealed
     body = decrypt_body(enc)
     body[field] = b64(secrets.token_bytes(size))
-    assert_json_error(boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 400,
-                      "ValidationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 400, "ValidationException"
+    )
 
 
-@pytest.mark.parametrize(("field", "size"), [("initializationVector", 12),
-                                             ("initializationVector", 16),
-                                             ("authenticationTag", 16),
-                                             ("ciphertextMetadata", 20),
-                                             ("ciphertextMetadata", 1)])
+@pytest.mark.parametrize(
+    ("field", "size"),
+    [
+        ("initializationVector", 12),
+        ("initializationVector", 16),
+        ("authenticationTag", 16),
+        ("ciphertextMetadata", 20),
+        ("ciphertextMetadata", 1),
+    ],
+)
 def test_decrypt_field_size_accepted(boto, sealed, field, size):
     """Well-formed but wrong values pass validation and fail authentication of the ciphertext."""
     s, enc = sealed
     body = decrypt_body(enc)
     body[field] = b64(secrets.token_bytes(size))
-    assert_json_error(boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 400,
-                      "InvalidCiphertextException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]),
+        400,
+        "InvalidCiphertextException",
+    )
 
 
 def test_body_over_max_body_bytes_is_validation(boto, stores):
@@ -184,8 +231,9 @@ def test_body_over_max_body_bytes_is_validation(boto, stores):
     s = stores["demo"]
     body = encrypt_body(b"x")
     body["padding"] = "A" * 270_000
-    doc = assert_json_error(boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400,
-                            "ValidationException")
+    doc = assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), body, s.creds[0]), 400, "ValidationException"
+    )
     assert "262144" in doc.get("errorMessage", ""), doc
 
 
@@ -198,12 +246,16 @@ def test_key_id_128_chars_is_well_formed(boto, stores):
     s = stores["demo"]
     key = "k" * 64 + "A-Z.0_9" + "x" * 57
     assert len(key) == 128
-    assert_json_error(boto.post(s.key_path(key, "metadata"), metadata_body(), s.creds[0]), 404,
-                      "KeyNotFoundException")
+    assert_json_error(
+        boto.post(s.key_path(key, "metadata"), metadata_body(), s.creds[0]),
+        404,
+        "KeyNotFoundException",
+    )
 
 
-@pytest.mark.parametrize("key", ["", "k" * 129, "de!mo", "de%20mo", "de~mo", "de+mo", "de:mo",
-                                 "de%2Fmo"])
+@pytest.mark.parametrize(
+    "key", ["", "k" * 129, "de!mo", "de%20mo", "de~mo", "de+mo", "de:mo", "de%2Fmo"]
+)
 def test_malformed_key_id_rejected(boto, stores, key):
     """Outside 1..128 of [A-Za-z0-9._-]: rejected as bad input or bad path, never looked up."""
     s = stores["demo"]
@@ -217,35 +269,45 @@ def test_malformed_key_id_rejected(boto, stores, key):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [
-    "/nosuchstore/kms/xks/v1/health",
-    "/demo/kms/xks/v2/health",
-    "/demo/kms/xks/v1/keys/demo/sign",
-    "/demo/kms/xks/v1/keys/demo",
-    "/demo/kms/xks/v1/keys/demo/encrypt/extra",
-    "/demo/kms/xks/v1/healthz",
-    "/demo/kms/xks/v1",
-    "/kms/xks/v1/health",
-    "/" + "p" * 118 + "/kms/xks/v1/health",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/nosuchstore/kms/xks/v1/health",
+        "/demo/kms/xks/v2/health",
+        "/demo/kms/xks/v1/keys/demo/sign",
+        "/demo/kms/xks/v1/keys/demo",
+        "/demo/kms/xks/v1/keys/demo/encrypt/extra",
+        "/demo/kms/xks/v1/healthz",
+        "/demo/kms/xks/v1",
+        "/kms/xks/v1/health",
+        "/" + "p" * 118 + "/kms/xks/v1/health",
+    ],
+)
 def test_unknown_uri_path(boto, stores, path):
     s = stores["demo"]
     if path.startswith("/demo/") and s.prefix != "/demo":
-        path = s.prefix + path[len("/demo"):]
-    body = metadata_body() if "/keys/" in path else {"requestMetadata": {
-        "kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}}
+        path = s.prefix + path[len("/demo") :]
+    body = (
+        metadata_body()
+        if "/keys/" in path
+        else {"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}}
+    )
     assert_json_error(boto.post(path, body, s.creds[0]), 404, "InvalidUriPathException")
 
 
 def test_unknown_uri_path_curl(curl, stores):
     s = stores["demo"]
-    assert_json_error(curl.post(s.prefix + "/kms/xks/v9/health", metadata_body(), s.creds[0]),
-                      404, "InvalidUriPathException")
+    assert_json_error(
+        curl.post(s.prefix + "/kms/xks/v9/health", metadata_body(), s.creds[0]),
+        404,
+        "InvalidUriPathException",
+    )
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
-@pytest.mark.parametrize("op", ["health", "keys/demo/metadata", "keys/demo/encrypt",
-                                "keys/demo/decrypt"])
+@pytest.mark.parametrize(
+    "op", ["health", "keys/demo/metadata", "keys/demo/encrypt", "keys/demo/decrypt"]
+)
 def test_non_post_is_405_json(boto, stores, method, op):
     s = stores["demo"]
     r = boto.raw(method, f"{s.base}/{op}")
@@ -262,12 +324,16 @@ def test_get_with_valid_signature_is_405(boto, stores):
 
 def test_key_id_one_char_is_well_formed(boto, stores):
     s = stores["demo"]
-    assert_json_error(boto.post(s.key_path("k", "metadata"), metadata_body(), s.creds[0]), 404,
-                      "KeyNotFoundException")
+    assert_json_error(
+        boto.post(s.key_path("k", "metadata"), metadata_body(), s.creds[0]),
+        404,
+        "KeyNotFoundException",
+    )
 
 
-@pytest.mark.parametrize("request_id", ["x", "not a uuid !@#$%^&*()", "\u00fcnicode-\u2603",
-                                        "r" * 1000, ""])
+@pytest.mark.parametrize(
+    "request_id", ["x", "not a uuid !@#$%^&*()", "\u00fcnicode-\u2603", "r" * 1000, ""]
+)
 def test_kms_request_id_is_opaque(boto, stores, request_id):
     """kmsRequestId: never validate its shape (spec: MUST treat it as an opaque string)."""
     s = stores["demo"]
@@ -294,13 +360,19 @@ def test_body_exactly_max_body_bytes_accepted(boto, stores):
 
 def test_body_one_over_max_body_bytes_rejected(boto, stores):
     s = stores["demo"]
-    assert_json_error(boto.post(s.key_path("demo", "encrypt"), exact_size_body(262145),
-                                s.creds[0]), 400, "ValidationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "encrypt"), exact_size_body(262145), s.creds[0]),
+        400,
+        "ValidationException",
+    )
 
 
 def test_decrypt_ciphertext_over_configured_maximum_is_unsupported(boto, sealed):
     s, enc = sealed
     body = decrypt_body(enc)
     body["ciphertext"] = b64(secrets.token_bytes(65537))
-    assert_json_error(boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]), 501,
-                      "UnsupportedOperationException")
+    assert_json_error(
+        boto.post(s.key_path("demo", "decrypt"), body, s.creds[0]),
+        501,
+        "UnsupportedOperationException",
+    )

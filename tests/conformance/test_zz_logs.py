@@ -32,8 +32,11 @@ def log_files(state_dir: Path) -> list[Path]:
         if not p.is_file() or SKIP_DIRS & set(p.relative_to(state_dir).parts[:-1]):
             continue
         rel = p.relative_to(state_dir)
-        if (p.suffix in {".out", ".log", ".jsonl"} or rel.parts[0] in {"audit", "log", "logs"}
-                or ".log." in p.name):
+        if (
+            p.suffix in {".out", ".log", ".jsonl"}
+            or rel.parts[0] in {"audit", "log", "logs"}
+            or ".log." in p.name
+        ):
             found.append(p)
     return found
 
@@ -42,8 +45,12 @@ def needles(label: str, value: bytes) -> list[tuple[str, bytes]]:
     """Search forms of one sensitive value: raw, standard and urlsafe base64, hex (prefixes for
     large values, which a log might truncate)."""
     head = value[:30]
-    forms = [("raw", head), ("base64", base64.b64encode(head)[:40]),
-             ("urlsafe-base64", base64.urlsafe_b64encode(head)[:40]), ("hex", head.hex().encode())]
+    forms = [
+        ("raw", head),
+        ("base64", base64.b64encode(head)[:40]),
+        ("urlsafe-base64", base64.urlsafe_b64encode(head)[:40]),
+        ("hex", head.hex().encode()),
+    ]
     return [(f"{label}/{kind}", n) for kind, n in forms if len(n) >= 16]
 
 
@@ -120,8 +127,9 @@ def test_one_request_log_line_per_request(stopped):
     missing = [r for r in LOGGED_REQUEST_IDS if r not in any_line]
     assert not missing, f"{len(missing)}/{len(LOGGED_REQUEST_IDS)} kmsRequestIds never logged"
     bad = {r: records.get(r, 0) for r in LOGGED_REQUEST_IDS if records.get(r, 0) != 1}
-    assert not bad, f"{len(bad)} requests without exactly one request record: " \
-                    f"{list(bad.items())[:5]}"
+    assert not bad, (
+        f"{len(bad)} requests without exactly one request record: {list(bad.items())[:5]}"
+    )
 
 
 def test_startup_lines(stopped):
@@ -151,8 +159,11 @@ def test_request_records_carry_spec_fields(stopped):
     if not LOGGED_REQUEST_IDS:
         pytest.skip("no request of this run was marked for the request-log check")
     wanted = set(LOGGED_REQUEST_IDS)
-    records = [d for d in json_lines(server.log_text())
-               if set(find_request_ids(d)) & wanted and {"status", "outcome", "result"} & set(d)]
+    records = [
+        d
+        for d in json_lines(server.log_text())
+        if set(find_request_ids(d)) & wanted and {"status", "outcome", "result"} & set(d)
+    ]
     assert records
     for doc in records:
         text = json.dumps(doc)
@@ -178,8 +189,11 @@ def test_audit_log_verifies_and_detects_tampering(stopped, state, tmp_path):
     if not LOGGED_REQUEST_IDS:
         pytest.skip("no request in this run")
     audit_dir = state.path / "audit"
-    files = sorted(p for p in audit_dir.glob("xksproxy-audit.log*")
-                   if p.is_file() and p.suffix not in {".head", ".lock"})
+    files = sorted(
+        p
+        for p in audit_dir.glob("xksproxy-audit.log*")
+        if p.is_file() and p.suffix not in {".head", ".lock"}
+    )
     assert files, f"no audit log under {audit_dir}: {sorted(audit_dir.glob('*'))}"
     done = run_cli("audit", "verify", "--config", str(state.config), *map(str, files))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -192,8 +206,11 @@ def test_audit_log_verifies_and_detects_tampering(stopped, state, tmp_path):
     done = run_cli("audit", "verify", "--config", str(state.config), *others, str(copy))
     assert done.returncode == 0, "control: an untouched copy must verify: " + done.stderr
     middle = len(lines) // 2
-    lines[middle] = lines[middle].replace(b"demo", b"dem0", 1) if b"demo" in lines[middle] \
+    lines[middle] = (
+        lines[middle].replace(b"demo", b"dem0", 1)
+        if b"demo" in lines[middle]
         else lines[middle][:-2] + b"X" + lines[middle][-1:]
+    )
     copy.write_bytes(b"".join(lines))
     done = run_cli("audit", "verify", "--config", str(state.config), *others, str(copy))
     assert done.returncode != 0, "audit verify accepted a tampered log"

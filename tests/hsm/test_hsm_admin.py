@@ -45,12 +45,13 @@ def test_provision_is_idempotent_and_private(tmp_path: Path) -> None:
     assert pin not in repr(first) and pin not in repr(first.hsm_config())
 
 
-def test_failed_token_init_does_not_carry_the_pins(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_token_init_does_not_carry_the_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """softhsm2-util takes the PINs in argv; a CalledProcessError would show them."""
     fake = tmp_path / "bin" / "softhsm2-util"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\n[ \"$1\" = --show-slots ] && exit 0\necho refused >&2\nexit 3\n")
+    fake.write_text('#!/bin/sh\n[ "$1" = --show-slots ] && exit 0\necho refused >&2\nexit 3\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     state = tmp_path / "state"
@@ -110,8 +111,7 @@ async def test_non_aes256_keys_are_refused(hsm_config: HsmConfig) -> None:
     label = f"aes128-{os.getpid()}"
     mod = module.acquire(hsm_config.module, hsm_config.env)
     try:
-        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin,
-                                   rw=True)
+        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin, rw=True)
         session.generate_key(KeyType.AES, 128, label=label, store=True)
         session.generate_key(KeyType.GENERIC_SECRET, 256, label=label + "-generic", store=True)
         mod.functions.C_CloseSession(session.handle)
@@ -125,8 +125,7 @@ async def test_non_aes256_keys_are_refused(hsm_config: HsmConfig) -> None:
             await pool.close()
         assert label not in {k.label for k in admin.list_keys(hsm_config)}
     finally:
-        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin,
-                                   rw=True)
+        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin, rw=True)
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
             if str(obj[Attribute.LABEL]).startswith(label):
                 obj.destroy()
@@ -142,8 +141,9 @@ async def test_lifecycle_and_input_limits(hsm_config: HsmConfig) -> None:
     with pytest.raises(RuntimeError):
         await pool.start()
     with pytest.raises(ValueError):
-        await pool.encrypt("demo", b"x" * (hsm_config.max_plaintext_bytes + 1), b"",
-                           deadline=time.monotonic() + 1)
+        await pool.encrypt(
+            "demo", b"x" * (hsm_config.max_plaintext_bytes + 1), b"", deadline=time.monotonic() + 1
+        )
     with pytest.raises(ValueError):
         await pool.encrypt("demo", b"x", b"a" * 70000, deadline=time.monotonic() + 1)
     from hsm.errors import SessionTimeout
@@ -216,9 +216,12 @@ async def parent():
 asyncio.run(parent())
 """
     out = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT), str(hsm_token.state_dir),
-         hsm_token.token_label],
-        env={**os.environ, **hsm_token.env()}, capture_output=True, text=True, timeout=60)
+        [sys.executable, "-c", script, str(ROOT), str(hsm_token.state_dir), hsm_token.token_label],
+        env={**os.environ, **hsm_token.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "child 0"
 
@@ -232,8 +235,16 @@ def test_two_threads_share_one_module(hsm_config: HsmConfig) -> None:
             pool = HsmPool(hsm_config)
             await pool.start()
             r = await pool.encrypt("demo", b"shared", b"", deadline=time.monotonic() + 5)
-            results.append(await pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext,
-                                              tag=r.tag, aad=b"", deadline=time.monotonic() + 5))
+            results.append(
+                await pool.decrypt(
+                    "demo",
+                    iv=r.iv,
+                    ciphertext=r.ciphertext,
+                    tag=r.tag,
+                    aad=b"",
+                    deadline=time.monotonic() + 5,
+                )
+            )
             await pool.close()
 
         asyncio.run(main())

@@ -24,12 +24,26 @@ from hsm.softhsm import ProvisionedToken
 STRESS = Path(__file__).resolve().parents[1] / "support" / "hsm_stress.py"
 
 
-def _stress(token: ProvisionedToken, init: str, threads: int, ops: int, timeout: float
-            ) -> subprocess.CompletedProcess:
+def _stress(
+    token: ProvisionedToken, init: str, threads: int, ops: int, timeout: float
+) -> subprocess.CompletedProcess:
     env = {**os.environ, **token.env()}
-    cmd = [sys.executable, str(STRESS), "--init", init, "--threads", str(threads), "--ops",
-           str(ops), "--token", token.token_label, "--pin-file", str(token.user_pin_file),
-           "--key", "demo"]
+    cmd = [
+        sys.executable,
+        str(STRESS),
+        "--init",
+        init,
+        "--threads",
+        str(threads),
+        "--ops",
+        str(ops),
+        "--token",
+        token.token_label,
+        "--pin-file",
+        str(token.user_pin_file),
+        "--key",
+        "demo",
+    ]
     try:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:  # the stock variant can also deadlock
@@ -63,14 +77,21 @@ async def _mixed_ops(pool: HsmPool, n: int, seed: int) -> None:
         aad = os.urandom((i * 13) % 100)
         if kind == 0:
             r = await pool.encrypt("demo", pt, aad, deadline=deadline)
-            back = await pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag,
-                                      aad=aad, deadline=deadline)
+            back = await pool.decrypt(
+                "demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=aad, deadline=deadline
+            )
             assert back == pt
         elif kind == 1:
             iv = os.urandom(16 if i % 2 else 12)
             sealed = reference.encrypt(iv, pt, aad)
-            back = await pool.decrypt(KNOWN_KEY_LABEL, iv=iv, ciphertext=sealed[:-16],
-                                      tag=sealed[-16:], aad=aad, deadline=deadline)
+            back = await pool.decrypt(
+                KNOWN_KEY_LABEL,
+                iv=iv,
+                ciphertext=sealed[:-16],
+                tag=sealed[-16:],
+                aad=aad,
+                deadline=deadline,
+            )
             assert back == pt
         elif kind == 2:
             r = await pool.encrypt(KNOWN_KEY_LABEL, pt, aad, deadline=deadline)
@@ -78,8 +99,14 @@ async def _mixed_ops(pool: HsmPool, n: int, seed: int) -> None:
         elif kind == 3:
             r = await pool.encrypt("demo", pt, aad, deadline=deadline)
             with pytest.raises(InvalidCiphertext):
-                await pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag,
-                                   aad=aad + b"x", deadline=deadline)
+                await pool.decrypt(
+                    "demo",
+                    iv=r.iv,
+                    ciphertext=r.ciphertext,
+                    tag=r.tag,
+                    aad=aad + b"x",
+                    deadline=deadline,
+                )
         else:
             info = await pool.key_info("demo-encrypt-only", deadline=deadline)
             assert info.usage == {"ENCRYPT"}
@@ -124,8 +151,9 @@ def test_eight_threads_mixed_operations(hsm_config: HsmConfig, mode: str, tmp_pa
 
 
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
-async def test_two_hundred_concurrent_tasks(hsm_config: HsmConfig, mode: str,
-                                            tmp_path: Path) -> None:
+async def test_two_hundred_concurrent_tasks(
+    hsm_config: HsmConfig, mode: str, tmp_path: Path
+) -> None:
     pool = HsmPool(_config(hsm_config, mode, tmp_path, sessions=4))
     await pool.start()
     try:
@@ -138,7 +166,8 @@ async def test_two_hundred_concurrent_tasks(hsm_config: HsmConfig, mode: str,
 
 
 async def test_session_wait_observer_reports_queueing_in_the_calling_task(
-        hsm_config: HsmConfig, tmp_path: Path) -> None:
+    hsm_config: HsmConfig, tmp_path: Path
+) -> None:
     """Threaded, one session, a slow HSM: the third caller queued behind two calls."""
     shim = FaultShim.create(tmp_path)
     pool = HsmPool(shim.hsm_config(hsm_config, mode="threaded", sessions=1))

@@ -39,8 +39,9 @@ async def test_round_trip_sizes(pool: HsmPool) -> None:
             r = await pool.encrypt("demo", pt, aad, deadline=soon())
             assert len(r.iv) == 12 and len(r.tag) == 16 and len(r.ciphertext) == size
             assert size < 16 or r.ciphertext != pt  # tiny inputs may collide by chance
-            back = await pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag,
-                                      aad=aad, deadline=soon())
+            back = await pool.decrypt(
+                "demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=aad, deadline=soon()
+            )
             assert back == pt
 
 
@@ -75,8 +76,14 @@ async def test_16_byte_iv_from_cryptography_decrypts(pool: HsmPool) -> None:
         iv = os.urandom(iv_len)
         pt, aad = os.urandom(4300), os.urandom(300)
         sealed = aesgcm.encrypt(iv, pt, aad)
-        back = await pool.decrypt(KNOWN_KEY_LABEL, iv=iv, ciphertext=sealed[:-16],
-                                  tag=sealed[-16:], aad=aad, deadline=soon())
+        back = await pool.decrypt(
+            KNOWN_KEY_LABEL,
+            iv=iv,
+            ciphertext=sealed[:-16],
+            tag=sealed[-16:],
+            aad=aad,
+            deadline=soon(),
+        )
         assert back == pt
     # and the HSM's output decrypts with cryptography (same key material)
     r = await pool.encrypt(KNOWN_KEY_LABEL, b"hello", b"aad", deadline=soon())
@@ -90,8 +97,14 @@ async def test_key_usage_and_lookup(pool: HsmPool) -> None:
     assert (await pool.key_info("demo-no-usage", deadline=soon())).usage == frozenset()
     r = await pool.encrypt("demo-encrypt-only", b"x" * 10, b"", deadline=soon())
     with pytest.raises(KeyUsageNotPermitted):
-        await pool.decrypt("demo-encrypt-only", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag,
-                           aad=b"", deadline=soon())
+        await pool.decrypt(
+            "demo-encrypt-only",
+            iv=r.iv,
+            ciphertext=r.ciphertext,
+            tag=r.tag,
+            aad=b"",
+            deadline=soon(),
+        )
     for label in ("demo-decrypt-only", "demo-no-usage"):
         with pytest.raises(KeyUsageNotPermitted):
             await pool.encrypt(label, b"x", b"", deadline=soon())
@@ -102,8 +115,9 @@ async def test_key_usage_and_lookup(pool: HsmPool) -> None:
 async def test_wrong_key_is_invalid_ciphertext(pool: HsmPool) -> None:
     r = await pool.encrypt("demo", b"secret", b"", deadline=soon())
     with pytest.raises(InvalidCiphertext):
-        await pool.decrypt(KNOWN_KEY_LABEL, iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=b"",
-                           deadline=soon())
+        await pool.decrypt(
+            KNOWN_KEY_LABEL, iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=b"", deadline=soon()
+        )
 
 
 async def test_probe_and_stats(pool: HsmPool) -> None:

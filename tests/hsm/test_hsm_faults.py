@@ -59,9 +59,14 @@ class Load:
             self._busy += 1
             try:
                 r = await self.pool.encrypt("demo", pt, aad, deadline=time.monotonic() + 1)
-                back = await self.pool.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext,
-                                               tag=r.tag, aad=aad,
-                                               deadline=time.monotonic() + 1)
+                back = await self.pool.decrypt(
+                    "demo",
+                    iv=r.iv,
+                    ciphertext=r.ciphertext,
+                    tag=r.tag,
+                    aad=aad,
+                    deadline=time.monotonic() + 1,
+                )
             except HsmError as exc:
                 self.outcomes[type(exc).__name__] += 1
                 await asyncio.sleep(0.005)
@@ -91,8 +96,9 @@ class Load:
         await asyncio.gather(*self._tasks)
         assert not self.unexpected, self.unexpected[:3]
         assert self.wrong == 0
-        assert set(self.outcomes) <= {"ok", "HsmUnavailable", "HsmFailure", "SessionTimeout"}, \
+        assert set(self.outcomes) <= {"ok", "HsmUnavailable", "HsmFailure", "SessionTimeout"}, (
             self.outcomes
+        )
 
 
 def _slot_id(cfg: HsmConfig) -> int:
@@ -104,8 +110,9 @@ def _slot_id(cfg: HsmConfig) -> int:
         module.release(mod)
 
 
-async def _with_fault(cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0,
-                      how: str = "thread") -> None:
+async def _with_fault(
+    cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0, how: str = "thread"
+) -> None:
     """Run load, inject the fault, check typed errors and recovery.
 
     ``how``: "thread" (from another thread, while calls are in flight: only for faults a module
@@ -157,8 +164,9 @@ def isolated(hsm_config: HsmConfig, tmp_path: Path) -> tuple[HsmConfig, ctypes.C
 
 
 @pytest.mark.parametrize(("mode", "how"), [("inline", "loop"), ("threaded", "quiesced")])
-async def test_sessions_closed_from_outside(isolated: tuple[HsmConfig, ctypes.CDLL],
-                                            mode: str, how: str) -> None:
+async def test_sessions_closed_from_outside(
+    isolated: tuple[HsmConfig, ctypes.CDLL], mode: str, how: str
+) -> None:
     """C_CloseAllSessions behind the pool's back (which also logs the token out)."""
     cfg, lib = dataclasses.replace(isolated[0], mode=mode), isolated[1]
     slot = _slot_id(cfg)
@@ -169,14 +177,21 @@ async def test_sessions_closed_from_outside(isolated: tuple[HsmConfig, ctypes.CD
     await _with_fault(cfg, inject, how=how)
 
 
-@pytest.mark.parametrize(("mode", "serialise", "how"), [
-    ("inline", "1", "loop"),
-    ("threaded", "1", "loop"),  # as on SoftHSMv2 itself: serialised, so "threaded" runs inline
-    ("threaded", "0", "quiesced"),  # real worker threads
-])
-async def test_module_finalised_from_outside(isolated: tuple[HsmConfig, ctypes.CDLL],
-                                             mode: str, serialise: str, how: str,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("mode", "serialise", "how"),
+    [
+        ("inline", "1", "loop"),
+        ("threaded", "1", "loop"),  # as on SoftHSMv2 itself: serialised, so "threaded" runs inline
+        ("threaded", "0", "quiesced"),  # real worker threads
+    ],
+)
+async def test_module_finalised_from_outside(
+    isolated: tuple[HsmConfig, ctypes.CDLL],
+    mode: str,
+    serialise: str,
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """C_Finalize behind the pool's back while load runs.
 
     PKCS#11 leaves C_Finalize concurrent with other calls undefined, and SoftHSMv2 really does
@@ -194,15 +209,17 @@ async def test_module_finalised_from_outside(isolated: tuple[HsmConfig, ctypes.C
 
 
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
-async def test_device_error_for_two_seconds(hsm_config: HsmConfig, tmp_path: Path,
-                                            mode: str) -> None:
+async def test_device_error_for_two_seconds(
+    hsm_config: HsmConfig, tmp_path: Path, mode: str
+) -> None:
     shim = FaultShim.create(tmp_path)
     cfg = shim.hsm_config(hsm_config, mode=mode)
     await _with_fault(cfg, lambda: shim.set("device_error"), lambda: shim.set("ok"), fault_s=2.0)
 
 
-async def test_outage_fails_fast_with_hsm_unavailable(hsm_config: HsmConfig,
-                                                      tmp_path: Path) -> None:
+async def test_outage_fails_fast_with_hsm_unavailable(
+    hsm_config: HsmConfig, tmp_path: Path
+) -> None:
     shim = FaultShim.create(tmp_path)
     pool = HsmPool(shim.hsm_config(hsm_config))
     await pool.start()
@@ -234,8 +251,7 @@ async def test_slow_hsm_gives_session_timeout(hsm_config: HsmConfig, tmp_path: P
     try:
         shim.set("delay", delay_ms=300)
         await asyncio.sleep(0.1)
-        slow = asyncio.create_task(
-            pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 5))
+        slow = asyncio.create_task(pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 5))
         await asyncio.sleep(0.05)  # the only session is now busy
         with pytest.raises(SessionTimeout, match="no HSM session"):
             await pool.encrypt("demo", b"y", b"", deadline=time.monotonic() + 0.05)
@@ -252,19 +268,32 @@ async def test_slow_hsm_gives_session_timeout(hsm_config: HsmConfig, tmp_path: P
         await pool.close()
 
 
-def test_key_deleted_or_replaced_by_another_process(hsm_token: ProvisionedToken,
-                                                    hsm_config: HsmConfig) -> None:
+def test_key_deleted_or_replaced_by_another_process(
+    hsm_token: ProvisionedToken, hsm_config: HsmConfig
+) -> None:
     label = f"replaced-{os.getpid()}"
     admin.create_key(hsm_config, label)
-    env = {**os.environ, **hsm_token.env(),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    script = ("import sys; from hsm import admin; from hsm.softhsm import provision; "
-              "cfg = provision(sys.argv[1], sys.argv[2]).hsm_config(); "
-              "getattr(admin, sys.argv[3])(cfg, sys.argv[4])")
+    env = {**os.environ, **hsm_token.env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    script = (
+        "import sys; from hsm import admin; from hsm.softhsm import provision; "
+        "cfg = provision(sys.argv[1], sys.argv[2]).hsm_config(); "
+        "getattr(admin, sys.argv[3])(cfg, sys.argv[4])"
+    )
 
     def other(action: str) -> None:
-        subprocess.run([sys.executable, "-c", script, str(hsm_token.state_dir),
-                        hsm_token.token_label, action, label], env=env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(hsm_token.state_dir),
+                hsm_token.token_label,
+                action,
+                label,
+            ],
+            env=env,
+            check=True,
+        )
 
     async def main() -> None:
         pool = HsmPool(hsm_config)
@@ -277,12 +306,27 @@ def test_key_deleted_or_replaced_by_another_process(hsm_token: ProvisionedToken,
             other("create_key")
             # the new key is used: the old ciphertext no longer authenticates
             with pytest.raises(HsmError) as err:
-                await pool.decrypt(label, iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=b"",
-                                   deadline=time.monotonic() + 5)
+                await pool.decrypt(
+                    label,
+                    iv=r.iv,
+                    ciphertext=r.ciphertext,
+                    tag=r.tag,
+                    aad=b"",
+                    deadline=time.monotonic() + 5,
+                )
             assert type(err.value).__name__ == "InvalidCiphertext"
             r2 = await pool.encrypt(label, b"new key", b"", deadline=time.monotonic() + 5)
-            assert await pool.decrypt(label, iv=r2.iv, ciphertext=r2.ciphertext, tag=r2.tag,
-                                      aad=b"", deadline=time.monotonic() + 5) == b"new key"
+            assert (
+                await pool.decrypt(
+                    label,
+                    iv=r2.iv,
+                    ciphertext=r2.ciphertext,
+                    tag=r2.tag,
+                    aad=b"",
+                    deadline=time.monotonic() + 5,
+                )
+                == b"new key"
+            )
         finally:
             await pool.close()
             admin.delete_key(hsm_config, label)
@@ -290,8 +334,9 @@ def test_key_deleted_or_replaced_by_another_process(hsm_token: ProvisionedToken,
     asyncio.run(main())
 
 
-async def test_inline_call_past_deadline_is_session_timeout(hsm_config: HsmConfig,
-                                                            tmp_path: Path) -> None:
+async def test_inline_call_past_deadline_is_session_timeout(
+    hsm_config: HsmConfig, tmp_path: Path
+) -> None:
     shim = FaultShim.create(tmp_path)
     pool = HsmPool(shim.hsm_config(hsm_config, mode="inline"))
     await pool.start()
@@ -308,8 +353,7 @@ async def test_inline_call_past_deadline_is_session_timeout(hsm_config: HsmConfi
         await pool.close()
 
 
-async def test_two_pools_on_one_module_both_recover(hsm_config: HsmConfig,
-                                                    tmp_path: Path) -> None:
+async def test_two_pools_on_one_module_both_recover(hsm_config: HsmConfig, tmp_path: Path) -> None:
     """One module re-initialisation serves every pool on it; none stays broken."""
     shim = FaultShim.create(tmp_path)
     pools = [HsmPool(shim.hsm_config(hsm_config, mode=m)) for m in ("inline", "threaded")]
@@ -327,8 +371,17 @@ async def test_two_pools_on_one_module_both_recover(hsm_config: HsmConfig,
             await asyncio.sleep(0.01)
         for p in pools:
             r = await p.encrypt("demo", b"again", b"", deadline=time.monotonic() + 5)
-            assert await p.decrypt("demo", iv=r.iv, ciphertext=r.ciphertext, tag=r.tag, aad=b"",
-                                   deadline=time.monotonic() + 5) == b"again"
+            assert (
+                await p.decrypt(
+                    "demo",
+                    iv=r.iv,
+                    ciphertext=r.ciphertext,
+                    tag=r.tag,
+                    aad=b"",
+                    deadline=time.monotonic() + 5,
+                )
+                == b"again"
+            )
     finally:
         shim.set("ok")
         for p in pools:

@@ -23,12 +23,18 @@ def loop_and_pool(hsm_config: HsmConfig):
     loop.close()
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plaintext=st.binary(min_size=0, max_size=5000), aad=st.binary(max_size=300),
-       field=st.sampled_from(["iv", "ciphertext", "tag", "aad"]), bit=st.integers(0, 10_000))
-def test_round_trip_and_single_bit_tamper(loop_and_pool, plaintext: bytes, aad: bytes, field: str,
-                                          bit: int) -> None:
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    plaintext=st.binary(min_size=0, max_size=5000),
+    aad=st.binary(max_size=300),
+    field=st.sampled_from(["iv", "ciphertext", "tag", "aad"]),
+    bit=st.integers(0, 10_000),
+)
+def test_round_trip_and_single_bit_tamper(
+    loop_and_pool, plaintext: bytes, aad: bytes, field: str, bit: int
+) -> None:
     loop, pool = loop_and_pool
 
     def run(coro):

@@ -24,8 +24,9 @@ def config_path(state: Path) -> Path:
     return state / "xksproxy.toml"
 
 
-def run_cli(*args: str, timeout: float = 60, env: dict | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 60, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
     """``support.procs.run_cli`` with ``env`` added to this environment."""
     return procs.run_cli(*args, env=procs.product_env(env), timeout=timeout)
 

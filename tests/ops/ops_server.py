@@ -35,18 +35,36 @@ class Server:
         return "\n".join(self.lines)
 
 
-def start(config_path: Path, *, workers: int = 2, env: dict[str, str] | None = None,
-          timeout: float = 40.0) -> Server:
+def start(
+    config_path: Path, *, workers: int = 2, env: dict[str, str] | None = None, timeout: float = 40.0
+) -> Server:
     port, mport = free_port(), free_port()
-    full = product_env(env, drop=["XKSPROXY_CONFIG", "XKSPROXY_METRICS_DIR",
-                                  "XKSPROXY_RELOAD_FILE"])
+    full = product_env(
+        env, drop=["XKSPROXY_CONFIG", "XKSPROXY_METRICS_DIR", "XKSPROXY_RELOAD_FILE"]
+    )
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "launch_with_ops.py"), str(config_path),
-         f"127.0.0.1:{port}", f"127.0.0.1:{mport}", str(workers)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=full)
+        [
+            sys.executable,
+            str(HERE / "launch_with_ops.py"),
+            str(config_path),
+            f"127.0.0.1:{port}",
+            f"127.0.0.1:{mport}",
+            str(workers),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env=full,
+    )
     out = StdoutLines(proc.stdout)
-    srv = Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{port}",
-                 f"http://127.0.0.1:{mport}/metrics", out.all)
+    srv = Server(
+        proc,
+        f"http://127.0.0.1:{port}",
+        f"127.0.0.1:{port}",
+        f"http://127.0.0.1:{mport}/metrics",
+        out.all,
+    )
     deadline = time.monotonic() + timeout
     try:
         out.wait_for("listening on", timeout)
@@ -60,7 +78,7 @@ def start(config_path: Path, *, workers: int = 2, env: dict[str, str] | None = N
 
 
 def _wait_workers(srv: Server, n: int, deadline: float) -> bool:
-    """"listening" means one worker answers; wait until all ``n`` built their app (each one
+    """ "listening" means one worker answers; wait until all ``n`` built their app (each one
     publishes metrics from then on), so every worker watches the config from here on."""
     import httpx
 

@@ -55,16 +55,23 @@ def test_only_allowed_fields_are_written(tmp_path):
     path = tmp_path / "a-audit.log"
     log = AuditLog(path, KEY)
     log.start()
-    log.record({**_rec(0), "plaintext": "SECRET-PLAINTEXT", "aad": "SECRET-AAD",
-                "authorization": "AWS4-HMAC-SHA256 Credential=..."})
+    log.record(
+        {
+            **_rec(0),
+            "plaintext": "SECRET-PLAINTEXT",
+            "aad": "SECRET-AAD",
+            "authorization": "AWS4-HMAC-SHA256 Credential=...",
+        }
+    )
     log.close()
     text = path.read_text()
     assert "SECRET" not in text and "AWS4-HMAC" not in text
     assert "SECRET" not in repr(log) and KEY.hex() not in repr(log)
 
 
-@pytest.mark.parametrize("attack", ["edit", "delete", "insert", "swap", "delete_first",
-                                    "delete_last", "duplicate"])
+@pytest.mark.parametrize(
+    "attack", ["edit", "delete", "insert", "swap", "delete_first", "delete_last", "duplicate"]
+)
 def test_tampering_is_reported_with_file_and_line(tmp_path, attack, capsys):
     path = tmp_path / "xksproxy-audit.log"
     _write(path, 10)
@@ -92,8 +99,15 @@ def test_tampering_is_reported_with_file_and_line(tmp_path, attack, capsys):
     assert main_verify([str(path)], key=KEY) == 1
     out = capsys.readouterr().out
     assert "TAMPERED" in out
-    expected_line = {"edit": 5, "delete": 5, "insert": 5, "swap": 5, "delete_first": 1,
-                     "delete_last": 10, "duplicate": 6}[attack]
+    expected_line = {
+        "edit": 5,
+        "delete": 5,
+        "insert": 5,
+        "swap": 5,
+        "delete_first": 1,
+        "delete_last": 10,
+        "duplicate": 6,
+    }[attack]
     assert f"{path}:{expected_line}:" in res.message
 
 

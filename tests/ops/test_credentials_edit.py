@@ -31,17 +31,27 @@ def test_add_then_remove_via_cli(config_path, cli):
     text = config_path.read_text()
     assert new["RawSecretAccessKey"] not in text  # secrets only by reference
     assert text.startswith(original_text.rstrip("\n"))  # the operator's text is kept
-    secret_files = [p for p in (config_path.parent / "secrets").iterdir()
-                    if new["AccessKeyId"] in p.name]
+    secret_files = [
+        p for p in (config_path.parent / "secrets").iterdir() if new["AccessKeyId"] in p.name
+    ]
     assert len(secret_files) == 1
     assert stat.S_IMODE(secret_files[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
 
-    r = cli("credentials", "remove", "--config", str(config_path), "--keystore", "demo",
-            before[0].access_key_id)
+    r = cli(
+        "credentials",
+        "remove",
+        "--config",
+        str(config_path),
+        "--keystore",
+        "demo",
+        before[0].access_key_id,
+    )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["XksProxyAuthenticationCredential"]["AccessKeyId"] == \
-        new["AccessKeyId"]
+    assert (
+        json.loads(r.stdout)["XksProxyAuthenticationCredential"]["AccessKeyId"]
+        == new["AccessKeyId"]
+    )
     assert [c.access_key_id for c in _store(config_path).credentials] == [new["AccessKeyId"]]
     assert not (config_path.parent / "secrets" / "demo-1.secret").exists()
 
@@ -51,8 +61,15 @@ def test_remove_refuses_last_and_unknown(config_path, cli):
     text = config_path.read_text()
     r = cli("credentials", "remove", "--config", str(config_path), "--keystore", "/demo", akid)
     assert r.returncode != 0 and "last credential" in r.stderr
-    r = cli("credentials", "remove", "--config", str(config_path), "--keystore", "/demo",
-            "AKIANOSUCHKEYNOSUCHKEY")
+    r = cli(
+        "credentials",
+        "remove",
+        "--config",
+        str(config_path),
+        "--keystore",
+        "/demo",
+        "AKIANOSUCHKEYNOSUCHKEY",
+    )
     assert r.returncode != 0 and "no credential" in r.stderr
     r = cli("credentials", "add", "--config", str(config_path), "--keystore", "/nope")
     assert r.returncode != 0 and "no key store" in r.stderr
@@ -64,8 +81,12 @@ def test_edits_the_reference_layout_with_two_stores(tmp_path):
     d = tmp_path / "conf"
     d.mkdir()
     (d / "secrets").mkdir(mode=0o700)
-    for name, text in {"user.pin": "1234", "audit.key": "ab" * 32,
-                       "demo-1.secret": "A" * 43, "other-1.secret": "B" * 43}.items():
+    for name, text in {
+        "user.pin": "1234",
+        "audit.key": "ab" * 32,
+        "demo-1.secret": "A" * 43,
+        "other-1.secret": "B" * 43,
+    }.items():
         p = d / "secrets" / name
         p.write_text(text)
         p.chmod(0o600)
@@ -90,9 +111,10 @@ secret = "file:secrets/other-1.secret"
     uri, cred = credentials_ops.add(cfg, "/demo")
     assert uri == "/demo/kms/xks/v1"
     assert [c.access_key_id for c in _store(cfg, "demo").credentials] == [
-        "AKIAEXAMPLEEXAMPLE23", cred.access_key_id]
-    assert [c.access_key_id for c in _store(cfg, "other").credentials] == [
-        "AKIAOTHEROTHEROTHER2"]
+        "AKIAEXAMPLEEXAMPLE23",
+        cred.access_key_id,
+    ]
+    assert [c.access_key_id for c in _store(cfg, "other").credentials] == ["AKIAOTHEROTHEROTHER2"]
     uri, cred2 = credentials_ops.add(cfg, "other")
     assert uri == "/other/kms/xks/v1"
     credentials_ops.remove(cfg, "/other", "AKIAOTHEROTHEROTHER2")

@@ -100,12 +100,15 @@ async def test_slow_hsm_overload_and_recovery(slow_server, config_path):
     await asyncio.sleep(1.0)  # workers publish metrics every 0.5 s
     text = httpx.get(srv.metrics_url, timeout=5).text
     wait_sum = _metric(text, 'xksproxy_hsm_session_wait_seconds_sum{token="softhsm-0"}')
-    call_sum = _metric(text, 'xksproxy_hsm_call_duration_seconds_sum{operation="encrypt",'
-                             'token="softhsm-0"}')
+    call_sum = _metric(
+        text, 'xksproxy_hsm_call_duration_seconds_sum{operation="encrypt",token="softhsm-0"}'
+    )
     assert wait_sum > 0 and call_sum > 0  # queueing for a session shows up separately
-    assert _metric(text, 'xksproxy_throttled_total{keystore="demo",reason="session_queue"}') + \
-        _metric(text, 'xksproxy_throttled_total{keystore="demo",reason="in_flight"}') == \
-        codes[429]
+    assert (
+        _metric(text, 'xksproxy_throttled_total{keystore="demo",reason="session_queue"}')
+        + _metric(text, 'xksproxy_throttled_total{keystore="demo",reason="in_flight"}')
+        == codes[429]
+    )
 
     # 2. the HSM call hangs (1 s): 503 DependencyTimeoutException before the deadline + margin
     shim.set("delay", delay_ms=1000)

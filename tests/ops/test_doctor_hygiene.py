@@ -14,8 +14,15 @@ from xksproxy.config import ConfigError, load_config
 def test_doctor_healthy_deployment(config_path, cli):
     r = cli("doctor", "--config", str(config_path))
     assert r.returncode == 0, r.stdout + r.stderr
-    for needle in ("configuration", "module + login", "test-key round trip", "key demo/demo",
-                   "TLS certificate", "permissions", "0 failed"):
+    for needle in (
+        "configuration",
+        "module + login",
+        "test-key round trip",
+        "key demo/demo",
+        "TLS certificate",
+        "permissions",
+        "0 failed",
+    ):
         assert needle in r.stdout
     cfg = load_config(config_path)
     secrets = [c.secret for s in cfg.keystores for c in s.credentials] + [cfg.hsms[0].pin]
@@ -66,8 +73,9 @@ def test_group_readable_secret_is_refused_by_name(config_path, cli, state):
     except ConfigError as exc:
         assert str(secret_file) in exc.message and "chmod 600" in exc.message
         assert secret_file.read_text().strip() not in exc.message
-    r = cli("serve", "--config", str(config_path), "--plain-http", "--bind", "127.0.0.1:0",
-            timeout=60)
+    r = cli(
+        "serve", "--config", str(config_path), "--plain-http", "--bind", "127.0.0.1:0", timeout=60
+    )
     assert r.returncode != 0
     assert str(secret_file) in r.stdout + r.stderr
     assert secret_file.read_text().strip() not in r.stdout + r.stderr
@@ -92,13 +100,22 @@ def _write_expired_cert(cert_path, key_path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=10))
-            .not_valid_after(now - dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=10))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     os.chmod(key_path, 0o600)

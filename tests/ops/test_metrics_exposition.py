@@ -24,14 +24,25 @@ def _worker(n_ok: int, n_err: int, slow: int) -> None:
     metrics.REGISTRY.__init__()
     metrics.configure(deadline_s=0.15)
     for _ in range(n_ok):
-        metrics.observe_request(operation="Encrypt", keystore="demo", status=200,
-                                error_name=None, seconds=0.002)
+        metrics.observe_request(
+            operation="Encrypt", keystore="demo", status=200, error_name=None, seconds=0.002
+        )
     for _ in range(n_err):
-        metrics.observe_request(operation="Decrypt", keystore="demo", status=400,
-                                error_name="InvalidCiphertextException", seconds=0.003)
+        metrics.observe_request(
+            operation="Decrypt",
+            keystore="demo",
+            status=400,
+            error_name="InvalidCiphertextException",
+            seconds=0.003,
+        )
     for _ in range(slow):
-        metrics.observe_request(operation="Encrypt", keystore="demo", status=503,
-                                error_name="DependencyTimeoutException", seconds=0.16)
+        metrics.observe_request(
+            operation="Encrypt",
+            keystore="demo",
+            status=503,
+            error_name="DependencyTimeoutException",
+            seconds=0.16,
+        )
     metrics.observe_hsm_call("softhsm-0", "encrypt", 0.0001)
     metrics.flush_now()
 
@@ -65,17 +76,22 @@ def test_listener_merges_worker_processes(metrics_env):
     assert m[ok] == 60
     err = 'xksproxy_errors_total{errorName="InvalidCiphertextException",operation="Decrypt"}'
     assert m[err] == 6
-    inf = ('xksproxy_request_duration_seconds_bucket{keystore="demo",operation="Encrypt",'
-           'outcome="ok",le="+Inf"}')
+    inf = (
+        'xksproxy_request_duration_seconds_bucket{keystore="demo",operation="Encrypt",'
+        'outcome="ok",le="+Inf"}'
+    )
     assert m[inf] == 60
-    le1 = ('xksproxy_request_duration_seconds_bucket{keystore="demo",operation="Encrypt",'
-           'outcome="ok",le="0.001"}')
+    le1 = (
+        'xksproxy_request_duration_seconds_bucket{keystore="demo",operation="Encrypt",'
+        'outcome="ok",le="0.001"}'
+    )
     assert m[le1] == 0
     assert m['xksproxy_slo_requests_total{keystore="demo"}'] == 69
     assert m['xksproxy_slo_good_requests_total{keystore="demo"}'] == 66
     assert m["xksproxy_slo_within_budget_ratio"] == pytest.approx(66 / 69)
     assert m['xksproxy_slo_error_budget_burn_rate{window="5m"}'] == pytest.approx(
-        (3 / 69) / (1 - metrics.SLO_OBJECTIVE))
+        (3 / 69) / (1 - metrics.SLO_OBJECTIVE)
+    )
     assert m['xksproxy_hsm_call_duration_seconds_count{operation="encrypt",token="softhsm-0"}'] == 3
     assert m["xksproxy_workers"] == 0  # the workers have exited; their counts remain
 
@@ -127,8 +143,14 @@ def test_busy_metrics_port_warns_with_the_fix_and_still_serves(tmp_path):
         "hooks.close()\n"
     )
     env = {k: v for k, v in os.environ.items() if k != metrics.ENV_DIR}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "url None" in r.stdout
     assert "metrics listener on 127.0.0.1:" in r.stderr

@@ -35,8 +35,7 @@ def parse(text: str) -> dict[str, float]:
 
 
 def total(m: dict[str, float], prefix: str, *must: str) -> float:
-    return sum(v for k, v in m.items()
-               if k.startswith(prefix + "{") and all(x in k for x in must))
+    return sum(v for k, v in m.items() if k.startswith(prefix + "{") and all(x in k for x in must))
 
 
 async def test_scraped_figures_match_client_counts(server, config_path, cli):
@@ -57,12 +56,15 @@ async def test_scraped_figures_match_client_counts(server, config_path, cli):
             scrapes.append(parse((await http.get(server.metrics_url)).text))
             await asyncio.sleep(0.2)
 
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http, \
-            httpx.AsyncClient(timeout=10) as mhttp:
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=10) as http,
+        httpx.AsyncClient(timeout=10) as mhttp,
+    ):
         stop = asyncio.Event()
         scrape_task = asyncio.create_task(scraper(mhttp, stop))
-        await asyncio.gather(*(client(http, "demo", 60) for _ in range(4)),
-                             client(http, "no-such-key", 30))
+        await asyncio.gather(
+            *(client(http, "demo", 60) for _ in range(4)), client(http, "no-such-key", 30)
+        )
         stop.set()
         await scrape_task
         n = len(results)
@@ -78,19 +80,26 @@ async def test_scraped_figures_match_client_counts(server, config_path, cli):
     # on a shared CI box a few requests may miss their deadline or be shed; counted either way
     assert set(by_status) <= {200, 404, 429, 503}, by_status
     assert ok >= 200 and not_found >= 25, by_status
-    assert total(m, "xksproxy_requests_total", 'outcome="ThrottlingException"') == \
-        by_status.get(429, 0)
-    assert total(m, "xksproxy_requests_total", 'outcome="DependencyTimeoutException"') == \
-        by_status.get(503, 0)
+    assert total(m, "xksproxy_requests_total", 'outcome="ThrottlingException"') == by_status.get(
+        429, 0
+    )
+    assert total(
+        m, "xksproxy_requests_total", 'outcome="DependencyTimeoutException"'
+    ) == by_status.get(503, 0)
     assert total(m, "xksproxy_requests_total") == n
     assert total(m, "xksproxy_requests_total", 'outcome="ok"', 'keystore="demo"') == ok
     assert total(m, "xksproxy_errors_total", 'errorName="KeyNotFoundException"') == not_found
     # histograms: count == requests, +Inf bucket == count, buckets cumulative
     assert total(m, "xksproxy_request_duration_seconds_count") == n
     assert total(m, "xksproxy_request_duration_seconds_bucket", 'le="+Inf"') == n
-    ok_buckets = [v for k, v in m.items() if k.startswith(
-        'xksproxy_request_duration_seconds_bucket{keystore="demo",operation="encrypt",'
-        'outcome="ok"')]
+    ok_buckets = [
+        v
+        for k, v in m.items()
+        if k.startswith(
+            'xksproxy_request_duration_seconds_bucket{keystore="demo",operation="encrypt",'
+            'outcome="ok"'
+        )
+    ]
     assert ok_buckets == sorted(ok_buckets) and ok_buckets[-1] == ok
     assert total(m, "xksproxy_hsm_call_duration_seconds_count", 'operation="encrypt"') == ok
     # SLO figures agree with what the client saw

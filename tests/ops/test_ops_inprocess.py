@@ -45,8 +45,10 @@ async def _post(http, path, body, cred):
 async def test_quota_throttles_only_that_store(ops_app, config_path):
     _app, http, busy_cred = ops_app
     demo = demo_credential(config_path)
-    busy = [await _post(http, "/busy/kms/xks/v1/keys/demo/encrypt", encrypt_body(b"x"),
-                        busy_cred) for _ in range(20)]
+    busy = [
+        await _post(http, "/busy/kms/xks/v1/keys/demo/encrypt", encrypt_body(b"x"), busy_cred)
+        for _ in range(20)
+    ]
     codes = [r.status_code for r in busy]
     assert codes.count(200) >= 5 and codes.count(429) >= 10, codes
     assert set(codes) <= {200, 429}
@@ -97,10 +99,12 @@ async def test_metrics_count_requests_and_slo(ops_app, config_path):
     assert r.status_code == 404
     text = metrics.exposition(None, metrics.SloTracker())
     assert 'xksproxy_requests_total{keystore="demo",operation="encrypt",outcome="ok"} 7' in text
-    assert ('xksproxy_errors_total{errorName="KeyNotFoundException",operation="encrypt"} 1'
-            in text)
-    assert re.search(r'xksproxy_hsm_call_duration_seconds_count\{operation="encrypt",'
-                     r'token="softhsm-0"\} 7', text)
+    assert 'xksproxy_errors_total{errorName="KeyNotFoundException",operation="encrypt"} 1' in text
+    assert re.search(
+        r'xksproxy_hsm_call_duration_seconds_count\{operation="encrypt",'
+        r'token="softhsm-0"\} 7',
+        text,
+    )
     assert 'xksproxy_hsm_sessions{token="softhsm-0"} 4' in text
     assert 'xksproxy_slo_good_requests_total{keystore="demo"} 8' in text
     assert "xksproxy_slo_within_budget_ratio 1" in text

@@ -27,13 +27,16 @@ async def test_quota_is_host_wide_and_per_store(config_path):
             async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as http:
                 for _ in range(n):
                     body = encrypt_body(b"pt-quota-93be")
-                    r = await http.post(path, content=body,
-                                        headers=signed(path, body, cred, srv.host))
+                    r = await http.post(
+                        path, content=body, headers=signed(path, body, cred, srv.host)
+                    )
                     counts[store][r.status_code] = counts[store].get(r.status_code, 0) + 1
 
         t0 = time.monotonic()
-        await asyncio.gather(*(client("busy", busy, 40) for _ in range(4)),
-                             *(client("demo", demo, 40) for _ in range(2)))
+        await asyncio.gather(
+            *(client("busy", busy, 40) for _ in range(4)),
+            *(client("demo", demo, 40) for _ in range(2)),
+        )
         elapsed = time.monotonic() - t0
     finally:
         srv.stop()

@@ -23,7 +23,8 @@ def test_secret_file_change_is_picked_up(config_path, state, caplog):
     assert applied[-1].keystores[0].credentials[0].secret == new_secret
     record = next(rec for rec in caplog.records if rec.getMessage() == "configuration reloaded")
     assert record.fields["keystores"] == {
-        "demo": {"secretsChanged": [current.keystores[0].credentials[0].access_key_id]}}
+        "demo": {"secretsChanged": [current.keystores[0].credentials[0].access_key_id]}
+    }
     assert new_secret not in str(record.fields)
 
 

@@ -124,8 +124,7 @@ def test_sighup_and_invalid_file(server, config_path):
 
     # an invalid file: the running configuration stays, the log says exactly what is wrong
     good = config_path.read_text()
-    config_path.write_text(good.replace("request_deadline_ms = 150",
-                                        "request_deadline_ms = -5"))
+    config_path.write_text(good.replace("request_deadline_ms = 150", "request_deadline_ms = -5"))
     time.sleep(2.5)
     try:
         status = _status_fresh_connection(server, demo_credential_from(good, config_path))

@@ -75,11 +75,28 @@ class Client:
     http: httpx.AsyncClient
     log: list[bytes]
 
-    async def post(self, path: str, body: bytes, *, akid: str = AKID, secret: str = SECRET,
-                   region: str = "us-east-1", headers: dict | None = None) -> httpx.Response:
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        akid: str = AKID,
+        secret: str = SECRET,
+        region: str = "us-east-1",
+        headers: dict | None = None,
+    ) -> httpx.Response:
         hdrs = {"content-type": "application/json"}
-        hdrs.update(sigv4.sign(method="POST", host=HOST, path=path, headers=hdrs, body=body,
-                               credential=sigv4.Credential(akid, secret), region=region))
+        hdrs.update(
+            sigv4.sign(
+                method="POST",
+                host=HOST,
+                path=path,
+                headers=hdrs,
+                body=body,
+                credential=sigv4.Credential(akid, secret),
+                region=region,
+            )
+        )
         hdrs.update(headers or {})
         return await self.http.post(path, content=body, headers=hdrs)
 

@@ -23,9 +23,14 @@ def write_secret(path: Path, value: str, mode: int = 0o600) -> None:
     os.chmod(path, mode)
 
 
-def write_config(directory: Path, *, hsm_table: str | None = None,
-                 pin_ref: str = "file:secrets/user.pin", extra: str = "",
-                 keystores: str | None = None) -> Path:
+def write_config(
+    directory: Path,
+    *,
+    hsm_table: str | None = None,
+    pin_ref: str = "file:secrets/user.pin",
+    extra: str = "",
+    keystores: str | None = None,
+) -> Path:
     """A complete, valid config in ``directory``; pieces can be replaced to break it."""
     write_secret(directory / "secrets" / "user.pin", PIN)
     write_secret(directory / "secrets" / "demo-1.secret", SECRET)
@@ -51,7 +56,7 @@ keys = ["demo", "demo-encrypt-only", "demo-decrypt-only", "demo-no-usage"]
 access_key_id = "{AKID}"
 secret = "file:secrets/demo-1.secret"
 '''
-    text = f'''
+    text = f"""
 [server]
 plain_http = true
 [audit]
@@ -59,7 +64,7 @@ file = ""
 {extra}
 {hsm_table}
 {keystores}
-'''
+"""
     path = directory / "xksproxy.toml"
     path.write_text(text)
     return path

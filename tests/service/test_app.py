@@ -29,8 +29,12 @@ def enc_body(plaintext=b"data key bytes 32 long .........", aad=None, cdiv=False
 
 
 def dec_body(enc: dict, aad=None, **over) -> bytes:
-    fields = {"ciphertext": enc["ciphertext"], "initializationVector": enc["initializationVector"],
-              "authenticationTag": enc["authenticationTag"], "encryptionAlgorithm": "AES_GCM"}
+    fields = {
+        "ciphertext": enc["ciphertext"],
+        "initializationVector": enc["initializationVector"],
+        "authenticationTag": enc["authenticationTag"],
+        "encryptionAlgorithm": "AES_GCM",
+    }
     if "ciphertextMetadata" in enc:
         fields["ciphertextMetadata"] = enc["ciphertextMetadata"]
     if aad is not None:
@@ -51,8 +55,11 @@ def error_name(resp) -> str:
 async def test_get_key_metadata(client):
     resp = await client.post(META, body("DescribeKey"))
     assert resp.status_code == 200
-    assert resp.json() == {"keySpec": "AES_256", "keyUsage": ["ENCRYPT", "DECRYPT"],
-                           "keyStatus": "ENABLED"}
+    assert resp.json() == {
+        "keySpec": "AES_256",
+        "keyUsage": ["ENCRYPT", "DECRYPT"],
+        "keyStatus": "ENABLED",
+    }
 
 
 async def test_encrypt_decrypt_round_trip_with_aad(client):
@@ -73,14 +80,18 @@ async def test_encrypt_decrypt_round_trip_with_aad(client):
 async def test_cdiv_present_iff_requested_and_correct(client):
     aad = b"project=nile,department=marketing"
     enc = (await client.post(ENC, enc_body(aad=aad, cdiv=True))).json()
-    raw = b"".join(base64.b64decode(enc[k]) for k in (
-        "ciphertextMetadata", "initializationVector", "ciphertext", "authenticationTag"))
+    raw = b"".join(
+        base64.b64decode(enc[k])
+        for k in ("ciphertextMetadata", "initializationVector", "ciphertext", "authenticationTag")
+    )
     expected = base64.b64encode(hashlib.sha256(aad + raw).digest()).decode()
     assert enc["ciphertextDataIntegrityValue"] == expected
 
 
-@pytest.mark.parametrize("field", ["ciphertext", "initializationVector", "authenticationTag",
-                                   "ciphertextMetadata", "aad"])
+@pytest.mark.parametrize(
+    "field",
+    ["ciphertext", "initializationVector", "authenticationTag", "ciphertextMetadata", "aad"],
+)
 async def test_tampering_is_invalid_ciphertext(client, field):
     aad = b"context"
     enc = (await client.post(ENC, enc_body(aad=aad))).json()
@@ -133,8 +144,12 @@ async def test_disabled_key(client):
 
 
 async def test_health(client):
-    resp = await client.post(HEALTH, orjson.dumps(
-        {"requestMetadata": {"kmsRequestId": "r-1", "kmsOperation": "KmsHealthCheck"}}))
+    resp = await client.post(
+        HEALTH,
+        orjson.dumps(
+            {"requestMetadata": {"kmsRequestId": "r-1", "kmsOperation": "KmsHealthCheck"}}
+        ),
+    )
     assert resp.status_code == 200, resp.text
     doc = resp.json()
     assert doc["xksProxyFleetSize"] == 1 and doc["xksProxyVendor"] and doc["ekmVendor"]
@@ -150,18 +165,28 @@ async def test_health_without_metadata_is_validation_error(client):
 
 async def test_disabled_store_still_answers_health(client):
     kw = dict(akid=AKID2, secret=SECRET2)
-    resp = await client.post("/other/tenant/kms/xks/v1/health", orjson.dumps(
-        {"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}}), **kw)
+    resp = await client.post(
+        "/other/tenant/kms/xks/v1/health",
+        orjson.dumps({"requestMetadata": {"kmsRequestId": "r", "kmsOperation": "KmsHealthCheck"}}),
+        **kw,
+    )
     assert resp.status_code == 200
     resp = await client.post("/other/tenant/kms/xks/v1/keys/demo/encrypt", enc_body(), **kw)
     assert (resp.status_code, error_name(resp)) == (400, "InvalidStateException")
 
 
-@pytest.mark.parametrize("path", [
-    "/nope/kms/xks/v1/health", "/demo/kms/xks/v2/health", "/demo/kms/xks/v1/keys/demo/sign",
-    "/demo/kms/xks/v1/keys/demo", "/", "/demo/kms/xks/v1/keys/" + "a" * 300 + "/encrypt",
-    "/demo/kms/xks/v1/health/",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/nope/kms/xks/v1/health",
+        "/demo/kms/xks/v2/health",
+        "/demo/kms/xks/v1/keys/demo/sign",
+        "/demo/kms/xks/v1/keys/demo",
+        "/",
+        "/demo/kms/xks/v1/keys/" + "a" * 300 + "/encrypt",
+        "/demo/kms/xks/v1/health/",
+    ],
+)
 async def test_unknown_paths_are_invalid_uri_path_json(client, path):
     resp = await client.post(path, enc_body())
     assert (resp.status_code, error_name(resp)) == (404, "InvalidUriPathException")
@@ -181,7 +206,8 @@ async def test_ping_is_unauthenticated(client):
 
 async def test_authentication_failures_are_401(client):
     assert error_name(await client.http.post(ENC, content=enc_body())) == (
-        "AuthenticationFailedException")
+        "AuthenticationFailedException"
+    )
     resp = await client.post(ENC, enc_body(), secret=SECRET2 + "A")
     assert (resp.status_code, error_name(resp)) == (401, "AuthenticationFailedException")
     # another store's valid credential is unknown here
@@ -189,9 +215,17 @@ async def test_authentication_failures_are_401(client):
     assert (resp.status_code, error_name(resp)) == (401, "AuthenticationFailedException")
     # body changed after signing
     hdrs = {"content-type": "application/json"}
-    hdrs.update(sigv4.sign(method="POST", host="xks.example.com", path=ENC, headers=hdrs,
-                           body=enc_body(), credential=sigv4.Credential(
-                               "AKIAEXAMPLEEXAMPLE23", "x" * 43), region="us-east-1"))
+    hdrs.update(
+        sigv4.sign(
+            method="POST",
+            host="xks.example.com",
+            path=ENC,
+            headers=hdrs,
+            body=enc_body(),
+            credential=sigv4.Credential("AKIAEXAMPLEEXAMPLE23", "x" * 43),
+            region="us-east-1",
+        )
+    )
     resp = await client.http.post(ENC, content=enc_body(b"other"), headers=hdrs)
     assert resp.status_code == 401
 
@@ -203,8 +237,12 @@ async def test_botocore_signed_request_is_accepted(client):
     from service_helpers import AKID, SECRET
 
     data = body("DescribeKey")
-    req = AWSRequest(method="POST", url=f"http://xks.example.com{META}", data=data,
-                     headers={"content-type": "application/json"})
+    req = AWSRequest(
+        method="POST",
+        url=f"http://xks.example.com{META}",
+        data=data,
+        headers={"content-type": "application/json"},
+    )
     SigV4Auth(Credentials(AKID, SECRET), "kms-xks-proxy", "eu-west-1").add_auth(req)
     resp = await client.http.post(META, content=data, headers=dict(req.headers.items()))
     assert resp.status_code == 200, resp.text
@@ -252,8 +290,14 @@ async def test_request_log_has_one_safe_line_per_request(client):
     await client.http.post(ENC, content=b"{}")
     assert len(client.log) == 3
     text = b"".join(client.log)
-    for needle in (secret_pt, b64(secret_pt).encode(), b"aad-secret", b"Authorization",
-                   b"AWS4-HMAC", b64(b"aad-secret").encode()):
+    for needle in (
+        secret_pt,
+        b64(secret_pt).encode(),
+        b"aad-secret",
+        b"Authorization",
+        b"AWS4-HMAC",
+        b64(b"aad-secret").encode(),
+    ):
         assert needle not in text
     first = orjson.loads(client.log[0])
     assert first["kmsRequestId"] == metadata()["kmsRequestId"]
@@ -276,12 +320,17 @@ async def test_framing_interoperates_with_an_independent_aes_gcm(client):
     enc = (await client.post(path + "encrypt", enc_body(b"secret", aad=aad))).json()
     assert base64.b64decode(enc["ciphertextMetadata"]) == meta
     raw = base64.b64decode(enc["ciphertext"]) + base64.b64decode(enc["authenticationTag"])
-    assert aead.decrypt(base64.b64decode(enc["initializationVector"]), raw,
-                        hsm_aad(aad, meta)) == b"secret"
+    assert (
+        aead.decrypt(base64.b64decode(enc["initializationVector"]), raw, hsm_aad(aad, meta))
+        == b"secret"
+    )
     for iv in (b"\x07" * 12, b"\x09" * 16):
         ct = aead.encrypt(iv, b"from elsewhere", hsm_aad(aad, None))
-        ref = {"ciphertext": b64(ct[:-16]), "authenticationTag": b64(ct[-16:]),
-               "initializationVector": b64(iv)}
+        ref = {
+            "ciphertext": b64(ct[:-16]),
+            "authenticationTag": b64(ct[-16:]),
+            "initializationVector": b64(iv),
+        }
         resp = await client.post(path + "decrypt", dec_body(ref, aad))
         assert resp.status_code == 200, resp.text
         assert base64.b64decode(resp.json()["plaintext"]) == b"from elsewhere"
@@ -291,10 +340,11 @@ async def test_operations_hooks_see_one_context_per_request(client, app):
     from xksproxy.errors import ThrottlingException
 
     seen, released, finished = [], [], []
-    app.before_dispatch.append(lambda ctx: seen.append((ctx.store, ctx.key_id,
-                                                        ctx.access_key_id, ctx.kms_operation)))
+    app.before_dispatch.append(
+        lambda ctx: seen.append((ctx.store, ctx.key_id, ctx.access_key_id, ctx.kms_operation))
+    )
     app.observers.append(lambda ctx: finished.append((ctx.status, ctx.outcome)))
-    app.admission.append(lambda ctx: (lambda: released.append(ctx.operation)))
+    app.admission.append(lambda ctx: lambda: released.append(ctx.operation))
     assert (await client.post(META, body("DescribeKey"))).status_code == 200
     assert seen == [("demo", "demo", "AKIAEXAMPLEEXAMPLE23", "DescribeKey")]
 
@@ -304,12 +354,13 @@ async def test_operations_hooks_see_one_context_per_request(client, app):
     app.admission.append(refuse)
     resp = await client.post(META, body("DescribeKey"))
     assert (resp.status_code, error_name(resp)) == (429, "ThrottlingException")
-    assert released == ["metadata", "metadata"]          # released even when a later hook refuses
+    assert released == ["metadata", "metadata"]  # released even when a later hook refuses
     assert finished == [(200, "ok"), (429, "ThrottlingException")]
 
 
-@pytest.mark.parametrize("field", ["kmsRequestId", "kmsViaService", "awsSourceVpc",
-                                   "awsPrincipalArn"])
+@pytest.mark.parametrize(
+    "field", ["kmsRequestId", "kmsViaService", "awsSourceVpc", "awsPrincipalArn"]
+)
 async def test_over_long_metadata_is_cut_short_in_the_logs(client, app, field):
     """An opaque id is never refused for its length, but no log line carries more than
     MAX_LOGGED_CHARS of it (an over-long ARN is refused, and its log line is bounded too)."""

@@ -36,10 +36,21 @@ def test_reference_config_loads_with_documented_defaults(tmp_path):
 
 def test_env_overrides(tmp_path):
     path = write_config(tmp_path)
-    cfg = load_config(path, env={"XKSPROXY_BIND": "[::1]:9000", "XKSPROXY_WORKERS": "3",
-                                 "XKSPROXY_PLAIN_HTTP": "no", "XKSPROXY_SERVER": "hypercorn"})
+    cfg = load_config(
+        path,
+        env={
+            "XKSPROXY_BIND": "[::1]:9000",
+            "XKSPROXY_WORKERS": "3",
+            "XKSPROXY_PLAIN_HTTP": "no",
+            "XKSPROXY_SERVER": "hypercorn",
+        },
+    )
     assert (cfg.server.bind, cfg.server.workers, cfg.server.plain_http, cfg.server.server) == (
-        "[::1]:9000", 3, False, "hypercorn")
+        "[::1]:9000",
+        3,
+        False,
+        "hypercorn",
+    )
     with pytest.raises(ConfigError, match="XKSPROXY_WORKERS"):
         load_config(path, env={"XKSPROXY_WORKERS": "many"})
 
@@ -71,33 +82,75 @@ BAD = [
     ({"extra": "[logging]\nlevel = 'loud'"}, "logging.level"),
     ({"extra": "[metrics]\nbind = 'nope'"}, "metrics.bind"),
     ({"extra": "[healthz]\nx = 1"}, "healthz: unknown option"),
-    ({"keystores": "[[keystore]]\nname='a'\npath_prefix='demo'\n"
-                   "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-                   "secret='file:secrets/demo-1.secret'"}, "keystore[0].path_prefix"),
-    ({"keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\nhsm='nope'\n"
-                   "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-                   "secret='file:secrets/demo-1.secret'"}, "keystore[0].hsm: no [[hsm]]"),
-    ({"keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\n"
-                   "[[keystore.credentials]]\naccess_key_id='short'\n"
-                   "secret='file:secrets/demo-1.secret'"},
-     "keystore[0].credentials[0].access_key_id"),
-    ({"keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\n"
-                   "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-                   "secret='file:secrets/user.pin'"}, "keystore[0].credentials[0].secret"),
+    (
+        {
+            "keystores": "[[keystore]]\nname='a'\npath_prefix='demo'\n"
+            "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+            "secret='file:secrets/demo-1.secret'"
+        },
+        "keystore[0].path_prefix",
+    ),
+    (
+        {
+            "keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\nhsm='nope'\n"
+            "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+            "secret='file:secrets/demo-1.secret'"
+        },
+        "keystore[0].hsm: no [[hsm]]",
+    ),
+    (
+        {
+            "keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\n"
+            "[[keystore.credentials]]\naccess_key_id='short'\n"
+            "secret='file:secrets/demo-1.secret'"
+        },
+        "keystore[0].credentials[0].access_key_id",
+    ),
+    (
+        {
+            "keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\n"
+            "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+            "secret='file:secrets/user.pin'"
+        },
+        "keystore[0].credentials[0].secret",
+    ),
     ({"keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\n"}, "keystore[0].credentials"),
-    ({"keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\nkeys=['xks-health-test']\n"
-                   "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-                   "secret='file:secrets/demo-1.secret'"}, "health test key"),
-    ({"keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\n"
-                   "[[keystore.deny]]\nname='r'\nprincipal_arn='*'\n"
-                   "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-                   "secret='file:secrets/demo-1.secret'"}, "keystore[0].deny[0].principal_arn"),
-    ({"keystores": ("[[keystore]]\nname='a'\npath_prefix='/a'\n"
-                    "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-                    "secret='file:secrets/demo-1.secret'\n") * 2}, "keystore[1].name: duplicate"),
-    ({"keystores": "[[keystore]]\nname='a'\npath_prefix='/" + "p" * 120 + "'\n"
-                   "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-                   "secret='file:secrets/demo-1.secret'"}, "128"),
+    (
+        {
+            "keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\nkeys=['xks-health-test']\n"
+            "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+            "secret='file:secrets/demo-1.secret'"
+        },
+        "health test key",
+    ),
+    (
+        {
+            "keystores": "[[keystore]]\nname='a'\npath_prefix='/a'\n"
+            "[[keystore.deny]]\nname='r'\nprincipal_arn='*'\n"
+            "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+            "secret='file:secrets/demo-1.secret'"
+        },
+        "keystore[0].deny[0].principal_arn",
+    ),
+    (
+        {
+            "keystores": (
+                "[[keystore]]\nname='a'\npath_prefix='/a'\n"
+                "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+                "secret='file:secrets/demo-1.secret'\n"
+            )
+            * 2
+        },
+        "keystore[1].name: duplicate",
+    ),
+    (
+        {
+            "keystores": "[[keystore]]\nname='a'\npath_prefix='/" + "p" * 120 + "'\n"
+            "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+            "secret='file:secrets/demo-1.secret'"
+        },
+        "128",
+    ),
 ]
 
 
@@ -112,9 +165,11 @@ def test_mistakes_name_the_option(tmp_path, kwargs, expected):
 
 
 def test_duplicate_prefix_is_refused(tmp_path):
-    store = ("[[keystore]]\nname='{n}'\npath_prefix='/same'\n"
-             "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
-             "secret='file:secrets/demo-1.secret'\n")
+    store = (
+        "[[keystore]]\nname='{n}'\npath_prefix='/same'\n"
+        "[[keystore.credentials]]\naccess_key_id='AKIAEXAMPLEEXAMPLE23'\n"
+        "secret='file:secrets/demo-1.secret'\n"
+    )
     path = write_config(tmp_path, keystores=store.format(n="a") + store.format(n="b"))
     with pytest.raises(ConfigError, match=r"keystore\[1\].path_prefix: '/same' already used"):
         load_config(path, env={})

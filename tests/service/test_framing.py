@@ -22,7 +22,8 @@ def test_cdiv_matches_the_public_spec_vector():
 def test_cdiv_treats_absent_fields_as_empty():
     args = dict(iv=b"i" * 12, ciphertext=b"c", tag=b"t" * 16)
     assert framing.cdiv(aad=None, metadata=None, **args) == framing.cdiv(
-        aad=b"", metadata=b"", **args)
+        aad=b"", metadata=b"", **args
+    )
 
 
 def test_hsm_aad_carries_explicit_lengths():

@@ -19,16 +19,23 @@ MAX_PT = 65536
 
 
 def enc(**over):
-    doc = {"requestMetadata": dict(META), "plaintext": B64(b"hello"),
-           "encryptionAlgorithm": "AES_GCM"}
+    doc = {
+        "requestMetadata": dict(META),
+        "plaintext": B64(b"hello"),
+        "encryptionAlgorithm": "AES_GCM",
+    }
     doc.update(over)
     return {k: v for k, v in doc.items() if v is not ...}
 
 
 def dec(**over):
-    doc = {"requestMetadata": dict(META), "ciphertext": B64(b"c" * 5),
-           "initializationVector": B64(b"i" * 12), "authenticationTag": B64(b"t" * 16),
-           "encryptionAlgorithm": "AES_GCM"}
+    doc = {
+        "requestMetadata": dict(META),
+        "ciphertext": B64(b"c" * 5),
+        "initializationVector": B64(b"i" * 12),
+        "authenticationTag": B64(b"t" * 16),
+        "encryptionAlgorithm": "AES_GCM",
+    }
     doc.update(over)
     return {k: v for k, v in doc.items() if v is not ...}
 
@@ -38,8 +45,11 @@ def parse(op, doc):
 
 
 def test_encrypt_happy_path_with_unknown_fields_ignored():
-    doc = enc(additionalAuthenticatedData=B64(b"aad"),
-              ciphertextDataIntegrityValueAlgorithm="SHA_256", futureField=1)
+    doc = enc(
+        additionalAuthenticatedData=B64(b"aad"),
+        ciphertextDataIntegrityValueAlgorithm="SHA_256",
+        futureField=1,
+    )
     doc["requestMetadata"]["someNewMetadata"] = {"x": 1}
     req = parse("encrypt", doc)
     assert req.plaintext == b"hello" and req.aad == b"aad" and req.want_cdiv
@@ -48,8 +58,9 @@ def test_encrypt_happy_path_with_unknown_fields_ignored():
 
 
 def test_encrypt_accepts_spec_minimum_sizes():
-    req = parse("encrypt", enc(plaintext=B64(b"p" * 4300),
-                               additionalAuthenticatedData=B64(b"a" * 8192)))
+    req = parse(
+        "encrypt", enc(plaintext=B64(b"p" * 4300), additionalAuthenticatedData=B64(b"a" * 8192))
+    )
     assert len(req.plaintext) == 4300 and len(req.aad) == 8192
 
 
@@ -59,28 +70,34 @@ def test_unknown_kms_operation_and_odd_request_id_are_accepted():
     assert parse("encrypt", doc).metadata.kms_operation == "BulkEncryptOfTheFuture"
 
 
-@pytest.mark.parametrize("op,doc,field", [
-    ("encrypt", enc(plaintext=...), "plaintext"),
-    ("encrypt", enc(plaintext=5), "plaintext"),
-    ("encrypt", enc(plaintext="aGVsbG8"), "plaintext"),          # missing padding
-    ("encrypt", enc(plaintext="aGVs bG8="), "plaintext"),        # whitespace
-    ("encrypt", enc(plaintext="aGVsbG8=\n"), "plaintext"),
-    ("encrypt", enc(plaintext="-_-_"), "plaintext"),             # urlsafe alphabet
-    ("encrypt", enc(plaintext="héllo=="), "plaintext"),
-    ("encrypt", enc(encryptionAlgorithm=...), "encryptionAlgorithm"),
-    ("encrypt", enc(encryptionAlgorithm=1), "encryptionAlgorithm"),
-    ("encrypt", enc(additionalAuthenticatedData="%%%%"), "additionalAuthenticatedData"),
-    ("encrypt", enc(ciphertextDataIntegrityValueAlgorithm=[]),
-     "ciphertextDataIntegrityValueAlgorithm"),
-    ("encrypt", enc(requestMetadata=...), "requestMetadata"),
-    ("encrypt", enc(requestMetadata="x"), "requestMetadata"),
-    ("decrypt", dec(initializationVector=B64(b"i" * 11)), "initializationVector"),
-    ("decrypt", dec(initializationVector=B64(b"i" * 32)), "initializationVector"),
-    ("decrypt", dec(authenticationTag=B64(b"t" * 15)), "authenticationTag"),
-    ("decrypt", dec(authenticationTag=...), "authenticationTag"),
-    ("decrypt", dec(ciphertext=...), "ciphertext"),
-    ("decrypt", dec(ciphertextMetadata=B64(b"m" * 21)), "ciphertextMetadata"),
-])
+@pytest.mark.parametrize(
+    "op,doc,field",
+    [
+        ("encrypt", enc(plaintext=...), "plaintext"),
+        ("encrypt", enc(plaintext=5), "plaintext"),
+        ("encrypt", enc(plaintext="aGVsbG8"), "plaintext"),  # missing padding
+        ("encrypt", enc(plaintext="aGVs bG8="), "plaintext"),  # whitespace
+        ("encrypt", enc(plaintext="aGVsbG8=\n"), "plaintext"),
+        ("encrypt", enc(plaintext="-_-_"), "plaintext"),  # urlsafe alphabet
+        ("encrypt", enc(plaintext="héllo=="), "plaintext"),
+        ("encrypt", enc(encryptionAlgorithm=...), "encryptionAlgorithm"),
+        ("encrypt", enc(encryptionAlgorithm=1), "encryptionAlgorithm"),
+        ("encrypt", enc(additionalAuthenticatedData="%%%%"), "additionalAuthenticatedData"),
+        (
+            "encrypt",
+            enc(ciphertextDataIntegrityValueAlgorithm=[]),
+            "ciphertextDataIntegrityValueAlgorithm",
+        ),
+        ("encrypt", enc(requestMetadata=...), "requestMetadata"),
+        ("encrypt", enc(requestMetadata="x"), "requestMetadata"),
+        ("decrypt", dec(initializationVector=B64(b"i" * 11)), "initializationVector"),
+        ("decrypt", dec(initializationVector=B64(b"i" * 32)), "initializationVector"),
+        ("decrypt", dec(authenticationTag=B64(b"t" * 15)), "authenticationTag"),
+        ("decrypt", dec(authenticationTag=...), "authenticationTag"),
+        ("decrypt", dec(ciphertext=...), "ciphertext"),
+        ("decrypt", dec(ciphertextMetadata=B64(b"m" * 21)), "ciphertextMetadata"),
+    ],
+)
 def test_invalid_input_is_validation_exception_naming_the_field(op, doc, field):
     with pytest.raises(ValidationException) as info:
         parse(op, doc)
@@ -88,11 +105,20 @@ def test_invalid_input_is_validation_exception_naming_the_field(op, doc, field):
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("op,name", [
-    ("encrypt", "awsPrincipalArn"), ("encrypt", "kmsKeyArn"), ("encrypt", "kmsOperation"),
-    ("encrypt", "kmsRequestId"), ("decrypt", "kmsKeyArn"), ("metadata", "awsPrincipalArn"),
-    ("metadata", "kmsRequestId"), ("health", "kmsRequestId"), ("health", "kmsOperation"),
-])
+@pytest.mark.parametrize(
+    "op,name",
+    [
+        ("encrypt", "awsPrincipalArn"),
+        ("encrypt", "kmsKeyArn"),
+        ("encrypt", "kmsOperation"),
+        ("encrypt", "kmsRequestId"),
+        ("decrypt", "kmsKeyArn"),
+        ("metadata", "awsPrincipalArn"),
+        ("metadata", "kmsRequestId"),
+        ("health", "kmsRequestId"),
+        ("health", "kmsOperation"),
+    ],
+)
 def test_missing_required_metadata(op, name):
     doc = dec() if op == "decrypt" else enc()
     del doc["requestMetadata"][name]
@@ -101,8 +127,13 @@ def test_missing_required_metadata(op, name):
 
 
 def test_optional_metadata_is_optional_and_type_checked():
-    doc = {"requestMetadata": {"kmsOperation": "DescribeKey", "kmsRequestId": "r",
-                               "awsPrincipalArn": "p"}}
+    doc = {
+        "requestMetadata": {
+            "kmsOperation": "DescribeKey",
+            "kmsRequestId": "r",
+            "awsPrincipalArn": "p",
+        }
+    }
     assert parse("metadata", doc).metadata.kms_key_arn is None
     doc["requestMetadata"]["kmsViaService"] = 3
     with pytest.raises(ValidationException, match="kmsViaService"):
@@ -110,24 +141,34 @@ def test_optional_metadata_is_optional_and_type_checked():
 
 
 def test_health_needs_only_request_id_and_operation():
-    req = parse("health", {"requestMetadata": {"kmsOperation": "KmsHealthCheck",
-                                               "kmsRequestId": "x"}})
+    req = parse(
+        "health", {"requestMetadata": {"kmsOperation": "KmsHealthCheck", "kmsRequestId": "x"}}
+    )
     assert req.metadata.kms_operation == "KmsHealthCheck"
     with pytest.raises(ValidationException):
         parse("health", {})
 
 
-@pytest.mark.parametrize("op,doc,field", [
-    ("encrypt", enc(encryptionAlgorithm="AES_CBC"), "encryptionAlgorithm"),
-    ("decrypt", dec(encryptionAlgorithm="RSA"), "encryptionAlgorithm"),
-    ("encrypt", enc(ciphertextDataIntegrityValueAlgorithm="SHA_512"),
-     "ciphertextDataIntegrityValueAlgorithm"),
-    ("encrypt", enc(plaintext=B64(b"p" * (MAX_PT + 1))), "plaintext"),
-    ("encrypt", enc(plaintext="A" * 200000), "plaintext"),
-    ("encrypt", enc(additionalAuthenticatedData=B64(b"a" * 65536)),
-     "additionalAuthenticatedData"),
-    ("decrypt", dec(ciphertext=B64(b"c" * (MAX_PT + 1))), "ciphertext"),
-])
+@pytest.mark.parametrize(
+    "op,doc,field",
+    [
+        ("encrypt", enc(encryptionAlgorithm="AES_CBC"), "encryptionAlgorithm"),
+        ("decrypt", dec(encryptionAlgorithm="RSA"), "encryptionAlgorithm"),
+        (
+            "encrypt",
+            enc(ciphertextDataIntegrityValueAlgorithm="SHA_512"),
+            "ciphertextDataIntegrityValueAlgorithm",
+        ),
+        ("encrypt", enc(plaintext=B64(b"p" * (MAX_PT + 1))), "plaintext"),
+        ("encrypt", enc(plaintext="A" * 200000), "plaintext"),
+        (
+            "encrypt",
+            enc(additionalAuthenticatedData=B64(b"a" * 65536)),
+            "additionalAuthenticatedData",
+        ),
+        ("decrypt", dec(ciphertext=B64(b"c" * (MAX_PT + 1))), "ciphertext"),
+    ],
+)
 def test_beyond_our_limits_is_unsupported_operation(op, doc, field):
     with pytest.raises(UnsupportedOperationException) as info:
         parse(op, doc)
@@ -135,8 +176,9 @@ def test_beyond_our_limits_is_unsupported_operation(op, doc, field):
 
 
 def test_decrypt_accepts_16_byte_iv_and_metadata():
-    req = parse("decrypt", dec(initializationVector=B64(b"i" * 16),
-                               ciphertextMetadata=B64(b"\x01\x00")))
+    req = parse(
+        "decrypt", dec(initializationVector=B64(b"i" * 16), ciphertextMetadata=B64(b"\x01\x00"))
+    )
     assert len(req.iv) == 16 and req.ciphertext_metadata == b"\x01\x00"
 
 

@@ -19,19 +19,22 @@ def test_error_messages_are_sanitised_and_bounded():
     assert all(" " <= c <= "~" for c in doc["errorMessage"])
 
 
-@pytest.mark.parametrize("cls,status,name", [
-    (errors.InvalidStateException, 400, "InvalidStateException"),
-    (errors.InvalidCiphertextException, 400, "InvalidCiphertextException"),
-    (errors.InvalidKeyUsageException, 400, "InvalidKeyUsageException"),
-    (errors.AuthenticationFailedException, 401, "AuthenticationFailedException"),
-    (errors.AccessDeniedException, 403, "AccessDeniedException"),
-    (errors.KeyNotFoundException, 404, "KeyNotFoundException"),
-    (errors.InvalidUriPathException, 404, "InvalidUriPathException"),
-    (errors.ThrottlingException, 429, "ThrottlingException"),
-    (errors.UnsupportedOperationException, 501, "UnsupportedOperationException"),
-    (errors.DependencyTimeoutException, 503, "DependencyTimeoutException"),
-    (errors.InternalException, 500, "InternalException"),
-])
+@pytest.mark.parametrize(
+    "cls,status,name",
+    [
+        (errors.InvalidStateException, 400, "InvalidStateException"),
+        (errors.InvalidCiphertextException, 400, "InvalidCiphertextException"),
+        (errors.InvalidKeyUsageException, 400, "InvalidKeyUsageException"),
+        (errors.AuthenticationFailedException, 401, "AuthenticationFailedException"),
+        (errors.AccessDeniedException, 403, "AccessDeniedException"),
+        (errors.KeyNotFoundException, 404, "KeyNotFoundException"),
+        (errors.InvalidUriPathException, 404, "InvalidUriPathException"),
+        (errors.ThrottlingException, 429, "ThrottlingException"),
+        (errors.UnsupportedOperationException, 501, "UnsupportedOperationException"),
+        (errors.DependencyTimeoutException, 503, "DependencyTimeoutException"),
+        (errors.InternalException, 500, "InternalException"),
+    ],
+)
 def test_error_table(cls, status, name):
     err = cls()
     assert (err.status, orjson.loads(err.body())["errorName"]) == (status, name)
@@ -94,7 +97,7 @@ def test_key_store_lookup(table):
     assert [c.access_key_id for c in a.lookup(AKID)] == [AKID]
     assert len(a.lookup("AKIAROTATEDKEY234567")) == 1  # two credentials at once (rotation)
     assert a.lookup("AKIAUNKNOWNKEY234567") == ()
-    assert b.lookup(AKID) == ()                           # another store's credential
+    assert b.lookup(AKID) == ()  # another store's credential
 
 
 def test_key_resolution(table):
@@ -107,15 +110,18 @@ def test_key_resolution(table):
     a.check_enabled()
     assert b.label_for("anything") == "anything"
     with pytest.raises(errors.KeyNotFoundException):
-        b.label_for("xks-health-test")                  # "*" never admits the health key
+        b.label_for("xks-health-test")  # "*" never admits the health key
     with pytest.raises(errors.InvalidStateException):
         b.check_enabled()
 
 
-META = RequestMetadata(kms_request_id="r", kms_operation="Decrypt",
-                       aws_principal_arn="arn:aws:iam::111122223333:role/App",
-                       kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/x",
-                       kms_via_service="ebs")
+META = RequestMetadata(
+    kms_request_id="r",
+    kms_operation="Decrypt",
+    aws_principal_arn="arn:aws:iam::111122223333:role/App",
+    kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/x",
+    kms_via_service="ebs",
+)
 
 
 def test_deny_rules_first_match_and_all_fields():
@@ -130,7 +136,7 @@ def test_deny_rules_first_match_and_all_fields():
     assert info.value.rule_name == "no-ebs-decrypt" and info.value.status == 403
     assert policy.first_match(rules[:1], META, "k") is None
     no_via = RequestMetadata(kms_request_id="r", kms_operation="Decrypt")
-    assert policy.first_match(rules[1:2], no_via, "k") is None   # absent field is ""
+    assert policy.first_match(rules[1:2], no_via, "k") is None  # absent field is ""
     assert policy.first_match([DenyRule("r", {"via_service": "*"})], no_via, "k") is not None
     policy.check([], META, "k")
 
@@ -152,18 +158,34 @@ class FakePool:
 
 def test_health_status_rules():
     cfg = HealthConfig(degraded_ms=100)
-    pools = {"ok": FakePool(), "slow": FakePool(), "rec": FakePool("recovering"),
-             "down": FakePool(), "old": FakePool(), "never": FakePool()}
+    pools = {
+        "ok": FakePool(),
+        "slow": FakePool(),
+        "rec": FakePool("recovering"),
+        "down": FakePool(),
+        "old": FakePool(),
+        "never": FakePool(),
+    }
     mon = HealthMonitor(cfg, pools, {"ok": "Model X"})
     now = 1000.0
-    mon._records.update({
-        "ok": ProbeRecord(True, 0.001, now), "slow": ProbeRecord(True, 0.5, now),
-        "rec": ProbeRecord(True, 0.001, now), "down": ProbeRecord(False, 0.001, now),
-        "old": ProbeRecord(True, 0.001, now - 61),
-    })
+    mon._records.update(
+        {
+            "ok": ProbeRecord(True, 0.001, now),
+            "slow": ProbeRecord(True, 0.5, now),
+            "rec": ProbeRecord(True, 0.001, now),
+            "down": ProbeRecord(False, 0.001, now),
+            "old": ProbeRecord(True, 0.001, now - 61),
+        }
+    )
     got = {name: mon.status(name, now=now) for name in pools}
-    assert got == {"ok": "ACTIVE", "slow": "DEGRADED", "rec": "DEGRADED",
-                   "down": "UNAVAILABLE", "old": "UNAVAILABLE", "never": "UNAVAILABLE"}
+    assert got == {
+        "ok": "ACTIVE",
+        "slow": "DEGRADED",
+        "rec": "DEGRADED",
+        "down": "UNAVAILABLE",
+        "old": "UNAVAILABLE",
+        "never": "UNAVAILABLE",
+    }
     answer = mon.answer(["ok"])
     assert answer["ekmFleetDetails"][0]["model"] == "Model X"
     assert answer["xksProxyFleetSize"] == 1

@@ -54,9 +54,20 @@ def build(real_module: str = REAL_MODULE) -> tuple[Path, Path]:
     if not shim.exists():
         tmp = cache / f".faultshim-{digest}-{os.getpid()}.so"
         subprocess.run(
-            ["cc", "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-o", str(tmp),
-             str(SOURCE), "-ldl", "-lpthread"],
-            check=True, capture_output=True,
+            [
+                "cc",
+                "-O2",
+                "-shared",
+                "-fPIC",
+                "-fvisibility=hidden",
+                "-o",
+                str(tmp),
+                str(SOURCE),
+                "-ldl",
+                "-lpthread",
+            ],
+            check=True,
+            capture_output=True,
         )
         tmp.replace(shim)
     real = Path(real_module)
@@ -78,8 +89,7 @@ class FaultShim:
     control_file: Path
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], real_module: str = REAL_MODULE
-               ) -> FaultShim:
+    def create(cls, directory: str | os.PathLike[str], real_module: str = REAL_MODULE) -> FaultShim:
         shim, copy = build(real_module)
         control = Path(directory) / "faultshim.control"
         obj = cls(str(shim), str(copy), control)
@@ -88,13 +98,16 @@ class FaultShim:
 
     def env(self) -> dict[str, str]:
         """Environment for a process loading the shim (add SOFTHSM2_CONF as usual)."""
-        return {"FAULTSHIM_CONTROL": str(self.control_file),
-                "FAULTSHIM_MODULE": self.real_module_copy}
+        return {
+            "FAULTSHIM_CONTROL": str(self.control_file),
+            "FAULTSHIM_MODULE": self.real_module_copy,
+        }
 
     def hsm_config(self, base: HsmConfig, **overrides: object) -> HsmConfig:
         """``base`` pointed at the shim (same token, PIN and SOFTHSM2_CONF)."""
-        return dataclasses.replace(base, module=self.module_path,
-                                   env={**base.env, **self.env()}, **overrides)  # type: ignore[arg-type]
+        return dataclasses.replace(
+            base, module=self.module_path, env={**base.env, **self.env()}, **overrides
+        )  # type: ignore[arg-type]
 
     def set(self, mode: Mode = "ok", delay_ms: int = 0) -> None:
         """Switch the behaviour: "ok", "device_error" (every call), "delay" (crypto calls)."""

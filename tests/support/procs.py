@@ -29,26 +29,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def product_env(extra: Mapping[str, str] | None = None, *, drop: Iterable[str] = ()
-                ) -> dict[str, str]:
+def product_env(
+    extra: Mapping[str, str] | None = None, *, drop: Iterable[str] = ()
+) -> dict[str, str]:
     """This environment with the repository first on ``PYTHONPATH``, ``drop`` removed, ``extra``
     set: a child imports this checkout's packages whether or not they are installed."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                     else "")
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     for name in drop:
         env.pop(name, None)
     env.update(extra or {})
     return env
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """``python -m xksproxy ARGS`` in a subprocess (its own PKCS#11 module instance, like a real
     operator shell); ``env`` is the whole environment (default :func:`product_env`)."""
-    return subprocess.run([sys.executable, "-m", "xksproxy", *args],
-                          env=dict(env) if env is not None else product_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "xksproxy", *args],
+        env=dict(env) if env is not None else product_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class StdoutLines:

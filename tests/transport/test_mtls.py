@@ -15,8 +15,9 @@ from transport_pki import CA, KMS_CN
 from transport_support import Served, serve_env, write_config
 
 
-def _client(server_cert: Path, cert: tuple[Path, Path] | None, *, tls12: bool = False,
-            http2: bool = False):
+def _client(
+    server_cert: Path, cert: tuple[Path, Path] | None, *, tls12: bool = False, http2: bool = False
+):
     ctx = ssl.create_default_context(cafile=str(server_cert))
     if tls12:
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -56,8 +57,11 @@ def mtls_server(pki, tmp_path_factory):
     d = tmp_path_factory.mktemp("mtls")
     cfg = write_config(d, client_ca=pki["ca_file"], regions=["us-east-1"])
     log = d / "requests.log"
-    s = Served(["--config", str(cfg), "--bind", "127.0.0.1:0", "--workers", "1"],
-               serve_env(probe=True, extra={"PROBE_LOG": str(log)}), d)
+    s = Served(
+        ["--config", str(cfg), "--bind", "127.0.0.1:0", "--workers", "1"],
+        serve_env(probe=True, extra={"PROBE_LOG": str(log)}),
+        d,
+    )
     s.server_cert = d / "tls/server.crt"
     s.request_log = log
     yield s
@@ -151,7 +155,9 @@ def test_explicit_granian_with_mtls_is_refused(pki, tmp_path):
     from transport_support import run_serve
 
     cfg = write_config(tmp_path, client_ca=pki["ca_file"])
-    r = run_serve(["--config", str(cfg), "--bind", "127.0.0.1:0", "--server", "granian"],
-                  serve_env(probe=True))
+    r = run_serve(
+        ["--config", str(cfg), "--bind", "127.0.0.1:0", "--server", "granian"],
+        serve_env(probe=True),
+    )
     assert r.returncode == 2
     assert "hypercorn" in r.stderr and "allowed_client_subjects" in r.stderr

@@ -14,8 +14,11 @@ from xksproxy.tls import allowed_subject_patterns, subject_allowed
 
 @pytest.mark.parametrize(
     ("bind", "expected"),
-    [("127.0.0.1:8443", ("127.0.0.1", 8443)), ("[::1]:9", ("::1", 9)),
-     ("localhost:0", ("localhost", 0))],
+    [
+        ("127.0.0.1:8443", ("127.0.0.1", 8443)),
+        ("[::1]:9", ("::1", 9)),
+        ("localhost:0", ("localhost", 0)),
+    ],
 )
 def test_parse_bind(bind, expected):
     assert parse_bind(bind) == expected
@@ -54,9 +57,12 @@ def test_mtls_picks_hypercorn_and_refuses_explicit_granian(tmp_path):
 
 def test_subject_patterns():
     assert allowed_subject_patterns([], [frozenset({"us-east-1"}), frozenset({"eu-west-1"})]) == (
-        "cks.kms.eu-west-1.amazonaws.com", "cks.kms.us-east-1.amazonaws.com")
+        "cks.kms.eu-west-1.amazonaws.com",
+        "cks.kms.us-east-1.amazonaws.com",
+    )
     assert allowed_subject_patterns([], [frozenset({"us-east-1"}), frozenset()]) == (
-        "cks.kms.*.amazonaws.com",)
+        "cks.kms.*.amazonaws.com",
+    )
     assert allowed_subject_patterns(["a.example"], [frozenset()]) == ("a.example",)
     star = ("cks.kms.*.amazonaws.com",)
     assert subject_allowed(["cks.kms.ap-south-2.amazonaws.com"], star)

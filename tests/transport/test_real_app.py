@@ -31,7 +31,11 @@ def state(tmp_path_factory):
     d = tmp_path_factory.mktemp("real") / "state"
     r = subprocess.run(
         [sys.executable, "-m", "xksproxy", "init", "--state-dir", str(d)],
-        cwd=REPO, env=serve_env(probe=False), capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=serve_env(probe=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     console = json.loads((d / "kms-console.json").read_text())
@@ -58,8 +62,15 @@ def call(client: httpx.Client, base: str, state, path: str, body: dict) -> httpx
     host = base.split("://", 1)[1]
     headers = {"content-type": "application/json"}
     headers.update(
-        sigv4.sign(method="POST", host=host, path=state["uri"] + path, headers=headers,
-                   body=raw, credential=state["cred"], region=REGION)
+        sigv4.sign(
+            method="POST",
+            host=host,
+            path=state["uri"] + path,
+            headers=headers,
+            body=raw,
+            credential=state["cred"],
+            region=REGION,
+        )
     )
     return client.post(base + state["uri"] + path, content=raw, headers=headers)
 
@@ -72,13 +83,19 @@ def round_trip(client: httpx.Client, base: str, state) -> None:
     assert m.json()["keyStatus"] == "ENABLED"
     pt = b"k" * 32
     aad = base64.b64encode(b"a" * 64).decode()
-    e = call(client, base, state, "/keys/demo/encrypt", {
-        "requestMetadata": _meta("Encrypt"),
-        "plaintext": base64.b64encode(pt).decode(),
-        "encryptionAlgorithm": "AES_GCM",
-        "additionalAuthenticatedData": aad,
-        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
-    })
+    e = call(
+        client,
+        base,
+        state,
+        "/keys/demo/encrypt",
+        {
+            "requestMetadata": _meta("Encrypt"),
+            "plaintext": base64.b64encode(pt).decode(),
+            "encryptionAlgorithm": "AES_GCM",
+            "additionalAuthenticatedData": aad,
+            "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
+        },
+    )
     assert e.status_code == 200, e.text
     enc = e.json()
     dec_body = {
@@ -95,15 +112,21 @@ def round_trip(client: httpx.Client, base: str, state) -> None:
     assert d.status_code == 200, d.text
     assert base64.b64decode(d.json()["plaintext"]) == pt
     # A wrong signature never passes, on either protocol.
-    bad = client.post(base + state["uri"] + "/health", content=b"{}",
-                      headers={"authorization": "AWS4-HMAC-SHA256 Credential=x"})
+    bad = client.post(
+        base + state["uri"] + "/health",
+        content=b"{}",
+        headers={"authorization": "AWS4-HMAC-SHA256 Credential=x"},
+    )
     assert bad.status_code == 401
 
 
 def _serve(state, tmp_path, *args: str) -> Served:
     """``xksproxy serve`` of the module's state dir on a free loopback port."""
-    return Served(["--config", str(state["config"]), "--bind", "127.0.0.1:0", *args],
-                  serve_env(probe=False), tmp_path)
+    return Served(
+        ["--config", str(state["config"]), "--bind", "127.0.0.1:0", *args],
+        serve_env(probe=False),
+        tmp_path,
+    )
 
 
 @pytest.mark.parametrize("server", ["granian", "hypercorn"])
@@ -127,13 +150,27 @@ def test_curl_aws_sigv4(state, tmp_path, proto):
         port = s.url.rsplit(":", 1)[1]
         body = json.dumps({"requestMetadata": _meta("KmsHealthCheck")})
         r = subprocess.run(
-            ["curl", "-sS", proto, "--cacert", str(state["dir"] / "tls/server.crt"),
-             "--aws-sigv4", f"aws:amz:{REGION}:kms-xks-proxy",
-             "--user", f"{state['cred'].access_key_id}:{state['cred'].secret}",
-             "-H", "content-type: application/json", "-d", body,
-             "-w", "\n%{http_code} %{http_version}",
-             f"https://localhost:{port}{state['uri']}/health"],
-            capture_output=True, text=True, timeout=30,
+            [
+                "curl",
+                "-sS",
+                proto,
+                "--cacert",
+                str(state["dir"] / "tls/server.crt"),
+                "--aws-sigv4",
+                f"aws:amz:{REGION}:kms-xks-proxy",
+                "--user",
+                f"{state['cred'].access_key_id}:{state['cred'].secret}",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                "-w",
+                "\n%{http_code} %{http_version}",
+                f"https://localhost:{port}{state['uri']}/health",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         status, version = r.stdout.rsplit("\n", 1)[1].split()
         assert status == "200", r.stdout + r.stderr
@@ -153,8 +190,11 @@ def test_mtls_through_the_real_app(state, tmp_path):
     text = state["config"].read_text()
     assert 'client_ca_file = ""' in text
     cfg.write_text(text.replace('client_ca_file = ""', f'client_ca_file = "{ca_file}"'))
-    s = Served(["--config", str(cfg), "--bind", "127.0.0.1:0", "--workers", "1"],
-               serve_env(probe=False), tmp_path)
+    s = Served(
+        ["--config", str(cfg), "--bind", "127.0.0.1:0", "--workers", "1"],
+        serve_env(probe=False),
+        tmp_path,
+    )
     try:
         for cert, expect_ok in ((good, True), (foreign, False)):
             ctx = ssl.create_default_context(cafile=str(state["dir"] / "tls/server.crt"))
@@ -167,8 +207,10 @@ def test_mtls_through_the_real_app(state, tmp_path):
                         call(c, s.url, state, "/health", {"requestMetadata": _meta("x")})
     finally:
         s.stop()
-    assert any("tls_client_refused" in line and "unable to get local issuer" in line
-               for line in s.all_stdout)
+    assert any(
+        "tls_client_refused" in line and "unable to get local issuer" in line
+        for line in s.all_stdout
+    )
 
 
 @pytest.mark.parametrize("server", ["granian", "hypercorn"])
@@ -199,8 +241,11 @@ def test_sighup_reloads_workers_without_respawn(state, tmp_path, server):
 def _workers(launcher: int) -> list[int]:
     """The launcher's worker processes (its children but multiprocessing's resource tracker)."""
     children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    return [int(c) for c in children
-            if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [
+        int(c)
+        for c in children
+        if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()
+    ]
 
 
 def _alive(pid: int) -> bool:

@@ -56,7 +56,9 @@ def test_alpn_negotiation_openssl(tmp_path, serve_proc, server, alpn):
     s = serve_proc(cfg, "--server", server, "--workers", "1")
     r = subprocess.run(
         ["openssl", "s_client", "-connect", s.url.removeprefix("https://"), "-alpn", alpn],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
     )
     assert f"ALPN protocol: {alpn}".encode() in r.stdout
 
@@ -114,8 +116,9 @@ def test_worker_startup_failure_exits_non_zero(tmp_path, server):
     """An app whose start-up fails (e.g. HSM unreachable) must not leave a silent, dead server."""
     cfg = write_config(tmp_path)
     env = serve_env(probe=True, extra={"XKSPROXY_APP_FACTORY": "transport_probe_app:broken"})
-    r = run_serve(["--config", str(cfg), "--bind", "127.0.0.1:0", "--server", server,
-                   "--workers", "2"], env)
+    r = run_serve(
+        ["--config", str(cfg), "--bind", "127.0.0.1:0", "--server", server, "--workers", "2"], env
+    )
     assert r.returncode != 0
     assert "listening on" not in r.stdout
     assert "HSM unreachable" in r.stderr

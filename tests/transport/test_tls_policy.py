@@ -46,8 +46,16 @@ def tls_server(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"tls-{request.param}")
     cfg = write_config(d)
     s = Served(
-        ["--config", str(cfg), "--bind", "127.0.0.1:0", "--server", request.param,
-         "--workers", "1"],
+        [
+            "--config",
+            str(cfg),
+            "--bind",
+            "127.0.0.1:0",
+            "--server",
+            request.param,
+            "--workers",
+            "1",
+        ],
         serve_env(probe=True),
         d,
     )
@@ -141,9 +149,13 @@ def test_traditional_key_format_named_for_granian_and_served_by_hypercorn(tmp_pa
     cfg = write_config(tmp_path)
     c, k = _rsa_pair(tmp_path)
     key = serialization.load_pem_private_key(k.read_bytes(), None)
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.TraditionalOpenSSL,
-                                    serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     text = cfg.read_text().replace('cert_file = "tls/server.crt"', f'cert_file = "{c}"')
     cfg.write_text(text.replace('key_file = "tls/server.key"', f'key_file = "{k}"'))
     r = run_serve(["--config", str(cfg), "--server", "granian"], serve_env(probe=True))

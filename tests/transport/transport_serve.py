@@ -20,8 +20,13 @@ def main() -> int:
     p.add_argument("--workers", type=int)
     p.add_argument("--plain-http", action="store_true")
     a = p.parse_args()
-    return serve(a.config, bind=a.bind, plain_http=True if a.plain_http else None,
-                 server=a.server, workers=a.workers)
+    return serve(
+        a.config,
+        bind=a.bind,
+        plain_http=True if a.plain_http else None,
+        server=a.server,
+        workers=a.workers,
+    )
 
 
 if __name__ == "__main__":

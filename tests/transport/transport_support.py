@@ -76,8 +76,9 @@ secret = "file:secrets/demo.secret"
 class Served:
     """One `python -m xksproxy serve` process; `url` is known once it printed its ready line."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str], log_dir: Path,
-                 *, cli: bool | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], env: dict[str, str], log_dir: Path, *, cli: bool | None = None
+    ) -> None:
         """``cli``: through `python -m xksproxy serve` (default for the real app) or straight
         to the launcher (default for probe apps, which have no HSM token to pre-check)."""
         if cli is None:
@@ -141,8 +142,14 @@ def serve_command(cli: bool) -> list[str]:
 
 def run_serve(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run a serve that is expected to stop by itself (config error, failed start-up)."""
-    return subprocess.run(serve_command("XKSPROXY_APP_FACTORY" not in env) + list(args),
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        serve_command("XKSPROXY_APP_FACTORY" not in env) + list(args),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def serve_env(probe: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
