@@ -2,7 +2,7 @@
 
 import sys
 
-from xksproxy.cli import main
+from xksproxy.admin.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -136,7 +136,7 @@ def test_an_interrupted_init_is_completed_by_the_next_run(initialised, cli):
 
 
 def test_atomic_write_replaces_whole_files_privately(tmp_path):
-    from xksproxy.embedded import atomic_write
+    from xksproxy.admin.embedded import atomic_write
 
     target = tmp_path / "f.txt"
     target.write_text("old")

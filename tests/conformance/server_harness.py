@@ -41,7 +41,11 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("xksproxy")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from xksproxy.cli import main; sys.exit(main())"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from xksproxy.admin.cli import main; sys.exit(main())",
+    ]
 
 
 def cli_env() -> dict[str, str]:

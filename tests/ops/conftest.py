@@ -12,7 +12,7 @@ from support import procs
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     """`xksproxy init` into the test's own tmp dir (demo store, demo keys, secrets 0600)."""
-    from xksproxy import embedded
+    from xksproxy.admin import embedded
 
     d = tmp_path / "state"
     embedded.init(d)

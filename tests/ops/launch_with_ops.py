@@ -1,8 +1,8 @@
 """Test launcher: `xksproxy serve` plus the operations hooks its parent process must run.
 
-``xksproxy.operations.prepare_launcher(metrics_bind, workers)`` before the workers start (metrics
-listener + shared directory, XKSPROXY_WORKERS, SIGHUP routed to a worker self-reload), print the
-metrics URL, ``close()`` at exit. This file is the reference sequence for server.py.
+``xksproxy.runtime.operations.prepare_launcher(metrics_bind, workers)`` before the workers start
+(metrics listener + shared directory, XKSPROXY_WORKERS, SIGHUP routed to a worker self-reload),
+print the metrics URL, ``close()`` at exit. This file is the reference sequence for server.py.
 
 Usage: python launch_with_ops.py CONFIG BIND METRICS_BIND WORKERS
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from xksproxy.operations import prepare_launcher
-from xksproxy.server import serve
+from xksproxy.runtime.operations import prepare_launcher
+from xksproxy.runtime.server import serve
 
 
 def main() -> int:

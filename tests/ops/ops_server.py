@@ -99,8 +99,8 @@ def assert_clean_and_chained(srv: Server, config_path: Path, plaintexts: list[by
     the audit files (rotated ones included) form one intact chain. Returns the record count."""
     import base64
 
-    from xksproxy.audit import verify_files
     from xksproxy.config import load_config
+    from xksproxy.observe.audit import verify_files
 
     cfg = load_config(config_path)
     audit_dir = cfg.audit.file.parent

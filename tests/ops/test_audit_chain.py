@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from xksproxy.audit import AuditLog, main_verify, verify_files
+from xksproxy.observe.audit import AuditLog, main_verify, verify_files
 
 KEY = bytes(range(32))
 

@@ -7,7 +7,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from xksproxy import credentials_ops
+from xksproxy.admin import credentials_ops
 from xksproxy.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

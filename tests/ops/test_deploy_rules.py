@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xksproxy import metrics
+from xksproxy.observe import metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 

@@ -31,14 +31,14 @@ def test_doctor_healthy_deployment(config_path, cli):
 
 def test_doctor_reports_what_to_fix(config_path, cli, state):
     from hsm import admin
-    from xksproxy.doctor import run_checks
+    from xksproxy.admin.doctor import run_checks
 
     cfg = load_config(config_path)
     admin.delete_key(cfg.hsms[0], "demo-encrypt-only")
     _write_expired_cert(cfg.tls.cert_file, cfg.tls.key_file)
     set_option(config_path, "server", "request_deadline_ms", "300")
     (state / "audit").mkdir(exist_ok=True)
-    from xksproxy.audit import AuditLog
+    from xksproxy.observe.audit import AuditLog
 
     log = AuditLog(cfg.audit.file, cfg.audit.key)
     log.start()

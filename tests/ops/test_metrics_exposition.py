@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from xksproxy import metrics
+from xksproxy.observe import metrics
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_busy_metrics_port_warns_with_the_fix_and_still_serves(tmp_path):
 
     code = (
         "import socket\n"
-        "from xksproxy.operations import prepare_launcher\n"
+        "from xksproxy.runtime.operations import prepare_launcher\n"
         "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
         "hooks = prepare_launcher(f'127.0.0.1:{s.getsockname()[1]}', 1)\n"
         "print('url', hooks.metrics_url)\n"

@@ -11,9 +11,9 @@ import pytest
 from ops_client import KEY_ARN, PRINCIPAL, decrypt_body, encrypt_body, signed
 from ops_config import add_store, demo_credential, set_option
 
-from xksproxy import metrics
-from xksproxy.audit import main_verify
 from xksproxy.config import load_config
+from xksproxy.observe import metrics
+from xksproxy.observe.audit import main_verify
 
 HOST = "xks.test"
 PLAINTEXT = b"ops-suite-plaintext-4f1c2b"
@@ -28,7 +28,7 @@ async def ops_app(config_path, monkeypatch):
     set_option(config_path, "server", "plain_http", "true")
     set_option(config_path, "logging", "request_log", "false")
     other = add_store(config_path, "busy", "/busy", rate=5, burst=5)
-    from xksproxy.app import create_app
+    from xksproxy.service.app import create_app
 
     app = create_app(load_config(config_path))
     await app.startup()
@@ -112,7 +112,7 @@ async def test_metrics_count_requests_and_slo(ops_app, config_path):
 
 
 async def test_removed_credential_stops_after_reload(ops_app, config_path):
-    from xksproxy import credentials_ops
+    from xksproxy.admin import credentials_ops
 
     app, http, _ = ops_app
     old = demo_credential(config_path)

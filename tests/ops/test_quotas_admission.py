@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from xksproxy.admission import Admission
-from xksproxy.quotas import Quotas, QuotaSpec, TokenBucket, per_worker
+from xksproxy.service.admission import Admission
+from xksproxy.service.quotas import Quotas, QuotaSpec, TokenBucket, per_worker
 
 
 class Clock:

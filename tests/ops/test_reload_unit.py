@@ -7,7 +7,7 @@ import os
 
 import sigv4
 from xksproxy.config import load_config
-from xksproxy.reload import Reloader, describe_changes
+from xksproxy.runtime.reload import Reloader, describe_changes
 
 
 def test_secret_file_change_is_picked_up(config_path, state, caplog):
@@ -18,7 +18,7 @@ def test_secret_file_change_is_picked_up(config_path, state, caplog):
     secret_file = state / "secrets" / "demo-1.secret"
     new_secret = sigv4.generate_credential().secret
     secret_file.write_text(new_secret + "\n")
-    with caplog.at_level(logging.INFO, logger="xksproxy.reload"):
+    with caplog.at_level(logging.INFO, logger="xksproxy.runtime.reload"):
         assert r.check() is True
     assert applied[-1].keystores[0].credentials[0].secret == new_secret
     record = next(rec for rec in caplog.records if rec.getMessage() == "configuration reloaded")
@@ -33,7 +33,7 @@ def test_invalid_secret_mode_is_refused_and_named(config_path, state, caplog):
     r = Reloader(config_path, load_config(config_path), applied.append)
     secret_file = state / "secrets" / "demo-1.secret"
     os.chmod(secret_file, 0o644)
-    with caplog.at_level(logging.ERROR, logger="xksproxy.reload"):
+    with caplog.at_level(logging.ERROR, logger="xksproxy.runtime.reload"):
         assert r.check() is False
     assert applied == []
     assert str(secret_file) in r.last_error and "chmod 600" in r.last_error
@@ -42,7 +42,7 @@ def test_invalid_secret_mode_is_refused_and_named(config_path, state, caplog):
 
 
 def test_describe_changes_names_credentials_only(config_path, state):
-    from xksproxy import credentials_ops
+    from xksproxy.admin import credentials_ops
 
     before = load_config(config_path)
     _, cred = credentials_ops.add(config_path, "demo")

@@ -14,7 +14,7 @@ from ops_client import encrypt_body, signed
 from ops_config import demo_credential, set_option
 from ops_server import assert_clean_and_chained, start
 
-from xksproxy import credentials_ops
+from xksproxy.admin import credentials_ops
 
 PATH = "/demo/kms/xks/v1/keys/demo/encrypt"
 

@@ -108,8 +108,8 @@ def config_path(tmp_path, service_token) -> Path:
 
 @pytest.fixture
 async def app(config_path):
-    from xksproxy.app import XksApp
     from xksproxy.config import load_config
+    from xksproxy.service.app import XksApp
 
     application = XksApp(load_config(config_path, env={}))
     await application.startup()
@@ -121,7 +121,7 @@ async def app(config_path):
 
 @pytest.fixture
 async def client(app):
-    from xksproxy.requestlog import RequestLog
+    from xksproxy.observe.requestlog import RequestLog
 
     lines: list[bytes] = []
     app.observers[:] = [RequestLog(sink=lines.append).observe]

@@ -312,7 +312,7 @@ async def test_framing_interoperates_with_an_independent_aes_gcm(client):
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from support.hsm_keys import KNOWN_KEY_MATERIAL
 
-    from xksproxy.framing import hsm_aad
+    from xksproxy.xks.framing import hsm_aad
 
     path = "/demo/kms/xks/v1/keys/known/"
     aead = AESGCM(KNOWN_KEY_MATERIAL)
@@ -337,7 +337,7 @@ async def test_framing_interoperates_with_an_independent_aes_gcm(client):
 
 
 async def test_operations_hooks_see_one_context_per_request(client, app):
-    from xksproxy.errors import ThrottlingException
+    from xksproxy.xks.errors import ThrottlingException
 
     seen, released, finished = [], [], []
     app.before_dispatch.append(
@@ -364,7 +364,7 @@ async def test_operations_hooks_see_one_context_per_request(client, app):
 async def test_over_long_metadata_is_cut_short_in_the_logs(client, app, field):
     """An opaque id is never refused for its length, but no log line carries more than
     MAX_LOGGED_CHARS of it (an over-long ARN is refused, and its log line is bounded too)."""
-    from xksproxy.protocol import MAX_LOGGED_CHARS
+    from xksproxy.xks.protocol import MAX_LOGGED_CHARS
 
     seen = []
     app.observers.append(lambda ctx: seen.append(dict(ctx.extra["metadata"])))

@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from xksproxy import framing
-from xksproxy.errors import InvalidCiphertextException
+from xksproxy.xks import framing
+from xksproxy.xks.errors import InvalidCiphertextException
 
 
 def test_cdiv_matches_the_public_spec_vector():

@@ -5,8 +5,8 @@ import base64
 import orjson
 import pytest
 
-from xksproxy import protocol
-from xksproxy.errors import UnsupportedOperationException, ValidationException
+from xksproxy.xks import protocol
+from xksproxy.xks.errors import UnsupportedOperationException, ValidationException
 
 B64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
 META = {

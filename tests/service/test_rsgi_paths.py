@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xksproxy.rsgi import wire_path
+from xksproxy.runtime.rsgi import wire_path
 
 
 @pytest.mark.parametrize(

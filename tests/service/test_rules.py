@@ -4,11 +4,12 @@ import orjson
 import pytest
 from service_helpers import AKID, write_config
 
-from xksproxy import errors, policy
 from xksproxy.config import DenyRule, HealthConfig, load_config
-from xksproxy.health import HealthMonitor, ProbeRecord
-from xksproxy.keystores import KeyStoreTable
-from xksproxy.protocol import RequestMetadata
+from xksproxy.keys import policy
+from xksproxy.keys.health import HealthMonitor, ProbeRecord
+from xksproxy.keys.keystores import KeyStoreTable
+from xksproxy.xks import errors
+from xksproxy.xks.protocol import RequestMetadata
 
 
 def test_error_messages_are_sanitised_and_bounded():

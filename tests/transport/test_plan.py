@@ -8,8 +8,8 @@ import pytest
 from transport_support import write_config
 
 from xksproxy.config import ConfigError, load_config
-from xksproxy.server import parse_bind, plan
-from xksproxy.tls import allowed_subject_patterns, subject_allowed
+from xksproxy.runtime.server import parse_bind, plan
+from xksproxy.runtime.tls import allowed_subject_patterns, subject_allowed
 
 
 @pytest.mark.parametrize(

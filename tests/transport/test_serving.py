@@ -98,7 +98,7 @@ def test_missing_certificate_is_a_config_error(tmp_path):
 def test_self_signed_files_are_private_and_cover_localhost(tmp_path):
     from cryptography import x509
 
-    from xksproxy.tls import generate_self_signed
+    from xksproxy.runtime.tls import generate_self_signed
 
     c, k = tmp_path / "a/server.crt", tmp_path / "a/server.key"
     generate_self_signed(c, k, ["localhost", "127.0.0.1", "::1"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from xksproxy.server import _lock_free_interrupt
+from xksproxy.runtime.server import _lock_free_interrupt
 
 
 def _granian_like() -> SimpleNamespace:

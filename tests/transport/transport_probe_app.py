@@ -1,4 +1,4 @@
-"""A tiny ASGI app served through ``xksproxy.server`` by the transport tests.
+"""A tiny ASGI app served through ``xksproxy.runtime.server`` by the transport tests.
 
 It echoes what the server handed to the app (HTTP version, scheme, headers) and appends one line
 per request to ``$PROBE_LOG``, so a test can prove that a refused client never reached the app.
@@ -12,7 +12,7 @@ from typing import Any
 
 
 def create_app() -> Any:
-    from xksproxy.requestlog import configure_logging
+    from xksproxy.observe.requestlog import configure_logging
 
     configure_logging("info")  # like the real app: the JSON service log on stdout
     log = os.environ.get("PROBE_LOG")

@@ -1,4 +1,4 @@
-"""`xksproxy.server.serve` with the CLI's serve options, for the transport tests' probe apps.
+"""`xksproxy.runtime.server.serve` with the CLI's serve options, for the transport probe apps.
 
 Probe apps never touch an HSM, so they go straight to the launcher instead of through
 `xksproxy serve`, which first checks that every [[hsm]] token opens. Real-app tests use the CLI.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xksproxy.server import serve
+from xksproxy.runtime.server import serve
 
 
 def main() -> int:

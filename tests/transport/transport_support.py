@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.procs import StdoutLines
 
-from xksproxy.tls import generate_self_signed
+from xksproxy.runtime.tls import generate_self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

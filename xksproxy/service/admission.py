@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from xksproxy import metrics
-from xksproxy.errors import ThrottlingException
+from xksproxy.observe import metrics
+from xksproxy.xks.errors import ThrottlingException
 
 
 @dataclass(frozen=True)

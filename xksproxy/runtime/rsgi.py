@@ -1,12 +1,12 @@
-"""granian's RSGI interface for :class:`~xksproxy.app.XksApp` (what ``serve`` uses with granian).
+"""granian's RSGI interface for :class:`~xksproxy.service.app.XksApp` (what `serve` runs).
 
 Why RSGI and not ASGI under granian: the ASGI bridge builds a message dict per ``receive``/``send``
 and holds the GIL while it hands the response back to Rust; RSGI reads the body and writes the
 response in one call each. In runs alternated with the ASGI app it cost 8-15 % less server CPU
 per Encrypt (BENCHMARKS.md, "Latest"). The request itself is served by the same
 transport-neutral :meth:`XksApp.handle` as under ASGI (hypercorn), with the same body rules and
-response headers (:mod:`xksproxy.httpio`), so routing, limits, SigV4 and every error body are
-identical — except for what RSGI itself imposes (README "Known limits"):
+response headers (:mod:`xksproxy.service.httpio`), so routing, limits, SigV4 and every error body
+are identical — except for what RSGI itself imposes (README "Known limits"):
 
 * RSGI gives only the percent-*decoded* path. :func:`wire_path` re-encodes it, which restores the
   wire form of every path KMS can send (its paths never contain ``%``) and of any path whose
@@ -31,8 +31,8 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from xksproxy.app import XksApp
-from xksproxy.httpio import Disconnected, Headers, response_headers
+from xksproxy.service.app import XksApp
+from xksproxy.service.httpio import Disconnected, Headers, response_headers
 
 _UNRESERVED_PATH = re.compile(r"[A-Za-z0-9/._~-]*").fullmatch
 
@@ -97,8 +97,11 @@ class RsgiApp:
 
 
 def create_app() -> RsgiApp:
-    """RSGI app factory for granian: ``xksproxy.rsgi:create_app`` (config from XKSPROXY_CONFIG)."""
-    from xksproxy.app import create_app as create_asgi_app
+    """RSGI app factory for granian: ``xksproxy.runtime.rsgi:create_app``.
+
+    The config path comes from ``XKSPROXY_CONFIG``.
+    """
+    from xksproxy.service.app import create_app as create_asgi_app
 
     return RsgiApp(create_asgi_app())
 

@@ -360,7 +360,7 @@ def _init_locked(state_dir: Path) -> InitResult:
 
     cert, key = tls_dir / "server.crt", tls_dir / "server.key"
     if not (cert.exists() and key.exists()):
-        from xksproxy import tls
+        from xksproxy.runtime import tls
 
         tls.generate_self_signed(cert, key, TLS_HOSTS)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sigv4 import Credential
 from xksproxy.config import Config, KeystoreConfig, valid_key_id
-from xksproxy.errors import InvalidStateException, KeyNotFoundException
+from xksproxy.xks.errors import InvalidStateException, KeyNotFoundException
 
 API_ROOT = "/kms/xks/v1"
 

@@ -145,7 +145,7 @@ class LineWriter:
                 "time": time.time(),
                 "log": "service",
                 "level": "warning",
-                "logger": "xksproxy.requestlog",
+                "logger": "xksproxy.observe.requestlog",
                 "message": f"request log: {dropped} line(s) dropped (stdout not draining)",
             }
             lines.insert(0, orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))

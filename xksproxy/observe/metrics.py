@@ -667,7 +667,7 @@ def install(app: Any) -> None:
     async def start() -> None:
         start_worker()
 
-    from xksproxy import requestlog
+    from xksproxy.observe import requestlog
 
     requestlog.STDOUT.on_drop = request_log_dropped
     app.observers.append(observer)

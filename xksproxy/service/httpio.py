@@ -1,5 +1,5 @@
 """What the two server interfaces (ASGI for hypercorn, RSGI for granian) share around
-:meth:`xksproxy.app.XksApp.handle`: the request-body rules and the response headers.
+:meth:`xksproxy.service.app.XksApp.handle`: the request-body rules and the response headers.
 
 Why one place: each interface reads bodies and writes responses through its own API, but the
 rules must not drift apart between them — the same cap, the same time bound, the same error
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from xksproxy.errors import ValidationException
+from xksproxy.xks.errors import ValidationException
 
 Headers = list[tuple[str, str]]
 #: ``respond(status, body, extra_headers)``: send one JSON answer.

@@ -13,8 +13,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from xksproxy.config import DenyRule
-from xksproxy.errors import AccessDeniedException
-from xksproxy.protocol import RequestMetadata
+from xksproxy.xks.errors import AccessDeniedException
+from xksproxy.xks.protocol import RequestMetadata
 
 
 def _field_values(meta: RequestMetadata, key_id: str) -> dict[str, str]:

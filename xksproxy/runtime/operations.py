@@ -1,6 +1,6 @@
 """Attach the operations features to one worker's app: admission, quotas, metrics, audit, reload.
 
-One call from :func:`xksproxy.app.create_app` so the app itself stays ignorant of them; each
+One call from :func:`xksproxy.service.app.create_app` so the app itself stays ignorant of them; each
 feature hooks in through the app's seams (admission hooks, observers, lifespan hooks).
 """
 
@@ -10,8 +10,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from xksproxy import admission, audit, metrics, reload
-from xksproxy.quotas import Quotas
+from xksproxy.observe import audit, metrics
+from xksproxy.runtime import reload
+from xksproxy.service import admission
+from xksproxy.service.quotas import Quotas
 
 
 @dataclass

@@ -160,7 +160,7 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
 def log_tls_refusal(reason: str) -> None:
     """One service-log line per refused client handshake (reason and CN only, no secrets).
 
-    Goes through the ``xksproxy.tls`` logger, i.e. the worker's JSON service log on stdout.
+    Goes through the ``xksproxy.runtime.tls`` logger, i.e. the worker's JSON service log on stdout.
     """
     log.warning(
         "client TLS handshake refused: %s",

@@ -602,7 +602,7 @@ def install(app: Any) -> AuditLog | None:
     Request metadata beyond what the context carries (kmsKeyArn, kmsViaService, source VPC/VPCE)
     is read from ``ctx.extra["metadata"]`` when the app provides it.
     """
-    from xksproxy import metrics
+    from xksproxy.observe import metrics
 
     cfg = app.config.audit
     if cfg.file is None or cfg.key is None:
@@ -618,7 +618,7 @@ def install(app: Any) -> AuditLog | None:
                 return s.hsm
         return None
 
-    def observer(c: Any) -> None:  # c: xksproxy.requestlog.RequestContext
+    def observer(c: Any) -> None:  # c: xksproxy.observe.requestlog.RequestContext
         # Built directly in its final form (what record() would make of it, without a second
         # dict): only FIELDS, only str/int/float values, None left out.
         rec: dict[str, object] = {"time": _now_iso()}

@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from xksproxy.errors import InvalidCiphertextException
-from xksproxy.protocol import b64encode
+from xksproxy.xks.errors import InvalidCiphertextException
+from xksproxy.xks.protocol import b64encode
 
 FORMAT_V1 = 0x01
 KEY_VERSION_0 = 0x00

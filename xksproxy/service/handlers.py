@@ -1,7 +1,7 @@
 """The four XKS operations on top of an ``hsm.HsmPool``.
 
 Each handler receives an already authenticated, validated and authorized request and returns
-the response document.  HSM domain errors propagate and are mapped in ``xksproxy.errors``.
+the response document.  HSM domain errors propagate and are mapped in ``xksproxy.xks.errors``.
 
 Key usage rules (spec "Keys that may do only part of the work"):
 - Encrypt needs ENCRYPT (the HSM refuses otherwise -> InvalidKeyUsageException);
@@ -15,15 +15,15 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from xksproxy.errors import (
+from xksproxy.keys.keystores import KeyStore
+from xksproxy.xks.errors import (
     InternalException,
     InvalidKeyUsageException,
     InvalidStateException,
     to_xks_error,
 )
-from xksproxy.framing import CURRENT_METADATA, cdiv, hsm_aad, parse_metadata
-from xksproxy.keystores import KeyStore
-from xksproxy.protocol import DecryptRequest, EncryptRequest, b64encode
+from xksproxy.xks.framing import CURRENT_METADATA, cdiv, hsm_aad, parse_metadata
+from xksproxy.xks.protocol import DecryptRequest, EncryptRequest, b64encode
 
 _CURRENT_METADATA_B64 = b64encode(CURRENT_METADATA)  # the same for every Encrypt answer
 

@@ -2,15 +2,15 @@
 
 Why a launcher of our own rather than the servers' CLIs: the TLS policy (TLS 1.2/1.3, forward-secret
 AEAD suites, mTLS with subject pinning), the worker model (the app and its HSM pools are built in
-each worker after the fork, via the factory ``xksproxy.app:create_app`` and ``XKSPROXY_CONFIG``) and
-the start-up contract (one ``listening`` line once a worker really answers) must be the same
-whichever server runs.
+each worker after the fork, via the factory ``xksproxy.service.app:create_app`` and
+``XKSPROXY_CONFIG``) and the start-up contract (one ``listening`` line once a worker really
+answers) must be the same whichever server runs.
 
-Server choice: granian (Rust HTTP/TLS, serving our RSGI adapter :mod:`xksproxy.rsgi`) is several
-times faster than hypercorn here, but it cannot
+Server choice: granian (Rust HTTP/TLS, serving our RSGI adapter :mod:`xksproxy.runtime.rsgi`) is
+several times faster than hypercorn here, but it cannot
 show the client certificate to Python, so it cannot pin the mTLS subject. When mTLS is configured
 the launcher therefore serves with hypercorn, whose Python ``ssl`` handshake we hook
-(:mod:`xksproxy.tls`); asking explicitly for granian with mTLS is refused.
+(:mod:`xksproxy.runtime.tls`); asking explicitly for granian with mTLS is refused.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from pathlib import Path
 
 from hypercorn.config import Config as _HypercornBase
 
-from xksproxy import lifeline, metrics, operations, reload, tls
 from xksproxy.config import Config, ConfigError, load_config
+from xksproxy.observe import metrics
+from xksproxy.runtime import lifeline, operations, reload, tls
 
-APP_FACTORY = "xksproxy.app:create_app"
-RSGI_APP_FACTORY = "xksproxy.rsgi:create_app"
+APP_FACTORY = "xksproxy.service.app:create_app"
+RSGI_APP_FACTORY = "xksproxy.runtime.rsgi:create_app"
 XKS_SUFFIX = "/kms/xks/v1"
 SERVERS = ("granian", "hypercorn")
 _READY_TIMEOUT_S = 120.0
@@ -187,7 +188,7 @@ def serve(
     lifeline.mark_launcher()  # workers get SIGTERM if this process dies, even by SIGKILL
     # Before any worker starts: the metrics listener (unless a wrapping launcher already runs
     # one), XKSPROXY_WORKERS for the quotas, and SIGHUP = reload every worker's config without
-    # respawning it (see xksproxy.operations / xksproxy.reload).
+    # respawning it (see xksproxy.runtime.operations / xksproxy.runtime.reload).
     launched_by_wrapper = bool(os.environ.get(metrics.ENV_DIR))
     hooks = operations.prepare_launcher(None if launched_by_wrapper else p.metrics_bind, p.workers)
     stop = threading.Event()
@@ -426,7 +427,7 @@ def _lock_free_interrupt(server: object) -> tuple[Callable[..., None], StopLatch
 
 
 def _granian_target() -> tuple[str, str]:
-    """(factory, interface) for granian: our RSGI adapter (:mod:`xksproxy.rsgi`, faster than
+    """(factory, interface) for granian: our RSGI adapter (:mod:`xksproxy.runtime.rsgi`, faster than
     granian's ASGI bridge) unless ``XKSPROXY_GRANIAN_INTERFACE=asgi`` asks for the ASGI app (to
     compare the two in one benchmark run) or a probe app replaces ours (it is ASGI)."""
     if os.environ.get("XKSPROXY_APP_FACTORY"):
@@ -552,9 +553,9 @@ def _hypercorn_worker(config: HypercornConfig, sockets: object, shutdown_event: 
     """hypercorn's uvloop worker, also stopping gracefully on a SIGTERM sent to it alone.
 
     Given a shared shutdown event, hypercorn installs no signal handler in its workers, so a
-    SIGTERM to one worker (an operator, or :mod:`xksproxy.lifeline` when the launcher is gone)
-    killed it outright: requests cut, HSM sessions and the audit log not closed. Here SIGTERM goes
-    to a :class:`StopLatch` whose flag the shutdown trigger polls with the shared event.
+    SIGTERM to one worker (an operator, or :mod:`xksproxy.runtime.lifeline` when the launcher is
+    gone) killed it outright: requests cut, HSM sessions and the audit log not closed. Here SIGTERM
+    goes to a :class:`StopLatch` whose flag the shutdown trigger polls with the shared event.
     Uses hypercorn's ``worker_serve``/``_run`` (pinned in constraints.txt) because its public
     ``serve()`` cannot take the listening sockets the supervisor created.
     """

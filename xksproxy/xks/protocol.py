@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from xksproxy.errors import UnsupportedOperationException, ValidationException
+from xksproxy.xks.errors import UnsupportedOperationException, ValidationException
 
 MAX_AAD_BYTES = 65535
 MAX_ARN_CHARS = 2048

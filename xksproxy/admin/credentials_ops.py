@@ -12,7 +12,7 @@ Safety:
 - a new secret goes to a fresh 0600 file beside the store's other secret files (never into the
   config); the secret of a removed credential is deleted once nothing references it.
 
-A running proxy notices the change within about a second (see :mod:`xksproxy.reload`): a new
+A running proxy notices the change within about a second (see :mod:`xksproxy.runtime.reload`): a new
 credential starts working and a removed one stops working without a restart.
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sigv4
-from xksproxy import embedded
+from xksproxy.admin import embedded
 from xksproxy.config import ConfigError, load_config
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*(\]\]?)\s*(#.*)?$")
@@ -235,7 +235,7 @@ def _delete_unreferenced_secret(config_path: Path, ref: str, new_text: str) -> N
         p.unlink()
 
 
-# -- CLI entry points (called by xksproxy.cli) ----------------------------------------------------
+# -- CLI entry points (called by xksproxy.admin.cli) -----------------------------------------
 def main_add(config_path: Path, keystore: str) -> int:
     try:
         uri_path, cred = add(config_path, keystore)

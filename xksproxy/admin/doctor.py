@@ -217,7 +217,7 @@ def check_audit(report: Report, config: Any) -> None:
     if not Path(a.file).exists():
         report.add("audit log", OK, f"{a.file} will be created")
         return
-    from xksproxy.audit import verify_files
+    from xksproxy.observe.audit import verify_files
 
     size = Path(a.file).stat().st_size
     if size > 256 * 1024 * 1024:

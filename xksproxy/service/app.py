@@ -6,9 +6,9 @@ path has to do thousands of requests per second on two cores.  Routing is two di
 pre-built base paths; there is no per-request middleware stack, no Request object and no HTML
 error page anywhere.  (Starlette stays a dependency for the operations endpoints.)
 :meth:`XksApp.handle` serves a request whatever the server interface: ``__call__`` is the ASGI
-entry (hypercorn), :mod:`xksproxy.rsgi` the RSGI one (granian).
+entry (hypercorn), :mod:`xksproxy.runtime.rsgi` the RSGI one (granian).
 
-One request, in order (each step's failure is one XKS error, see ``xksproxy.errors``):
+One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.errors``):
 
 1. ``GET|HEAD /ping`` -> 200 ``{"status":"ok"}``, unauthenticated, no HSM call (load balancers).
 2. Route ``<prefix>/kms/xks/v1/health`` or ``.../keys/<id>/{metadata,encrypt,decrypt}``; anything
@@ -21,7 +21,8 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.erro
 7. JSON decode; an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
    ValidationException (it is an invalid input parameter; checked after authentication so an
    anonymous caller learns nothing); store disabled -> 400 InvalidStateException (not health).
-8. Request validation (``xksproxy.protocol``), then deny rules (``xksproxy.policy``; not health).
+8. Request validation (``xksproxy.xks.protocol``), then deny rules (``xksproxy.keys.policy``; not
+   health).
 9. Handler under the request deadline (``server.request_deadline_ms`` from arrival).
 
 Seams for operations code:
@@ -31,7 +32,7 @@ Seams for operations code:
   just before the HSM work (ctx then has the key store, key id, access key id and metadata);
   raise an ``XksError`` (e.g. 429 for a per-store quota, 503 past the deadline) to refuse.
 - ``app.observers``: callables ``(ctx)`` run after every API response with the finished
-  :class:`~xksproxy.requestlog.RequestContext` (outcome, errorName, latency, store, key id,
+  :class:`~xksproxy.observe.requestlog.RequestContext` (outcome, errorName, latency, store, key id,
   metadata; ``ctx.extra["metadata"]`` holds the known ``requestMetadata`` string fields, each
   bounded by ``protocol.MAX_LOGGED_CHARS``).  Observers must
   be cheap and must not raise (exceptions are logged and dropped).
@@ -54,9 +55,21 @@ from typing import Any
 import orjson
 
 import sigv4
-from xksproxy import handlers, lifeline, policy, requestlog
 from xksproxy.config import Config, load_config, valid_key_id
-from xksproxy.errors import (
+from xksproxy.keys import policy
+from xksproxy.keys.health import HealthMonitor
+from xksproxy.keys.keystores import KeyStore, KeyStoreTable
+from xksproxy.observe import requestlog
+from xksproxy.observe.requestlog import (
+    RequestContext,
+    RequestLog,
+    RequestObserver,
+    configure_logging,
+)
+from xksproxy.runtime import lifeline
+from xksproxy.service import handlers
+from xksproxy.service.httpio import BodyLimit, Disconnected, Headers, Respond, response_headers
+from xksproxy.xks.errors import (
     InternalException,
     InvalidUriPathException,
     MethodNotAllowed,
@@ -64,10 +77,7 @@ from xksproxy.errors import (
     XksError,
     to_xks_error,
 )
-from xksproxy.health import HealthMonitor
-from xksproxy.httpio import BodyLimit, Disconnected, Headers, Respond, response_headers
-from xksproxy.keystores import KeyStore, KeyStoreTable
-from xksproxy.protocol import (
+from xksproxy.xks.protocol import (
     OP_DECRYPT,
     OP_ENCRYPT,
     OP_HEALTH,
@@ -76,7 +86,6 @@ from xksproxy.protocol import (
     logged_metadata,
     parse_request,
 )
-from xksproxy.requestlog import RequestContext, RequestLog, RequestObserver, configure_logging
 
 log = logging.getLogger("xksproxy.app")
 
@@ -417,7 +426,9 @@ class XksApp:
 
 
 def create_app(config: Config | None = None) -> XksApp:
-    """App factory for ASGI servers: ``xksproxy.app:create_app`` (config from ``XKSPROXY_CONFIG``).
+    """App factory for ASGI servers: ``xksproxy.service.app:create_app``.
+
+    The config path comes from ``XKSPROXY_CONFIG``.
 
     Each server worker calls this after fork, so every worker opens its own HSM sessions.
     """
@@ -429,7 +440,7 @@ def create_app(config: Config | None = None) -> XksApp:
         config = load_config(Path(path))
     configure_logging(config.logging.level)
     app = XksApp(config)
-    from xksproxy import operations  # admission, quotas, metrics, audit, reload (issue 6)
+    from xksproxy.runtime import operations  # admission, quotas, metrics, audit, reload
 
     operations.install(app)
     return app

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from xksproxy import embedded
+from xksproxy.admin import embedded
 
 if TYPE_CHECKING:
     from hsm import HsmConfig
@@ -239,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem:
         _fail(problem, EXIT_FAILURE)
     from xksproxy.config import ConfigError
-    from xksproxy.server import serve as server
+    from xksproxy.runtime.server import serve as server
 
     try:
         return int(
@@ -361,13 +361,13 @@ def cmd_credentials_new(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials_add(args: argparse.Namespace) -> int:
-    from xksproxy import credentials_ops
+    from xksproxy.admin import credentials_ops
 
     return int(credentials_ops.main_add(_config_path(args), args.keystore))
 
 
 def cmd_credentials_remove(args: argparse.Namespace) -> int:
-    from xksproxy import credentials_ops
+    from xksproxy.admin import credentials_ops
 
     return int(credentials_ops.main_remove(_config_path(args), args.keystore, args.access_key_id))
 
@@ -391,7 +391,7 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from xksproxy.audit import main_verify
+    from xksproxy.observe.audit import main_verify
 
     if args.config is None and args.state_dir is None:
         return int(main_verify(list(args.files)))  # the audit module finds the key itself
@@ -399,7 +399,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from xksproxy import doctor
+    from xksproxy.admin import doctor
 
     return int(doctor.main(_config_path(args)))
 

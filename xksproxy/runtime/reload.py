@@ -292,7 +292,7 @@ def install(
     """Reload ``app``'s key stores (and ``quotas``) when ``config_path`` changes."""
     if config_path is None:
         return None
-    from xksproxy import metrics
+    from xksproxy.observe import metrics
 
     def apply(new: Config) -> None:
         pools = getattr(app, "pools", None) or {}
@@ -305,7 +305,7 @@ def install(
                 )
         app.replace_keystores(new)
         if quotas is not None:
-            from xksproxy.quotas import specs_from_config
+            from xksproxy.service.quotas import specs_from_config
 
             quotas.update(specs_from_config(new))
 
