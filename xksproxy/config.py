@@ -27,6 +27,8 @@ from typing import Any
 
 from hsm.types import HsmConfig
 from sigv4 import Credential, validate_access_key_id, validate_secret
+from xksproxy.bind import parse_bind
+from xksproxy.xks.uri import API_ROOT, MAX_BASE_PATH_CHARS, base_path
 
 
 class ConfigError(Exception):
@@ -113,7 +115,7 @@ class KeystoreConfig:
     @property
     def uri_path(self) -> str:
         """The XksProxyUriPath KMS is configured with."""
-        return f"{self.path_prefix}/kms/xks/v1"
+        return base_path(self.path_prefix)
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,6 @@ class Config:
 
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _PREFIX_RE = re.compile(r"(/[A-Za-z0-9_-]+)*")
-_BIND_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -226,9 +227,10 @@ def resolve_secret(ref: str, where: str, base: Path) -> str:
 
 
 def _bind(value: str, where: str) -> str:
-    m = _BIND_RE.fullmatch(value)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise ConfigError(f"{where}: must be HOST:PORT (IPv6 as [::1]:8443), port 1-65535")
+    try:
+        parse_bind(value, allow_port_zero=False)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return value
 
 
@@ -448,8 +450,10 @@ def _keystore(s: _Section, base: Path, hsms: dict[str, HsmConfig]) -> KeystoreCo
             f"{s.name('path_prefix')}: must be empty or /segment[/segment...] of a-zA-Z0-9-_ "
             "(leading /, no trailing /)"
         )
-    if len(prefix + "/kms/xks/v1") > 128:
-        raise ConfigError(f'{s.name("path_prefix")}: "<prefix>/kms/xks/v1" exceeds 128 chars')
+    if len(base_path(prefix)) > MAX_BASE_PATH_CHARS:
+        raise ConfigError(
+            f'{s.name("path_prefix")}: "<prefix>{API_ROOT}" exceeds {MAX_BASE_PATH_CHARS} chars'
+        )
     hsm_name = s.get("hsm", None, str)
     if hsm_name is None:
         if len(hsms) != 1:

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from xksproxy.admin import embedded
+from xksproxy.environment import DEFAULT_STATE_DIR_TEXT
+from xksproxy.xks.protocol import ordered_key_usage
+from xksproxy.xks.uri import base_path
 
 if TYPE_CHECKING:
     from hsm import HsmConfig
@@ -60,8 +63,7 @@ def _add_location(p: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="state directory written by `xksproxy init` (default: $XKSPROXY_STATE_DIR, "
-        "else ~/.local/state/xksproxy)",
+        help=f"state directory written by `xksproxy init` (default: {DEFAULT_STATE_DIR_TEXT})",
     )
 
 
@@ -175,7 +177,7 @@ def _hsm_start_problem(config_path: Path) -> str | None:
 
 
 def _uri_path(prefix: str) -> str:
-    return prefix + embedded.XKS_SUFFIX
+    return base_path(prefix)
 
 
 def _find_keystore(config: Config, wanted: str | None) -> KeystoreConfig:
@@ -270,7 +272,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                     [
                         {
                             "id": k.label,
-                            "usage": embedded.ordered_usage(k.usage),
+                            "usage": ordered_key_usage(k.usage),
                             "health_key": k.label == cfg.health_key_label,
                         }
                         for k in keys
@@ -420,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="default: $XKSPROXY_STATE_DIR or ~/.local/state/xksproxy",
+        help=f"default: {DEFAULT_STATE_DIR_TEXT}",
     )
     p.set_defaults(func=cmd_init)
 

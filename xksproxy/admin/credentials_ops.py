@@ -32,6 +32,7 @@ from pathlib import Path
 import sigv4
 from xksproxy.admin import embedded
 from xksproxy.config import ConfigError, load_config
+from xksproxy.xks.uri import base_path
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*(\]\]?)\s*(#.*)?$")
 
@@ -89,7 +90,7 @@ def _find_store(raw: dict, wanted: str) -> int:
     stores = raw.get("keystore", [])
     for i, s in enumerate(stores):
         prefix = s.get("path_prefix", "")
-        if wanted in (prefix, s.get("name"), prefix + "/kms/xks/v1"):
+        if wanted in (prefix, s.get("name"), base_path(prefix)):
             return i
     known = ", ".join(f"{s.get('name')} ({s.get('path_prefix', '') or '/'})" for s in stores)
     raise CredentialsError(f"no key store with path prefix or name {wanted!r} (have: {known})")
@@ -171,7 +172,7 @@ def add(config_path: Path, keystore: str) -> tuple[str, sigv4.Credential]:
         except BaseException:
             secret_file.unlink(missing_ok=True)
             raise
-        return store.get("path_prefix", "") + "/kms/xks/v1", cred
+        return base_path(store.get("path_prefix", "")), cred
 
 
 def remove(config_path: Path, keystore: str, access_key_id: str) -> tuple[str, list[str]]:
@@ -203,7 +204,7 @@ def remove(config_path: Path, keystore: str, access_key_id: str) -> tuple[str, l
         _commit(config_path, "".join(new_lines))
         _delete_unreferenced_secret(config_path, removed_ref, "".join(new_lines))
         remaining = [a for a in akids if a != access_key_id]
-        return store.get("path_prefix", "") + "/kms/xks/v1", remaining
+        return base_path(store.get("path_prefix", "")), remaining
 
 
 def _credential_table(lines: list[str], block: _Block, akid: str) -> tuple[int, int]:

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sigv4
+from xksproxy.environment import default_state_dir
+from xksproxy.xks.protocol import ordered_key_usage
+from xksproxy.xks.uri import base_path
 
 if TYPE_CHECKING:
     from hsm import HsmConfig
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
 
 DEMO_KEYSTORE = "demo"
 DEMO_PREFIX = "/demo"
-XKS_SUFFIX = "/kms/xks/v1"
 HSM_NAME = "softhsm-0"
 TOKEN_LABEL = "xksproxy"  # noqa: S105 - a token label, not a secret
 HEALTH_KEY_LABEL = "xks-health-test"
@@ -73,14 +75,6 @@ class InitResult:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def default_state_dir() -> Path:
-    """`$XKSPROXY_STATE_DIR`, else `~/.local/state/xksproxy` (XDG state home convention)."""
-    env = os.environ.get("XKSPROXY_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".local" / "state" / "xksproxy"
 
 
 def private_dir(path: Path) -> Path:
@@ -312,7 +306,7 @@ def _existing_credential(config_path: Path) -> tuple[str, str, sigv4.Credential]
         secret = resolve_secret(cred["secret"], where, config_path.parent)
         return (
             store.get("name", DEMO_KEYSTORE),
-            store.get("path_prefix", "") + XKS_SUFFIX,
+            base_path(store.get("path_prefix", "")),
             sigv4.Credential(cred["access_key_id"], secret),
         )
     except ConfigError as exc:
@@ -369,7 +363,7 @@ def _init_locked(state_dir: Path) -> InitResult:
         credential = sigv4.generate_credential()
         secret_file = secrets_dir / "demo-1.secret"
         _write_secret(secret_file, credential.secret + "\n")
-        uri_path, store = DEMO_PREFIX + XKS_SUFFIX, DEMO_KEYSTORE
+        uri_path, store = base_path(DEMO_PREFIX), DEMO_KEYSTORE
         atomic_write(console_path, console_json(uri_path, credential), 0o600)
         text = render_config(
             module=Path(token.module_path),
@@ -402,15 +396,9 @@ def _init_locked(state_dir: Path) -> InitResult:
     )
 
 
-def ordered_usage(usage: Iterable[str]) -> list[str]:
-    """Usage names in the order KMS lists them (ENCRYPT before DECRYPT ...), then any others."""
-    order = ["ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE"]
-    return sorted(usage, key=lambda u: (order.index(u) if u in order else len(order), u))
-
-
 def usage_text(usage: Iterable[str]) -> str:
     """ "ENCRYPT, DECRYPT", or "none" for a key that may do nothing."""
-    return ", ".join(ordered_usage(usage)) or "none"
+    return ", ".join(ordered_key_usage(usage)) or "none"
 
 
 def summary(result: InitResult) -> str:

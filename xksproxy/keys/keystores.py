@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from sigv4 import Credential
 from xksproxy.config import Config, KeystoreConfig, valid_key_id
 from xksproxy.xks.errors import InvalidStateException, KeyNotFoundException
-
-API_ROOT = "/kms/xks/v1"
+from xksproxy.xks.uri import base_path
 
 
 @dataclass(eq=False)
@@ -40,7 +39,7 @@ class KeyStore:
             by_akid.setdefault(cred.access_key_id, []).append(cred)
         self._by_akid = {k: tuple(v) for k, v in by_akid.items()}
         self.name = self.config.name
-        self.base_path = self.config.path_prefix + API_ROOT
+        self.base_path = base_path(self.config.path_prefix)
         self.regions = self.config.regions or None
         self.hsm = self.config.hsm
         self._wildcard = "*" in self.config.keys
@@ -67,7 +66,7 @@ class KeyStore:
 
 
 class KeyStoreTable:
-    """All key stores, indexed by their ``<prefix>/kms/xks/v1`` base path."""
+    """All key stores, indexed by their base path (:func:`xksproxy.xks.uri.base_path`)."""
 
     def __init__(self, config: Config) -> None:
         health_labels = {h.name: h.health_key_label for h in config.hsms}

@@ -64,6 +64,8 @@ from typing import Any
 
 import orjson
 
+from xksproxy import environment
+
 log = logging.getLogger("xksproxy.audit")
 
 GENESIS = "0" * 64
@@ -566,18 +568,12 @@ def main_verify(
 
 
 def _resolve_key(config_path: Path | None) -> bytes:
-    key_file = os.environ.get("XKSPROXY_AUDIT_KEY_FILE")
+    key_file = environment.AUDIT_KEY_FILE.get()
     if key_file:
         return parse_key_text(Path(key_file).read_text())
     if config_path is None:
-        env = os.environ.get("XKSPROXY_CONFIG")
-        if env:
-            config_path = Path(env)
-        else:
-            state = os.environ.get("XKSPROXY_STATE_DIR") or str(
-                Path.home() / ".local/state/xksproxy"
-            )
-            config_path = Path(state) / "xksproxy.toml"
+        env = environment.CONFIG.get()
+        config_path = Path(env) if env else environment.default_state_dir() / "xksproxy.toml"
     return load_key_from_config(config_path)
 
 

@@ -46,6 +46,8 @@ from typing import Any
 
 import orjson
 
+from xksproxy.bind import parse_bind, url_host
+
 FLUSH_INTERVAL_S = 0.5
 SLO_OBJECTIVE = 0.999
 #: Latency buckets (seconds) around KMS's 250 ms timeout.
@@ -550,7 +552,7 @@ class MetricsListener:
         self._owns_dir = owns_dir
         self.tracker = SloTracker()
         host, port = server.server_address[:2]
-        self.url = f"http://{_host_for_url(str(host))}:{port}/metrics"
+        self.url = f"http://{url_host(str(host))}:{port}/metrics"
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -573,18 +575,6 @@ class MetricsListener:
             shutil.rmtree(self.directory, ignore_errors=True)
             if os.environ.get(ENV_DIR) == str(self.directory):
                 del os.environ[ENV_DIR]
-
-
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def parse_bind(bind: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"metrics bind must be HOST:PORT, got {bind!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def start_listener(bind: str, *, multiprocess: bool = True) -> MetricsListener:

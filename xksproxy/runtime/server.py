@@ -31,13 +31,13 @@ from pathlib import Path
 
 from hypercorn.config import Config as _HypercornBase
 
+from xksproxy.bind import parse_bind
 from xksproxy.config import Config, ConfigError, load_config
 from xksproxy.observe import metrics
 from xksproxy.runtime import lifeline, operations, reload, tls
 
 APP_FACTORY = "xksproxy.service.app:create_app"
 RSGI_APP_FACTORY = "xksproxy.runtime.rsgi:create_app"
-XKS_SUFFIX = "/kms/xks/v1"
 SERVERS = ("granian", "hypercorn")
 _READY_TIMEOUT_S = 120.0
 
@@ -69,18 +69,6 @@ class Plan:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
-
-
-def parse_bind(bind: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port); raises ValueError with a clear message."""
-    host, sep, port = bind.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"bind must be HOST:PORT (IPv6 as [::1]:8443), got {bind!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"bind: write IPv6 addresses in brackets, e.g. [::1]:8443, got {bind!r}")
-    return host, int(port)
 
 
 def plan(
@@ -127,7 +115,7 @@ def plan(
     patterns = tls.allowed_subject_patterns(
         config.tls.allowed_client_subjects, [ks.regions for ks in config.keystores]
     )
-    stores = tuple((ks.name, f"{ks.path_prefix}{XKS_SUFFIX}") for ks in config.keystores)
+    stores = tuple((ks.name, ks.uri_path) for ks in config.keystores)
     return Plan(
         config_path=Path(config.path).resolve(),
         host=host,

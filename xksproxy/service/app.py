@@ -86,10 +86,10 @@ from xksproxy.xks.protocol import (
     logged_metadata,
     parse_request,
 )
+from xksproxy.xks.uri import MAX_URI_CHARS
 
 log = logging.getLogger("xksproxy.app")
 
-MAX_URI_CHARS = 256
 _KEY_OPS = frozenset({OP_METADATA, OP_ENCRYPT, OP_DECRYPT})
 _PING_BODY = b'{"status":"ok"}'
 

@@ -23,18 +23,9 @@ from xksproxy.xks.errors import (
     to_xks_error,
 )
 from xksproxy.xks.framing import CURRENT_METADATA, cdiv, hsm_aad, parse_metadata
-from xksproxy.xks.protocol import DecryptRequest, EncryptRequest, b64encode
+from xksproxy.xks.protocol import DecryptRequest, EncryptRequest, b64encode, ordered_key_usage
 
 _CURRENT_METADATA_B64 = b64encode(CURRENT_METADATA)  # the same for every Encrypt answer
-
-# keyUsage order in GetKeyMetadata: the two KMS cares about first, then the rest.
-_USAGE_ORDER = ("ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE")
-
-
-def _usage_list(usage: frozenset[str]) -> list[str]:
-    ordered = [u for u in _USAGE_ORDER if u in usage]
-    ordered += sorted(u.upper() for u in usage if u.upper() not in _USAGE_ORDER)
-    return ordered[:10]
 
 
 async def get_key_metadata(
@@ -44,7 +35,7 @@ async def get_key_metadata(
     info = await pool.key_info(label, deadline=deadline)
     return {
         "keySpec": "AES_256",
-        "keyUsage": _usage_list(info.usage),
+        "keyUsage": ordered_key_usage(info.usage),
         "keyStatus": "DISABLED" if store.is_disabled(key_id) else "ENABLED",
     }
 

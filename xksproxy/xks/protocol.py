@@ -28,6 +28,7 @@ Error messages name the field and the rule, never the value.
 from __future__ import annotations
 
 import binascii
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,21 @@ _OPTIONAL_METADATA = (
 # What the logs record of requestMetadata, and how much of each value (see logged_metadata).
 _LOGGED_METADATA = ("kmsRequestId", "kmsOperation", *_OPTIONAL_METADATA)
 MAX_LOGGED_CHARS = MAX_ARN_CHARS
+
+
+KEY_USAGE_ORDER = ("ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE")
+"""GetKeyMetadata ``keyUsage`` order: the two KMS checks first, then the rest (spec section 4)."""
+
+MAX_KEY_USAGE_ENTRIES = 10
+"""The spec allows at most this many ``keyUsage`` entries."""
+
+
+def ordered_key_usage(usage: Iterable[str]) -> list[str]:
+    """Usage names upper-case in :data:`KEY_USAGE_ORDER`, then any others sorted, at most 10."""
+    names = {u.upper() for u in usage}
+    ordered = [u for u in KEY_USAGE_ORDER if u in names]
+    ordered += sorted(names.difference(KEY_USAGE_ORDER))
+    return ordered[:MAX_KEY_USAGE_ENTRIES]
 
 
 @dataclass(slots=True, frozen=True)
