@@ -32,6 +32,10 @@ command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc libc6-dev)
 if [ "${XKSPROXY_BOOTSTRAP_EXTRA:-}" = "load" ]; then
   command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
   command -v h2load >/dev/null 2>&1 || need_pkgs+=(nghttp2-client)
+  # tests/deploy: `haproxy -c` and a live HAProxy in front of a proxy; `systemd-analyze verify`
+  # and `security --offline=yes` score the units (no running systemd needed).
+  command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
+  command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
