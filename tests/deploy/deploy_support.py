@@ -62,7 +62,7 @@ def make_runtime(prefix: Path) -> Path:
     # What pip writes for [project.scripts]; the __main__ guard matters: granian's workers are
     # spawned processes that re-import the main script.
     script.write_text(
-        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom xksproxy.cli import main\n"
+        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom xksproxy.admin.cli import main\n"
         "if __name__ == '__main__':\n    sys.exit(main())\n"
     )
     script.chmod(0o755)

@@ -24,7 +24,7 @@ from deploy_support import (
 )
 from support import procs
 
-from xksproxy import metrics
+from xksproxy.observe import metrics
 
 DASHBOARD = DEPLOY / "grafana" / "xksproxy-dashboard.json"
 RULES = sorted((DEPLOY / "prometheus").glob("*.yml"))

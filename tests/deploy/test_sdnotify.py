@@ -1,4 +1,4 @@
-"""xksproxy.sdnotify against a real AF_UNIX datagram socket standing in for systemd."""
+"""xksproxy.runtime.sdnotify against a real AF_UNIX datagram socket standing in for systemd."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from xksproxy import sdnotify
+from xksproxy.runtime import sdnotify
 
 
 def _receiver(address: str | bytes) -> socket.socket:
