@@ -40,11 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from xksproxy import environment
 from xksproxy.config import Config, ConfigError, load_config
 
 log = logging.getLogger("xksproxy.reload")
 
-ENV_TRIGGER = "XKSPROXY_RELOAD_FILE"
 _FILE_REF = re.compile(r"""["']file:([^"'\n]+)["']""")
 _RESTART_SECTIONS = ("server", "tls", "metrics", "audit", "health", "hsms")
 
@@ -65,13 +65,13 @@ def watched_files(config_path: Path) -> list[Path]:
         for ref in _FILE_REF.findall(config_path.read_text(encoding="utf-8")):
             p = Path(ref).expanduser()
             files.append(p if p.is_absolute() else config_path.parent / p)
-    trigger = os.environ.get(ENV_TRIGGER)
+    trigger = environment.RELOAD_FILE.get()
     if trigger:
         files.append(Path(trigger))
     return files
 
 
-def signature(config_path: Path) -> tuple:
+def signature(config_path: Path) -> tuple[tuple[str, tuple[int, ...] | None], ...]:
     return tuple((str(p), _stat_sig(p)) for p in watched_files(config_path))
 
 
@@ -246,12 +246,12 @@ class Reloader:
 # -- launcher side ---------------------------------------------------------------------------
 def prepare_parent() -> Path:
     """Create the reload trigger file and export it to workers (call before starting them)."""
-    existing = os.environ.get(ENV_TRIGGER)
+    existing = environment.RELOAD_FILE.get()
     if existing and Path(existing).exists():
         return Path(existing)
     fd, name = tempfile.mkstemp(prefix="xksproxy-reload-")
     os.close(fd)
-    os.environ[ENV_TRIGGER] = name
+    os.environ[environment.RELOAD_FILE.name] = name
     atexit.register(lambda: Path(name).unlink(missing_ok=True))
     return Path(name)
 
@@ -278,7 +278,7 @@ def route_granian_sighup() -> bool:
 
 def request_reload(*_args: object) -> None:
     """Ask every worker to reload (usable directly as a signal handler in the launcher)."""
-    trigger = os.environ.get(ENV_TRIGGER)
+    trigger = environment.RELOAD_FILE.get()
     if not trigger:
         return
     with contextlib.suppress(OSError):
