@@ -22,7 +22,8 @@ names an ``[[hsm]]`` this process has no pool for is refused the same way as an 
 
 SIGHUP to the launcher: the launcher calls :func:`prepare_parent` before starting workers (it
 exports ``$XKSPROXY_RELOAD_FILE``) and routes its own SIGHUP to :func:`request_reload`, which
-touches that file; every worker sees it within ``interval_s``. No worker is respawned.
+touches that file; every worker sees it within ``interval_s``. No worker is respawned (granian's
+own SIGHUP handler is redirected here by :func:`xksproxy.runtime.patches.route_granian_sighup`).
 """
 
 from __future__ import annotations
@@ -254,26 +255,6 @@ def prepare_parent() -> Path:
     os.environ[environment.RELOAD_FILE.name] = name
     atexit.register(lambda: Path(name).unlink(missing_ok=True))
     return Path(name)
-
-
-def route_granian_sighup() -> bool:
-    """Make granian's parent turn SIGHUP into :func:`request_reload` instead of respawning workers.
-
-    granian installs its own SIGHUP handler inside ``serve()`` ("gracefully respawning workers",
-    which closes their connections); its handler is a method looked up at signal time, so we
-    replace that method. Returns False when granian is not importable. (hypercorn installs a
-    closure we cannot reach: under hypercorn, reload by editing the file, or SIGHUP the workers.)
-    """
-    try:
-        from granian.server.common import AbstractServer
-    except ImportError:
-        return False
-
-    def on_sighup(self: object, *_args: object, **_kwargs: object) -> None:
-        request_reload()
-
-    AbstractServer.signal_handler_reload = on_sighup  # type: ignore[method-assign]
-    return True
 
 
 def request_reload(*_args: object) -> None:
