@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from xksproxy import environment
 from xksproxy.observe import metrics
 
 
@@ -16,12 +17,12 @@ from xksproxy.observe import metrics
 def metrics_env(tmp_path, monkeypatch):
     d = tmp_path / "m"
     d.mkdir()
-    monkeypatch.setenv(metrics.ENV_DIR, str(d))
+    monkeypatch.setenv(environment.METRICS_DIR.name, str(d))
     yield d
 
 
 def _worker(n_ok: int, n_err: int, slow: int) -> None:
-    metrics.REGISTRY.__init__()
+    metrics.REGISTRY.reset()
     metrics.configure(deadline_s=0.15)
     for _ in range(n_ok):
         metrics.observe_request(
@@ -97,13 +98,12 @@ def test_listener_merges_worker_processes(metrics_env):
 
 
 def test_live_gauges_from_pool_stats(monkeypatch):
-    monkeypatch.delenv(metrics.ENV_DIR, raising=False)
+    monkeypatch.delenv(environment.METRICS_DIR.name, raising=False)
 
     class Stats:
         sessions, in_use, waiting = 4, 3, 7
 
-    reg = metrics.Registry()
-    monkeypatch.setattr(metrics, "REGISTRY", reg)
+    metrics.REGISTRY.reset()
     metrics.register_pool("softhsm-0", Stats)
     metrics.set_token_health("softhsm-0", "DEGRADED")
     listener = metrics.start_listener("127.0.0.1:0", multiprocess=False)
@@ -118,14 +118,14 @@ def test_live_gauges_from_pool_stats(monkeypatch):
 
 
 def test_private_directory_is_created_and_removed(monkeypatch):
-    monkeypatch.delenv(metrics.ENV_DIR, raising=False)
+    monkeypatch.delenv(environment.METRICS_DIR.name, raising=False)
     listener = metrics.start_listener("127.0.0.1:0")
     d = listener.directory
-    assert d is not None and d.is_dir() and os.environ[metrics.ENV_DIR] == str(d)
+    assert d is not None and d.is_dir() and os.environ[environment.METRICS_DIR.name] == str(d)
     assert (d.stat().st_mode & 0o077) == 0
     listener.close()
     time.sleep(0.05)
-    assert not d.exists() and metrics.ENV_DIR not in os.environ
+    assert not d.exists() and environment.METRICS_DIR.name not in os.environ
 
 
 def test_busy_metrics_port_warns_with_the_fix_and_still_serves(tmp_path):
@@ -142,7 +142,7 @@ def test_busy_metrics_port_warns_with_the_fix_and_still_serves(tmp_path):
         "print('url', hooks.metrics_url)\n"
         "hooks.close()\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != metrics.ENV_DIR}
+    env = {k: v for k, v in os.environ.items() if k != environment.METRICS_DIR.name}
     r = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -11,6 +11,7 @@ import pytest
 from ops_client import KEY_ARN, PRINCIPAL, decrypt_body, encrypt_body, signed
 from ops_config import add_store, demo_credential, set_option
 
+from xksproxy import environment
 from xksproxy.config import load_config
 from xksproxy.observe import metrics
 from xksproxy.observe.audit import main_verify
@@ -22,9 +23,9 @@ AAD = b"ops-suite-aad-77e0"
 
 @pytest.fixture
 async def ops_app(config_path, monkeypatch):
-    monkeypatch.setenv("XKSPROXY_WORKERS", "1")
-    monkeypatch.delenv(metrics.ENV_DIR, raising=False)
-    monkeypatch.setattr(metrics, "REGISTRY", metrics.Registry())
+    monkeypatch.setenv(environment.WORKERS.name, "1")
+    monkeypatch.delenv(environment.METRICS_DIR.name, raising=False)
+    metrics.REGISTRY.reset()
     set_option(config_path, "server", "plain_http", "true")
     set_option(config_path, "logging", "request_log", "false")
     other = add_store(config_path, "busy", "/busy", rate=5, burst=5)

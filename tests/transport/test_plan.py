@@ -7,8 +7,9 @@ import os
 import pytest
 from transport_support import write_config
 
+from xksproxy.bind import parse_bind
 from xksproxy.config import ConfigError, load_config
-from xksproxy.runtime.server import parse_bind, plan
+from xksproxy.runtime.plan import plan
 from xksproxy.runtime.tls import allowed_subject_patterns, subject_allowed
 
 

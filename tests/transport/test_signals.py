@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from xksproxy.runtime.server import _lock_free_interrupt
+from xksproxy.runtime.patches import lock_free_interrupt
 
 
 def _granian_like() -> SimpleNamespace:
@@ -17,7 +17,7 @@ def test_interrupt_handler_returns_while_the_main_thread_holds_the_event_lock() 
     earlier handler, or Event.wait re-acquiring) holds the Event's lock: the handler must not
     wait for that lock, and the Event must still be set once the lock is released."""
     server = _granian_like()
-    handler, latch = _lock_free_interrupt(server)
+    handler, latch = lock_free_interrupt(server)
     done = threading.Event()
     try:
         with server.main_loop_interrupt._cond:  # held by "the interrupted main thread"
@@ -35,7 +35,7 @@ def test_a_stop_survives_granian_clearing_its_event() -> None:
     """granian clears ``main_loop_interrupt`` in some branches (e.g. after replacing a crashed
     worker) after looking at the stop flag: the stop must be re-signalled, not lost."""
     server = _granian_like()
-    handler, latch = _lock_free_interrupt(server)
+    handler, latch = lock_free_interrupt(server)
     try:
         handler()
         assert server.main_loop_interrupt.wait(5.0)
@@ -47,7 +47,7 @@ def test_a_stop_survives_granian_clearing_its_event() -> None:
 
 def test_signals_after_the_latch_is_closed_are_ignored() -> None:
     server = _granian_like()
-    handler, latch = _lock_free_interrupt(server)
+    handler, latch = lock_free_interrupt(server)
     latch.close()
     handler()  # must not raise or write to a reused descriptor
     assert latch.closed.is_set()

@@ -6,34 +6,33 @@ by registering observers on the app: each observer receives the finished context
 never holds plaintext, AAD, secrets or headers, so every observer is safe by construction.
 
 The request log is one JSON line per request. On the event loop it costs one ``orjson.dumps``
-and an append to a bounded in-memory queue; a writer thread (:class:`LineWriter`) writes what is
-queued to stdout with one ``write`` + ``flush`` per batch, then pauses
-:data:`FLUSH_INTERVAL_S` so the next batch can accumulate (the first line after a quiet spell is
-written at once). Lines are whole ``bytes`` objects joined before the write, so they never
-interleave. Why off the loop: a blocking write per request on stdout is a syscall per request,
-and a log consumer that stops reading (a full pipe) used to block the whole worker (measured:
-3 req/s). Now the loop never blocks on stdout: when the queue is full (:data:`MAX_QUEUED_LINES`)
-lines are dropped and counted (``xksproxy_request_log_dropped_total``), and the next batch
-written starts with a service-log line saying how many were lost. In normal operation every
-request still gets its line, within ~``FLUSH_INTERVAL_S``; lines still queued at a crash are
-lost (at exit they are flushed).
+and an append to a bounded in-memory queue; a writer thread (:class:`LineWriter`, on the shared
+:class:`~xksproxy.observe.batchwriter.BatchWriter`) writes what is queued to stdout with one
+``write`` + ``flush`` per batch, then pauses :data:`FLUSH_INTERVAL_S` so the next batch can
+accumulate (the first line after a quiet spell is written at once). Lines are whole ``bytes``
+objects joined before the write, so they never interleave. Why off the loop: a blocking write
+per request on stdout is a syscall per request, and a log consumer that stops reading (a full
+pipe) used to block the whole worker (measured: 3 req/s). Now the loop never blocks on stdout:
+when the queue is full (:data:`MAX_QUEUED_LINES`) lines are dropped and counted
+(``xksproxy_request_log_dropped_total``), and the next batch written starts with a service-log
+line saying how many were lost. In normal operation every request still gets its line, within
+~``FLUSH_INTERVAL_S``; lines still queued at a crash are lost (at exit they are flushed).
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
 import contextlib
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from xksproxy.observe.batchwriter import BatchWriter
 
 
 @dataclass(slots=True, eq=False)
@@ -80,7 +79,8 @@ def _stdout_write(data: bytes) -> None:
 
 
 class LineWriter:
-    """Bounded queue of lines written by a daemon thread in batches (see the module docstring).
+    """Request-log lines queued on the event loop, written to stdout in batches by a
+    :class:`~xksproxy.observe.batchwriter.BatchWriter` (see the module docstring).
 
     :meth:`write` is called on the event loop and never blocks; one writer per process, started
     on first use (after fork, in the worker).
@@ -90,56 +90,39 @@ class LineWriter:
         self, write: Callable[[bytes], None] = _stdout_write, max_lines: int = MAX_QUEUED_LINES
     ) -> None:
         self._write = write
-        self._max = max_lines
-        self._buf: collections.deque[bytes] = collections.deque()
-        self._wake = threading.Event()
-        self._pause = threading.Event()  # set to cut the pause short (flush/exit)
-        self._busy = False
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self.dropped_total = 0
-        self._dropped_pending = 0
-        self.on_drop: Callable[[int], None] | None = None
+        self._queue: BatchWriter[bytes] = BatchWriter(
+            self._write_batch,
+            name="xksproxy-request-log",
+            max_queued=max_lines,
+            pause_s=FLUSH_INTERVAL_S,
+            autostart=True,
+        )
+
+    @property
+    def on_drop(self) -> Callable[[int], None] | None:
+        """Called with 1 per dropped line (the metrics count them)."""
+        return self._queue.on_drop
+
+    @on_drop.setter
+    def on_drop(self, fn: Callable[[int], None] | None) -> None:
+        self._queue.on_drop = fn
+
+    @property
+    def dropped_total(self) -> int:
+        return self._queue.dropped_total
 
     def write(self, line: bytes) -> None:
-        if len(self._buf) >= self._max:
-            self.dropped_total += 1
-            self._dropped_pending += 1
-            if self.on_drop is not None:
-                with contextlib.suppress(Exception):
-                    self.on_drop(1)
-            return
-        self._buf.append(line)
-        if self._thread is None:
-            self._start()
-        if not self._wake.is_set():
-            self._wake.set()
+        self._queue.put(line)
 
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="xksproxy-request-log", daemon=True
-                )
-                self._thread.start()
-                atexit.register(self.flush, 1.0)
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is written (tests, shutdown, exit)."""
+        self._queue.flush(timeout)
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self._buf:
-                self._busy = True
-                try:
-                    self._write_batch()
-                finally:
-                    self._busy = False
-            self._pause.wait(FLUSH_INTERVAL_S)
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's thread does not exist here; start afresh."""
+        self._queue.after_fork()
 
-    def _write_batch(self) -> None:
-        buf = self._buf
-        lines = [buf.popleft() for _ in range(len(buf))]
-        dropped, self._dropped_pending = self._dropped_pending, 0
+    def _write_batch(self, lines: list[bytes], dropped: int) -> None:
         if dropped:  # make the loss visible where the lines are missing
             note = {
                 "time": time.time(),
@@ -151,29 +134,6 @@ class LineWriter:
             lines.insert(0, orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))
         with contextlib.suppress(Exception):  # a closed/replaced stdout must not kill the thread
             self._write(b"".join(lines))
-
-    def _after_fork(self) -> None:
-        """In a forked child: the parent's thread does not exist here; start afresh."""
-        self._buf = collections.deque()
-        self._wake = threading.Event()
-        self._pause = threading.Event()
-        self._busy = False
-        self._thread = None
-        self._start_lock = threading.Lock()
-        self._dropped_pending = 0
-
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything queued so far is written (tests, shutdown, exit)."""
-        if self._thread is None:
-            return
-        deadline = time.monotonic() + timeout
-        self._pause.set()
-        self._wake.set()
-        try:
-            while (self._buf or self._busy) and time.monotonic() < deadline:
-                time.sleep(0.002)
-        finally:
-            self._pause.clear()
 
 
 #: The process's stdout request-log writer (its thread starts with the first line).

@@ -21,14 +21,15 @@ import signal
 import threading
 import time
 
-ENV_LAUNCHER_PID = "XKSPROXY_LAUNCHER_PID"
+from xksproxy import environment
+
 POLL_S = 0.25
 GRACE_S = 10  # as long as the launchers give a worker to stop
 
 
 def mark_launcher() -> None:
     """In the launcher, before any worker starts: workers tie themselves to this process."""
-    os.environ[ENV_LAUNCHER_PID] = str(os.getpid())
+    os.environ[environment.LAUNCHER_PID.name] = str(os.getpid())
 
 
 def tie_to_launcher() -> bool:
@@ -36,7 +37,7 @@ def tie_to_launcher() -> bool:
 
     Does nothing outside a launcher (tests building the app in-process).
     """
-    launcher = os.environ.get(ENV_LAUNCHER_PID)
+    launcher = environment.LAUNCHER_PID.get()
     if not launcher or not launcher.isdigit():
         return False
     threading.Thread(

@@ -10,8 +10,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from xksproxy import environment
 from xksproxy.observe import audit, metrics
-from xksproxy.runtime import reload
+from xksproxy.runtime import patches, reload
 from xksproxy.service import admission
 from xksproxy.service.quotas import Quotas
 
@@ -66,10 +67,10 @@ def prepare_launcher(metrics_bind: str | None, workers: int) -> LauncherHooks:
     import os
     import signal
 
-    os.environ["XKSPROXY_WORKERS"] = str(max(1, workers))
+    os.environ[environment.WORKERS.name] = str(max(1, workers))
     reload.prepare_parent()
     signal.signal(signal.SIGHUP, reload.request_reload)
-    reload.route_granian_sighup()
+    patches.route_granian_sighup(reload.request_reload)
     listener = None
     if metrics_bind:
         try:

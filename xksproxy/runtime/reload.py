@@ -22,7 +22,8 @@ names an ``[[hsm]]`` this process has no pool for is refused the same way as an 
 
 SIGHUP to the launcher: the launcher calls :func:`prepare_parent` before starting workers (it
 exports ``$XKSPROXY_RELOAD_FILE``) and routes its own SIGHUP to :func:`request_reload`, which
-touches that file; every worker sees it within ``interval_s``. No worker is respawned.
+touches that file; every worker sees it within ``interval_s``. No worker is respawned (granian's
+own SIGHUP handler is redirected here by :func:`xksproxy.runtime.patches.route_granian_sighup`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from xksproxy import environment
 from xksproxy.config import Config, ConfigError, load_config
 
 log = logging.getLogger("xksproxy.reload")
 
-ENV_TRIGGER = "XKSPROXY_RELOAD_FILE"
 _FILE_REF = re.compile(r"""["']file:([^"'\n]+)["']""")
 _RESTART_SECTIONS = ("server", "tls", "metrics", "audit", "health", "hsms")
 
@@ -65,13 +66,13 @@ def watched_files(config_path: Path) -> list[Path]:
         for ref in _FILE_REF.findall(config_path.read_text(encoding="utf-8")):
             p = Path(ref).expanduser()
             files.append(p if p.is_absolute() else config_path.parent / p)
-    trigger = os.environ.get(ENV_TRIGGER)
+    trigger = environment.RELOAD_FILE.get()
     if trigger:
         files.append(Path(trigger))
     return files
 
 
-def signature(config_path: Path) -> tuple:
+def signature(config_path: Path) -> tuple[tuple[str, tuple[int, ...] | None], ...]:
     return tuple((str(p), _stat_sig(p)) for p in watched_files(config_path))
 
 
@@ -246,39 +247,19 @@ class Reloader:
 # -- launcher side ---------------------------------------------------------------------------
 def prepare_parent() -> Path:
     """Create the reload trigger file and export it to workers (call before starting them)."""
-    existing = os.environ.get(ENV_TRIGGER)
+    existing = environment.RELOAD_FILE.get()
     if existing and Path(existing).exists():
         return Path(existing)
     fd, name = tempfile.mkstemp(prefix="xksproxy-reload-")
     os.close(fd)
-    os.environ[ENV_TRIGGER] = name
+    os.environ[environment.RELOAD_FILE.name] = name
     atexit.register(lambda: Path(name).unlink(missing_ok=True))
     return Path(name)
 
 
-def route_granian_sighup() -> bool:
-    """Make granian's parent turn SIGHUP into :func:`request_reload` instead of respawning workers.
-
-    granian installs its own SIGHUP handler inside ``serve()`` ("gracefully respawning workers",
-    which closes their connections); its handler is a method looked up at signal time, so we
-    replace that method. Returns False when granian is not importable. (hypercorn installs a
-    closure we cannot reach: under hypercorn, reload by editing the file, or SIGHUP the workers.)
-    """
-    try:
-        from granian.server.common import AbstractServer
-    except ImportError:
-        return False
-
-    def on_sighup(self: object, *_args: object, **_kwargs: object) -> None:
-        request_reload()
-
-    AbstractServer.signal_handler_reload = on_sighup  # type: ignore[method-assign]
-    return True
-
-
 def request_reload(*_args: object) -> None:
     """Ask every worker to reload (usable directly as a signal handler in the launcher)."""
-    trigger = os.environ.get(ENV_TRIGGER)
+    trigger = environment.RELOAD_FILE.get()
     if not trigger:
         return
     with contextlib.suppress(OSError):

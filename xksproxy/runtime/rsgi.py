@@ -28,11 +28,15 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from xksproxy.service.app import XksApp
 from xksproxy.service.httpio import Disconnected, Headers, response_headers
+
+if TYPE_CHECKING:  # granian's own types (it ships py.typed); not loaded at run time for them
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope
 
 _UNRESERVED_PATH = re.compile(r"[A-Za-z0-9/._~-]*").fullmatch
 
@@ -44,7 +48,7 @@ def wire_path(decoded: str) -> str:
     return quote(decoded, safe="/")
 
 
-async def read_body(app: XksApp, scope: Any, protocol: Any) -> bytes:
+async def read_body(app: XksApp, scope: Scope, protocol: HTTPProtocol) -> bytes:
     """The whole body within ``app.body_limit`` (size cap and time bound).
 
     With a Content-Length within the cap the body is read in one call (the HTTP layer never reads
@@ -52,7 +56,7 @@ async def read_body(app: XksApp, scope: Any, protocol: Any) -> bytes:
     passes the cap, so an oversized body is never buffered in full.
     """
     limit = app.body_limit
-    declared = scope.headers.get("content-length")
+    declared: str | None = scope.headers.get("content-length")
     expected = None
     if declared is not None:
         limit.check_declared(declared)
@@ -86,7 +90,7 @@ class RsgiApp:
     def __init__(self, app: XksApp) -> None:
         self.app = app
 
-    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+    async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         await handle(self.app, scope, protocol)
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -106,7 +110,7 @@ def create_app() -> RsgiApp:
     return RsgiApp(create_asgi_app())
 
 
-async def handle(app: XksApp, scope: Any, protocol: Any) -> None:
+async def handle(app: XksApp, scope: Scope, protocol: HTTPProtocol) -> None:
     """Serve one RSGI request with ``app``."""
     if scope.proto != "http":  # websockets are off; nothing else is served
         return

@@ -26,6 +26,7 @@ import re
 import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -192,7 +193,7 @@ class PinnedSSLObject(ssl.SSLObject):
         if not cert:
             log_tls_refusal("no client certificate")
             raise ssl.SSLError("xksproxy: no client certificate")
-        cns = [v for rdn in cert.get("subject", ()) for (k, v) in rdn if k == "commonName"]
+        cns = _common_names(cert)
         if not subject_allowed(cns, self.allowed_patterns):
             log_tls_refusal(f"client certificate subject not allowed: CN={','.join(cns) or '-'}")
             raise ssl.SSLError("xksproxy: client certificate subject not allowed")
@@ -239,3 +240,13 @@ def server_context(
             {"allowed_patterns": tuple(allowed_subjects)},
         )
     return ctx
+
+
+def _common_names(cert: dict[str, Any]) -> list[str]:
+    """The subject's CN values of a ``getpeercert()`` dict (a tuple of RDNs of (name, value)).
+
+    typeshed types ``getpeercert()`` loosely (its values may be str), so the subject is read
+    through this one typed helper instead of unpacking in a comprehension.
+    """
+    subject: tuple[tuple[tuple[str, str], ...], ...] = cert.get("subject", ())
+    return [value for rdn in subject for (name, value) in rdn if name == "commonName"]

@@ -1,0 +1,71 @@
+"""The audit chain's rules: the record allow-list, the canonical bytes a MAC covers, the head.
+
+One home for what a writer produces and a verifier checks, so the two cannot drift apart: every
+record carries ``seq``, ``prev`` (the MAC of the record before it; :data:`GENESIS` for the very
+first) and ``mac`` = HMAC-SHA256(key, :func:`canonical` record). The ``<file>.head`` record names
+the newest record under its own MAC (:func:`head_mac`). See :mod:`xksproxy.observe.audit` for
+why the log has this shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from pathlib import Path
+
+import orjson
+
+GENESIS = "0" * 64
+#: Request fields an audit record may hold (anything else is silently left out).
+FIELDS = (
+    "time",
+    "kmsRequestId",
+    "kmsOperation",
+    "principal",
+    "keystore",
+    "keyId",
+    "kmsKeyArn",
+    "kmsViaService",
+    "awsSourceVpc",
+    "awsSourceVpce",
+    "outcome",
+    "errorName",
+    "status",
+    "latencyMs",
+    "token",
+    "worker",
+)
+#: Size of the space-padded head record (rewritten in place; longer only for very long names).
+HEAD_BYTES = 512
+
+
+def canonical(record: Mapping[str, object]) -> bytes:
+    """The bytes the MAC covers: every field except ``mac``, keys sorted, compact JSON."""
+    body = {k: v for k, v in record.items() if k != "mac"}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def compute_mac(key: bytes, record: Mapping[str, object]) -> str:
+    """HMAC-SHA256 over the canonical record (which includes ``prev``, hence the chain)."""
+    return hmac.digest(key, canonical(record), "sha256").hex()
+
+
+def head_mac(key: bytes, file_name: str, seq: int, mac: str) -> str:
+    """The MAC of a head record naming record ``seq`` (with MAC ``mac``) of ``file_name``."""
+    msg = f"xksproxy-audit-head|{file_name}|{seq}|{mac}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def parse_key_text(text: str) -> bytes:
+    """The HMAC key is the key file's text (e.g. 64 hex characters) as UTF-8 bytes, exactly as
+    ``config.py`` resolves ``[audit] key``."""
+    return text.strip().encode("utf-8")

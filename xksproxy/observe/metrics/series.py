@@ -1,0 +1,68 @@
+"""The catalogue of exposed series: name -> (type, help), and how gauges merge across workers.
+
+One home for the names: the exposition reads its ``# HELP``/``# TYPE`` lines here and
+``tests/ops/test_deploy_rules.py`` checks every alert and dashboard only uses names listed here.
+"""
+
+from __future__ import annotations
+
+HELP: dict[str, tuple[str, str]] = {
+    "xksproxy_requests_total": ("counter", "XKS requests by operation, key store and outcome."),
+    "xksproxy_request_duration_seconds": (
+        "histogram",
+        "Time from request start to response, by operation, key store and outcome.",
+    ),
+    "xksproxy_errors_total": ("counter", "Error responses by errorName and operation."),
+    "xksproxy_throttled_total": (
+        "counter",
+        "Requests answered 429 by reason (quota, in_flight, session_queue).",
+    ),
+    "xksproxy_hsm_call_duration_seconds": ("histogram", "PKCS#11 operation latency by token."),
+    "xksproxy_hsm_session_wait_seconds": ("histogram", "Time spent waiting for an HSM session."),
+    "xksproxy_hsm_sessions": ("gauge", "HSM sessions open (summed over workers)."),
+    "xksproxy_hsm_sessions_in_use": ("gauge", "HSM sessions busy right now (summed over workers)."),
+    "xksproxy_hsm_sessions_waiting": ("gauge", "Requests waiting for an HSM session."),
+    "xksproxy_token_health": (
+        "gauge",
+        "1 for the health status each token reports (ACTIVE/DEGRADED/UNAVAILABLE).",
+    ),
+    "xksproxy_in_flight_requests": ("gauge", "Requests being processed (summed over workers)."),
+    "xksproxy_slo_requests_total": ("counter", "Requests counted for the SLO."),
+    "xksproxy_slo_good_requests_total": (
+        "counter",
+        "Requests answered within the deadline with status < 500, not shed.",
+    ),
+    "xksproxy_slo_within_budget_ratio": (
+        "gauge",
+        "Share of SLO requests that were good since the listener started.",
+    ),
+    "xksproxy_slo_objective": ("gauge", "SLO objective (share of good requests)."),
+    "xksproxy_slo_latency_target_seconds": ("gauge", "Deadline a good request must meet."),
+    "xksproxy_slo_error_budget_burn_rate": (
+        "gauge",
+        "Error-budget burn rate over a sliding window (1 = exactly on budget).",
+    ),
+    "xksproxy_audit_dropped_total": ("counter", "Audit records dropped (queue full)."),
+    "xksproxy_request_log_dropped_total": (
+        "counter",
+        "Request-log lines dropped (stdout not draining, queue full).",
+    ),
+    "xksproxy_config_reloads_total": ("counter", "Configuration reloads by result."),
+    "xksproxy_audit_last_seq": (
+        "gauge",
+        "Sequence number of the newest audit record (an off-host truncation anchor).",
+    ),
+    "xksproxy_workers": ("gauge", "Worker processes reporting metrics."),
+}
+
+#: Gauges merged with max instead of sum across workers.
+MAX_GAUGES = frozenset(
+    {
+        "xksproxy_token_health",
+        "xksproxy_slo_latency_target_seconds",
+        "xksproxy_audit_last_seq",
+    }
+)
+
+#: The values of ``xksproxy_token_health``'s ``status`` label.
+HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
