@@ -117,7 +117,10 @@ def _is_tls_problem(exc: BaseException) -> bool:
 class XksClient:
     """The four XKS calls against one proxy key store."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(
+        self, config: ProxyConfig, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        """``transport`` replaces the network (tests pass an ``httpx.MockTransport``)."""
         self.config = config
         parts = urlsplit(config.uri_endpoint)
         self._host = parts.netloc
@@ -131,6 +134,7 @@ class XksClient:
             timeout=httpx.Timeout(config.deadline_s),
             limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=60),
             trust_env=False,  # never route a key store's traffic through an env proxy
+            transport=transport,
         )
 
     async def aclose(self) -> None:
@@ -293,8 +297,9 @@ def _printable(text: str, limit: int) -> str:
 class ClientPool:
     """One :class:`XksClient` per key store, rebuilt when the store's configuration changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._clients: dict[str, XksClient] = {}
+        self._transport = transport
 
     async def get(self, key_store_id: str, config: ProxyConfig) -> XksClient:
         client = self._clients.get(key_store_id)
@@ -302,7 +307,7 @@ class ClientPool:
             return client
         if client is not None:
             await client.aclose()
-        client = self._clients[key_store_id] = XksClient(config)
+        client = self._clients[key_store_id] = XksClient(config, self._transport)
         return client
 
     async def drop(self, key_store_id: str) -> None:

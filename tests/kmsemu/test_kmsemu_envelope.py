@@ -60,7 +60,9 @@ def test_encryption_sdk_round_trip_of_a_file(
         plaintext, header = client.decrypt(source=src.read(), key_provider=provider)
     assert plaintext == source.read_bytes()
     assert header.encryption_context["file"] == "report"
-    assert [k.key_provider.key_info.decode() for k in header.encrypted_data_keys] == [xks_key["Arn"]]
+    assert [k.key_provider.key_info.decode() for k in header.encrypted_data_keys] == [
+        xks_key["Arn"]
+    ]
 
 
 def test_aws_cli_round_trip(emulator: Emulator, xks_key: dict[str, Any], tmp_path: Path) -> None:
