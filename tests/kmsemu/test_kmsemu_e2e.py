@@ -7,6 +7,7 @@ key to disable or delete create a local one, and tests that stop processes start
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -167,7 +168,14 @@ def test_request_metadata_reaches_the_proxy(
 ) -> None:
     out = kms.encrypt(KeyId=xks_key["KeyId"], Plaintext=b"who am i")
     request_id = out["ResponseMetadata"]["RequestId"]
-    (record,) = [r for r in proxy.log_records() if r.get("kmsRequestId") == request_id]
+    # the proxy writes its request log after answering: wait for the line, do not race it
+    deadline = time.monotonic() + 10
+    while True:
+        records = [r for r in proxy.log_records() if r.get("kmsRequestId") == request_id]
+        if records or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (record,) = records
     assert record["kmsOperation"] == "Encrypt"
     assert record["operation"] == "encrypt"
     assert record["principal"] == "arn:aws:iam::111122223333:user/kmsemu"
