@@ -211,13 +211,6 @@ def _listen(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None, *, prog: str = "kmsemu") -> int:
     """Run the emulator until SIGINT/SIGTERM. Returns 0, or 2 for a usage/configuration error."""
     args = build_parser(prog).parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    # httpx logs every request URL at INFO; our own request line already says what happened.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         host, port = _parse_bind(args.bind)
         if args.proxy_ca_file and not Path(args.proxy_ca_file).is_file():
@@ -263,6 +256,14 @@ def main(argv: list[str] | None = None, *, prog: str = "kmsemu") -> int:
         + b"\n",
     )
     _announce(args, endpoint, cred, settings, cred_file)
+    # Logging is set up only now: usage errors above leave the caller's logging untouched.
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    # httpx logs every request URL at INFO; our own request line already says what happened.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         asyncio.run(_serve(Emulator(store, settings), cred, sock))
     finally:
