@@ -37,7 +37,7 @@ from kmsemu.protocol import (
     validation,
 )
 from kmsemu.store import Alias, Conflict, Key, KeyStore, Store
-from kmsemu.xksclient import ClientPool, ProxyConfig, XksClient, XksFailure
+from kmsemu.xksclient import ClientPool, ProxyConfig, XksClient, XksErrorResponse, XksFailure
 
 Request = dict[str, Any]
 Response = dict[str, Any]
@@ -615,8 +615,6 @@ async def _check_external_key(
     try:
         doc = await client.key_metadata(xks_key_id, emu.request_metadata("CreateKey", call, arn))
     except XksFailure as exc:
-        from kmsemu.xksclient import XksErrorResponse
-
         if isinstance(exc, XksErrorResponse) and exc.error_name == "KeyNotFoundException":
             raise KmsError(
                 "XksKeyNotFoundException",

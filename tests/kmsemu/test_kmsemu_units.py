@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from kmsemu import crypto, protocol
 from kmsemu.mapping import connection_error_code, crypto_error, key_store_admin_error
 from kmsemu.protocol import KmsError
+from kmsemu.store import Alias, Conflict, Key, KeyStore, Store
 from kmsemu.xksclient import (
     XksErrorResponse,
     XksInvalidResponse,
@@ -249,3 +252,46 @@ def test_crypto_errors(case: str, decrypting: bool, name: str) -> None:
     assert err.name == name
     if name == "KMSInvalidStateException" and isinstance(FAILURES[case], XksErrorResponse):
         assert FAILURES[case].error_name in err.message  # type: ignore[attr-defined]
+
+
+# ---- SQLite state
+
+
+def test_store_rules_and_persistence(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    ks = KeyStore(
+        "cks-1",
+        "one",
+        "https://p",
+        "/kms/xks/v1",
+        "PUBLIC_ENDPOINT",
+        None,
+        "A" * 20,
+        "s" * 44,
+        "DISCONNECTED",
+        None,
+        1.0,
+    )
+    store.add_key_store(ks)
+    with pytest.raises(Conflict, match="CustomKeyStoreNameInUseException"):
+        store.add_key_store(replace(ks, id="cks-2"))
+    with pytest.raises(Conflict, match="XksProxyUriInUseException"):
+        store.add_key_store(replace(ks, id="cks-2", name="two"))
+    key = Key(
+        KEY_ID, "arn:k", "", "Enabled", "EXTERNAL_KEY_STORE", "cks-1", "demo", b"m" * 32, 1.0, None
+    )
+    store.add_key(key)
+    with pytest.raises(Conflict, match="XksKeyAlreadyInUseException"):
+        store.add_key(replace(key, id="other", arn="arn:o"))
+    assert store.key("other") is None  # the failed insert left nothing behind
+    store.add_alias(Alias("alias/a", KEY_ID, 1.0, 1.0))
+    store.set_key_state(KEY_ID, "PendingDeletion", 5.0)
+    store.close()
+    again = Store(tmp_path / "s")
+    assert again.key_store("cks-1") == ks
+    assert again.key_store("cks-1") is not None
+    again.purge_deleted(now=4.0)  # before the deletion date: kept
+    assert again.alias("alias/a") is not None
+    again.purge_deleted(now=10.0)  # after it: the key and its alias are gone
+    assert again.key(KEY_ID) is None and again.alias("alias/a") is None
+    assert (tmp_path / "s" / "kmsemu.sqlite3").stat().st_mode & 0o777 == 0o600
