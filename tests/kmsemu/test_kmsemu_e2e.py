@@ -16,6 +16,10 @@ import httpx
 import pytest
 from kmsemu_harness import Emulator, Proxy, create_store, start_emulator, start_proxy
 
+import sigv4
+from kmsemu.mapping import connection_error_code
+from kmsemu.xksclient import ProxyConfig, XksClient, XksTlsError
+
 
 def error_code(exc: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
     return str(exc.value.response["Error"]["Code"])
@@ -365,3 +369,22 @@ def test_emulator_output_hides_the_secret(emulator: Emulator) -> None:
     assert secret not in emulator.proc.stderr_path.read_text()
     mode = (emulator.state_dir / "credentials.json").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+async def test_proxy_certificate_is_verified(proxy: Proxy) -> None:
+    """Without the proxy's CA (system trust only) the handshake fails, and says so."""
+    cred = sigv4.Credential(proxy.credential["AccessKeyId"], proxy.credential["RawSecretAccessKey"])
+    metadata = {"kmsOperation": "KmsHealthCheck", "kmsRequestId": str(uuid.uuid4())}
+    untrusted = XksClient(ProxyConfig(proxy.url, proxy.uri_path, cred, "us-east-1", None, 5.0))
+    trusted = XksClient(
+        ProxyConfig(proxy.url, proxy.uri_path, cred, "us-east-1", str(proxy.ca_file), 5.0)
+    )
+    try:
+        with pytest.raises(XksTlsError):
+            await untrusted.health(metadata)
+        assert connection_error_code(XksTlsError("x")) == "XKS_PROXY_INVALID_TLS_CONFIGURATION"
+        doc = await trusted.health(metadata)
+        assert doc["xksProxyFleetSize"] >= 1
+    finally:
+        await untrusted.aclose()
+        await trusted.aclose()
