@@ -307,7 +307,7 @@ def test_plain_http_endpoint_needs_the_flag(kms: Any, proxy: Proxy) -> None:
 
 
 def test_stopped_proxy_gives_kms_invalid_state(
-    kms: Any, proxy_template: Any, tmp_path: Any
+    kms: Any, emulator: Emulator, proxy_template: Any, tmp_path: Any
 ) -> None:
     own = start_proxy(proxy_template, tmp_path)
     try:
@@ -323,6 +323,10 @@ def test_stopped_proxy_gives_kms_invalid_state(
         kms.encrypt(KeyId=key["KeyId"], Plaintext=b"after")
     assert error_code(exc) == "KMSInvalidStateException"
     assert "not reachable" in exc.value.response["Error"]["Message"]
+    # the emulator's own record of that request says the same
+    request_id = exc.value.response["ResponseMetadata"]["RequestId"]
+    (line,) = [x for x in emulator.proc.stderr_path.read_text().splitlines() if request_id in x]
+    assert "Encrypt status=400 error=KMSInvalidStateException" in line
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         kms.decrypt(CiphertextBlob=blob)
     assert error_code(exc) == "KMSInvalidStateException"
