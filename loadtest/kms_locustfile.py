@@ -89,11 +89,22 @@ class KmsUser(FastHttpUser):
 
     def _call(self, op: str, doc: dict):
         body = json.dumps(doc).encode()
-        headers = {"Content-Type": "application/x-amz-json-1.1",
-                   "X-Amz-Target": f"TrentService.{op}"}
-        headers.update(sigv4.sign(method="POST", host=self.hostport, path="/", headers=headers,
-                                  body=body, credential=self.cred, region=self.region,
-                                  service="kms"))
+        headers = {
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"TrentService.{op}",
+        }
+        headers.update(
+            sigv4.sign(
+                method="POST",
+                host=self.hostport,
+                path="/",
+                headers=headers,
+                body=body,
+                credential=self.cred,
+                region=self.region,
+                service="kms",
+            )
+        )
         return self.client.post("/", data=body, headers=headers, name=op, catch_response=True)
 
     @task(50)
@@ -101,8 +112,10 @@ class KmsUser(FastHttpUser):
         self._generate()
 
     def _generate(self) -> None:
-        with self._call("GenerateDataKey", {"KeyId": self.key_id, "KeySpec": "AES_256",
-                                            "EncryptionContext": {"load": "test"}}) as r:
+        with self._call(
+            "GenerateDataKey",
+            {"KeyId": self.key_id, "KeySpec": "AES_256", "EncryptionContext": {"load": "test"}},
+        ) as r:
             if r.status_code == 200:
                 self.made.append(json.loads(r.content)["CiphertextBlob"])
                 r.success()
@@ -115,8 +128,9 @@ class KmsUser(FastHttpUser):
             return self._generate()
         blob = self.made[0]
         self.made.rotate(-1)
-        with self._call("Decrypt", {"CiphertextBlob": blob,
-                                    "EncryptionContext": {"load": "test"}}) as r:
+        with self._call(
+            "Decrypt", {"CiphertextBlob": blob, "EncryptionContext": {"load": "test"}}
+        ) as r:
             ok = r.status_code == 200
             if ok and len(base64.b64decode(json.loads(r.content)["Plaintext"])) == 32:
                 r.success()
@@ -143,8 +157,10 @@ def _run(user_class, host: str, users: int, duration: float) -> dict:
         "rate": total.num_requests / duration,
         "p50": total.get_response_time_percentile(0.5),
         "p99": total.get_response_time_percentile(0.99),
-        "by_name": {name: s.get_response_time_percentile(0.99)
-                    for (name, _m), s in sorted(env.stats.entries.items())},
+        "by_name": {
+            name: s.get_response_time_percentile(0.99)
+            for (name, _m), s in sorted(env.stats.entries.items())
+        },
     }
 
 
@@ -163,9 +179,25 @@ def emulator_process(state_dir: Path, ca_file: Path) -> Iterator[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     err = (state_dir.parent / "kmsemu.stderr").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kmsemu", "--bind", f"127.0.0.1:{port}", "--state-dir",
-         str(state_dir), "--proxy-ca-file", str(ca_file), "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        [
+            sys.executable,
+            "-m",
+            "kmsemu",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(state_dir),
+            "--proxy-ca-file",
+            str(ca_file),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -185,12 +217,18 @@ def _create_key(emulator_url: str, state_dir: Path, proxy_url: str, proxy_state:
 
     creds = json.loads((state_dir / "credentials.json").read_text())
     console = json.loads((proxy_state / "kms-console.json").read_text())
-    kms = boto3.client("kms", endpoint_url=emulator_url, region_name="us-east-1",
-                       aws_access_key_id=creds["AccessKeyId"],
-                       aws_secret_access_key=creds["SecretAccessKey"])
+    kms = boto3.client(
+        "kms",
+        endpoint_url=emulator_url,
+        region_name="us-east-1",
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+    )
     ks = kms.create_custom_key_store(
-        CustomKeyStoreName="load", CustomKeyStoreType="EXTERNAL_KEY_STORE",
-        XksProxyUriEndpoint=proxy_url, XksProxyUriPath=console["XksProxyUriPath"],
+        CustomKeyStoreName="load",
+        CustomKeyStoreType="EXTERNAL_KEY_STORE",
+        XksProxyUriEndpoint=proxy_url,
+        XksProxyUriPath=console["XksProxyUriPath"],
         XksProxyConnectivity="PUBLIC_ENDPOINT",
         XksProxyAuthenticationCredential=console["XksProxyAuthenticationCredential"],
     )["CustomKeyStoreId"]
@@ -198,14 +236,17 @@ def _create_key(emulator_url: str, state_dir: Path, proxy_url: str, proxy_state:
     state = kms.describe_custom_key_stores(CustomKeyStoreId=ks)["CustomKeyStores"][0]
     if state["ConnectionState"] != "CONNECTED":
         raise SystemExit(f"key store did not connect: {state.get('ConnectionErrorCode')}")
-    return kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=ks,
-                          XksKeyId="demo")["KeyMetadata"]["Arn"]
+    return kms.create_key(Origin="EXTERNAL_KEY_STORE", CustomKeyStoreId=ks, XksKeyId="demo")[
+        "KeyMetadata"
+    ]["Arn"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.kms_locustfile",
-                                description="p99 of the direct XKS mix and of the KMS-level "
-                                "mix through kmsemu, on a fresh embedded proxy")
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.kms_locustfile",
+        description="p99 of the direct XKS mix and of the KMS-level "
+        "mix through kmsemu, on a fresh embedded proxy",
+    )
     p.add_argument("--duration", type=float, default=20, help="seconds per scenario (<= 300)")
     p.add_argument("--users", type=int, default=8, help="concurrent users (connections)")
     args = p.parse_args(argv)
@@ -224,10 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["KMSEMU_STATE_DIR"] = str(emu_state)
             time.sleep(0.2)
             kms_level = _run(KmsUser, url, args.users, args.duration)
-    for label, f in (("direct XKS (loadtest/locustfile.py)", direct),
-                     ("KMS level via kmsemu (loadtest/kms_locustfile.py)", kms_level)):
-        print(f"{label}: requests={f['requests']} failures={f['failures']} "
-              f"rate={f['rate']:.0f}/s p50={f['p50']:.0f} ms p99={f['p99']:.0f} ms")
+    for label, f in (
+        ("direct XKS (loadtest/locustfile.py)", direct),
+        ("KMS level via kmsemu (loadtest/kms_locustfile.py)", kms_level),
+    ):
+        print(
+            f"{label}: requests={f['requests']} failures={f['failures']} "
+            f"rate={f['rate']:.0f}/s p50={f['p50']:.0f} ms p99={f['p99']:.0f} ms"
+        )
         for name, p99 in f["by_name"].items():
             print(f"  {name:24s} p99={p99:.0f} ms")
     return 1 if direct["failures"] or kms_level["failures"] else 0
