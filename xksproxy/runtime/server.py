@@ -2,7 +2,7 @@
 
 Why a launcher of our own rather than the servers' CLIs: the TLS policy (TLS 1.2/1.3, forward-secret
 AEAD suites, mTLS with subject pinning), the worker model (the app and its HSM pools are built in
-each worker after the fork, via the factory ``xksproxy.service.app:create_app`` and
+each worker after the fork, via the factory ``xksproxy.runtime.factory:create_app`` and
 ``XKSPROXY_CONFIG``) and the start-up contract (one ``listening`` line once a worker really
 answers) must be the same whichever server runs.
 
@@ -36,7 +36,7 @@ from xksproxy.config import Config, ConfigError, load_config
 from xksproxy.observe import metrics
 from xksproxy.runtime import lifeline, operations, reload, tls
 
-APP_FACTORY = "xksproxy.service.app:create_app"
+APP_FACTORY = "xksproxy.runtime.factory:create_app"
 RSGI_APP_FACTORY = "xksproxy.runtime.rsgi:create_app"
 SERVERS = ("granian", "hypercorn")
 _READY_TIMEOUT_S = 120.0
