@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from xksproxy.xks.operations import OperationSpec
+
 
 @dataclass(slots=True, eq=False)
 class RequestContext:
@@ -43,6 +45,7 @@ class RequestContext:
     started: float  # time.monotonic() at arrival
     deadline: float  # absolute time.monotonic() deadline for HSM work
     operation: str = ""  # health / metadata / encrypt / decrypt
+    spec: OperationSpec | None = None  # the operation's row (xksproxy.xks.operations), once routed
     store: str | None = None  # key store name
     key_id: str | None = None  # external key id (from the path)
     access_key_id: str | None = None  # authenticated SigV4 access key id

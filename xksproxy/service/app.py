@@ -360,7 +360,8 @@ class XksApp:
         extra: Headers | None = None
         try:
             store, binding, key_id = self._route(path)
-            ctx.store, ctx.operation, ctx.key_id = store.name, binding.spec.name, key_id
+            ctx.store, ctx.key_id = store.name, key_id
+            ctx.spec, ctx.operation = binding.spec, binding.spec.name
             if method != "POST":
                 extra = [("allow", "POST")]
                 raise MethodNotAllowed()

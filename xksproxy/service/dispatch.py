@@ -30,9 +30,7 @@ from xksproxy.xks.framing import peek_key_version
 from xksproxy.xks.operations import OperationSpec
 from xksproxy.xks.protocol import (
     DecryptRequest,
-    EncryptRequest,
     HealthRequest,
-    MetadataRequest,
     RequestMetadata,
     parse_decrypt,
     parse_encrypt,
@@ -151,13 +149,11 @@ def _decrypt_key_version(req: DecryptRequest) -> int | None:
 
 
 _HEALTH: Binding = HealthOperation(operations.HEALTH, parse_health)
-_METADATA: Binding = KeyOperation[MetadataRequest](
+_METADATA: Binding = KeyOperation(
     operations.METADATA, parse_key_metadata, handlers.get_key_metadata
 )
-_ENCRYPT: Binding = KeyOperation[EncryptRequest](
-    operations.ENCRYPT, parse_encrypt, handlers.encrypt
-)
-_DECRYPT: Binding = KeyOperation[DecryptRequest](
+_ENCRYPT: Binding = KeyOperation(operations.ENCRYPT, parse_encrypt, handlers.encrypt)
+_DECRYPT: Binding = KeyOperation(
     operations.DECRYPT, parse_decrypt, handlers.decrypt, _decrypt_key_version
 )
 
