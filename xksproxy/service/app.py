@@ -60,13 +60,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 import sigv4
 from hsm.interface import CryptoPool
-from hsm.types import HsmConfig
 from xksproxy.config import Config
 from xksproxy.keys import policy
 from xksproxy.keys.health import HealthMonitor
@@ -95,6 +94,9 @@ from xksproxy.xks.errors import (
 from xksproxy.xks.operations import HEALTH
 from xksproxy.xks.protocol import decode_json, logged_metadata
 from xksproxy.xks.uri import MAX_URI_CHARS
+
+if TYPE_CHECKING:
+    from hsm.types import HsmConfig
 
 log = logging.getLogger("xksproxy.app")
 
