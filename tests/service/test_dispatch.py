@@ -12,7 +12,7 @@ import pytest
 from service_helpers import AKID, SECRET, b64, metadata, write_config
 
 import sigv4
-from hsm.errors import HsmUnavailable, KeyNotFound, SessionTimeout
+from hsm.errors import HsmUnavailable, InvalidCiphertext, KeyNotFound, SessionTimeout
 from hsm.interface import CryptoPool
 from hsm.testing import MemoryPool
 from xksproxy.config import load_config
@@ -257,3 +257,45 @@ async def test_guarded_pool_refuses_before_calling_the_inner_pool(monkeypatch):
     with pytest.raises(errors.ThrottlingException):
         await guarded.encrypt("k", b"p", b"", deadline=time.monotonic() + 0.2)
     assert inner.calls["encrypt"] == 0
+
+
+# -- the double itself keeps HsmPool's observable contract ---------------------------------------
+
+
+async def test_memory_pool_follows_the_pool_contract():
+    pool = MemoryPool("m", sessions=1, max_plaintext_bytes=4300)
+    pool.add_key("k", {"ENCRYPT", "DECRYPT"})
+    deadline = time.monotonic() + 5.0
+    with pytest.raises(HsmUnavailable):
+        await pool.key_info("k", deadline=deadline)  # before start
+    await pool.start()
+    with pytest.raises(KeyNotFound):
+        await pool.key_info("nope", deadline=deadline)
+    with pytest.raises(ValueError):
+        await pool.encrypt("k", b"x" * 4301, b"", deadline=deadline)
+    sealed = await pool.encrypt("k", b"p", b"aad", deadline=deadline)
+    assert len(sealed.iv) == 12 and len(sealed.tag) == 16
+    with pytest.raises(InvalidCiphertext):
+        await pool.decrypt(
+            "k",
+            iv=sealed.iv,
+            ciphertext=sealed.ciphertext,
+            tag=sealed.tag,
+            aad=b"x",
+            deadline=deadline,
+        )
+    pool.delay("decrypt", 10.0)  # longer than the deadline below: times out at the deadline
+    with pytest.raises(SessionTimeout):
+        await pool.decrypt(
+            "k",
+            iv=sealed.iv,
+            ciphertext=sealed.ciphertext,
+            tag=sealed.tag,
+            aad=b"aad",
+            deadline=time.monotonic() + 0.01,
+        )
+    assert pool.queue_state() == (1, 0, 0)  # the slot was given back
+    pool.fail("probe", HsmUnavailable("down"))
+    assert not (await pool.probe()).ok
+    await pool.close()
+    assert pool.stats().state == "stopped"
