@@ -1,7 +1,7 @@
 """Per-request cost of the ASGI app itself, without any server: µs/op per operation + a profile.
 
 Why: a server benchmark says *that* Encrypt is slower than /ping, not *where* the time goes. This
-drives ``xksproxy.service.app:create_app`` in-process (lifespan, HSM pools, observers: the real
+drives ``xksproxy.runtime.factory:create_app`` in-process (lifespan, HSM pools, observers: the real
 thing, on a throw-away embedded state dir) with pre-signed requests and prints µs per call and, with
 ``--profile OP``, the top functions by cumulative and own time.
 
@@ -86,7 +86,7 @@ def _qualname(fn) -> str:
 async def amain(args: argparse.Namespace, state: Path) -> None:
     os.environ["XKSPROXY_CONFIG"] = str(state / "xksproxy.toml")
     os.environ["XKS_STATE_DIR"] = str(state)
-    from xksproxy.service.app import create_app
+    from xksproxy.runtime.factory import create_app
 
     app = create_app()
     if args.no_observers:  # what the request log, audit and metrics cost per request

@@ -29,7 +29,7 @@ async def ops_app(config_path, monkeypatch):
     set_option(config_path, "server", "plain_http", "true")
     set_option(config_path, "logging", "request_log", "false")
     other = add_store(config_path, "busy", "/busy", rate=5, burst=5)
-    from xksproxy.service.app import create_app
+    from xksproxy.runtime.factory import create_app
 
     app = create_app(load_config(config_path))
     await app.startup()

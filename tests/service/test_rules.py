@@ -8,7 +8,8 @@ from xksproxy.config import DenyRule, HealthConfig, load_config
 from xksproxy.keys import policy
 from xksproxy.keys.health import HealthMonitor, ProbeRecord
 from xksproxy.keys.keystores import KeyStoreTable
-from xksproxy.xks import errors
+from xksproxy.keys.resolver import KeyRef
+from xksproxy.xks import errors, operations
 from xksproxy.xks.protocol import RequestMetadata
 
 
@@ -104,16 +105,32 @@ def test_key_store_lookup(table):
 def test_key_resolution(table):
     a = table.for_base_path("/kms/xks/v1")
     b = table.for_base_path("/b/kms/xks/v1")
-    assert a.label_for("k1") == "label-one" and a.label_for("k2") == "k2"
+    k1 = a.resolver.resolve("k1", operations.ENCRYPT)
+    assert k1 == KeyRef("a", "k1", "softhsm-0", "label-one", 0, "ENABLED")
+    assert a.resolver.resolve("k2", operations.METADATA).label == "k2"
     with pytest.raises(errors.KeyNotFoundException):
-        a.label_for("k3")
-    assert a.is_disabled("k2") and not a.is_disabled("k1")
+        a.resolver.resolve("k3", operations.METADATA)
+    # a disabled key may be described, not used
+    assert a.resolver.resolve("k2", operations.METADATA).status == "DISABLED"
+    for op in (operations.ENCRYPT, operations.DECRYPT):
+        with pytest.raises(errors.InvalidStateException):
+            a.resolver.resolve("k2", op)
+    with pytest.raises(errors.KeyNotFoundException):  # unknown before disabled
+        a.resolver.resolve("k3", operations.ENCRYPT)
+    assert a.resolver.resolve("k1", operations.DECRYPT, version=0).version == 0
     a.check_enabled()
-    assert b.label_for("anything") == "anything"
+    assert b.resolver.resolve("anything", operations.ENCRYPT).label == "anything"
     with pytest.raises(errors.KeyNotFoundException):
-        b.label_for("xks-health-test")  # "*" never admits the health key
+        b.resolver.resolve("xks-health-test", operations.METADATA)  # "*" never admits it
     with pytest.raises(errors.InvalidStateException):
         b.check_enabled()
+
+
+def test_key_ref_is_frozen_and_slotted():
+    ref = KeyRef("s", "k", "b", "l")
+    assert not hasattr(ref, "__dict__") and ref.enabled and ref.version == 0
+    with pytest.raises(AttributeError):
+        ref.label = "other"  # type: ignore[misc]  # frozen: the point of the test
 
 
 META = RequestMetadata(

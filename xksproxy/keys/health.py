@@ -25,9 +25,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xksproxy.config import HealthConfig
+
+if TYPE_CHECKING:
+    from hsm.interface import CryptoPool
 
 log = logging.getLogger("xksproxy.health")
 
@@ -46,7 +49,7 @@ class HealthMonitor:
     """Owns the probe task and the per-token cache."""
 
     def __init__(
-        self, config: HealthConfig, pools: Mapping[str, Any], models: Mapping[str, str]
+        self, config: HealthConfig, pools: Mapping[str, CryptoPool], models: Mapping[str, str]
     ) -> None:
         self._config = config
         self._pools = pools

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from xksproxy.observe.batchwriter import BatchWriter
+from xksproxy.xks.operations import OperationSpec
 
 
 @dataclass(slots=True, eq=False)
@@ -42,6 +43,7 @@ class RequestContext:
     started: float  # time.monotonic() at arrival
     deadline: float  # absolute time.monotonic() deadline for HSM work
     operation: str = ""  # health / metadata / encrypt / decrypt
+    spec: OperationSpec | None = None  # the operation's row (xksproxy.xks.operations), once routed
     store: str | None = None  # key store name
     key_id: str | None = None  # external key id (from the path)
     access_key_id: str | None = None  # authenticated SigV4 access key id

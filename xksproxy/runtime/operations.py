@@ -1,7 +1,7 @@
 """Attach the operations features to one worker's app: admission, quotas, metrics, audit, reload.
 
-One call from :func:`xksproxy.service.app.create_app` so the app itself stays ignorant of them; each
-feature hooks in through the app's seams (admission hooks, observers, lifespan hooks).
+One call from :func:`xksproxy.runtime.factory.create_app` so the app itself stays ignorant of
+them; each feature hooks in through the app's seams (admission hooks, observers, lifespan hooks).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def create_app() -> RsgiApp:
 
     The config path comes from ``XKSPROXY_CONFIG``.
     """
-    from xksproxy.service.app import create_app as create_asgi_app
+    from xksproxy.runtime.factory import create_app as create_asgi_app
 
     return RsgiApp(create_asgi_app())
 

@@ -2,7 +2,7 @@
 
 Why a launcher of our own rather than the servers' CLIs: the TLS policy (TLS 1.2/1.3, forward-secret
 AEAD suites, mTLS with subject pinning), the worker model (the app and its HSM pools are built in
-each worker after the fork, via the factory ``xksproxy.service.app:create_app`` and
+each worker after the fork, via the factory ``xksproxy.runtime.factory:create_app`` and
 ``XKSPROXY_CONFIG``) and the start-up contract (one ``listening`` line once a worker really
 answers) must be the same whichever server runs.
 
@@ -35,7 +35,7 @@ from xksproxy.runtime.hypercorn_runner import run_hypercorn
 from xksproxy.runtime.plan import plan
 from xksproxy.runtime.preflight import check_bind_available, check_tls_files
 
-APP_FACTORY = "xksproxy.service.app:create_app"
+APP_FACTORY = "xksproxy.runtime.factory:create_app"
 RSGI_APP_FACTORY = "xksproxy.runtime.rsgi:create_app"
 
 

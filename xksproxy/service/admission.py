@@ -23,10 +23,20 @@ import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
+from hsm.interface import CryptoPool
+from hsm.types import GcmResult, KeyInfo, PoolStats, ProbeResult
 from xksproxy.observe import metrics
+from xksproxy.observe.requestlog import RequestContext
 from xksproxy.xks.errors import ThrottlingException
+from xksproxy.xks.operations import HEALTH
+
+if TYPE_CHECKING:
+    from xksproxy.service.app import XksApp
+    from xksproxy.service.quotas import Quotas
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,13 +104,10 @@ class Admission:
             return Decision(False, "session_queue")
         return ADMIT
 
-    def check_pool(self, stats: object, deadline: float) -> Decision:
+    def check_pool(self, stats: PoolStats, deadline: float) -> Decision:
         """:meth:`check_session_queue` from an ``hsm`` ``PoolStats``."""
         return self.check_session_queue(
-            sessions=int(getattr(stats, "sessions", 1)),
-            waiting=int(getattr(stats, "waiting", 0)),
-            in_use=int(getattr(stats, "in_use", 0)),
-            deadline=deadline,
+            sessions=stats.sessions, waiting=stats.waiting, in_use=stats.in_use, deadline=deadline
         )
 
     def observe_call(self, seconds: float) -> None:
@@ -113,7 +120,9 @@ _SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar(
     "xks_session_wait", default=0.0
 )
 #: The current request's context (set by the admission hook; same task as the handler).
-_REQUEST: contextvars.ContextVar[Any] = contextvars.ContextVar("xks_request", default=None)
+_REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "xks_request", default=None
+)
 
 
 def _note_session_wait(seconds: float) -> None:
@@ -121,35 +130,85 @@ def _note_session_wait(seconds: float) -> None:
     _SESSION_WAIT.set(_SESSION_WAIT.get() + seconds)
 
 
+@runtime_checkable
+class MeteredPool(CryptoPool, Protocol):
+    """A :class:`~hsm.interface.CryptoPool` that also reports its queue (what ``hsm.HsmPool``
+    offers and :class:`GuardedPool` needs from the pool it wraps)."""
+
+    def queue_state(self) -> tuple[int, int, int]:
+        """(sessions, in_use, waiting) as in ``stats()``, without building a ``PoolStats``."""
+        ...
+
+    def set_session_wait_observer(self, observer: Callable[[float], None] | None) -> None:
+        """Report the seconds each operation queued for a session (in the calling task)."""
+        ...
+
+
 class GuardedPool:
-    """An ``hsm.HsmPool`` seen through admission control and metrics.
+    """A pool seen through admission control and metrics; itself a ``CryptoPool``.
 
     Before each HSM operation: refuse with 429 if the session queue is too deep for the time
     left. After it: feed the latency to the admission estimate and to the metrics, split into
     session wait and call time. The pool reports the wait through its public
     ``set_session_wait_observer`` hook (in the calling task, so a context variable collects it);
     the call time is the rest.
+
+    Every ``CryptoPool`` method is written out here (no attribute forwarding), so a method added
+    to the Protocol fails type checking until it is decided whether it goes through admission.
     """
 
-    def __init__(self, pool: Any, token: str, admission: Admission) -> None:
+    def __init__(self, pool: MeteredPool, token: str, admission: Admission) -> None:
         self._pool = pool
         self._token = token
         self._admission = admission
         pool.set_session_wait_observer(_note_session_wait)
-        # (sessions, in_use, waiting) per call: HsmPool.queue_state, else from stats() (fakes)
-        self._queue_state: Callable[[], tuple[int, int, int]] = getattr(
-            pool, "queue_state", None
-        ) or (lambda: _queue_from_stats(pool.stats()))
         self._keys = {op: metrics.hsm_keys(token, op) for op in ("key_info", "encrypt", "decrypt")}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
 
     def __repr__(self) -> str:
         return f"GuardedPool({self._token!r})"
 
+    # -- not admitted: lifecycle, health and statistics ------------------------------------------
+    async def start(self) -> None:
+        await self._pool.start()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def probe(self) -> ProbeResult:
+        return await self._pool.probe()  # the health task's own round trip, never a request's
+
+    def stats(self) -> PoolStats:
+        return self._pool.stats()
+
+    def queue_state(self) -> tuple[int, int, int]:
+        return self._pool.queue_state()
+
+    # -- admitted and measured: the request's HSM work -------------------------------------------
+    async def key_info(self, label: str, *, deadline: float) -> KeyInfo:
+        return await self._guard(
+            "key_info", self._pool.key_info(label, deadline=deadline), deadline
+        )
+
+    async def encrypt(
+        self, label: str, plaintext: bytes, aad: bytes, *, deadline: float
+    ) -> GcmResult:
+        return await self._guard(
+            "encrypt", self._pool.encrypt(label, plaintext, aad, deadline=deadline), deadline
+        )
+
+    async def decrypt(
+        self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes, deadline: float
+    ) -> bytes:
+        return await self._guard(
+            "decrypt",
+            self._pool.decrypt(
+                label, iv=iv, ciphertext=ciphertext, tag=tag, aad=aad, deadline=deadline
+            ),
+            deadline,
+        )
+
     def _admit(self, deadline: float) -> None:
-        sessions, in_use, waiting = self._queue_state()
+        sessions, in_use, waiting = self._pool.queue_state()
         if in_use < sessions and waiting == 0:
             return  # a free session: always taken (same rule as check_session_queue)
         decision = self._admission.check_session_queue(
@@ -159,10 +218,10 @@ class GuardedPool:
             ctx = _REQUEST.get()
             if ctx is not None:
                 ctx.extra["throttled"] = decision.reason
-            metrics.observe_throttled(decision.reason, getattr(ctx, "store", None) or "")
+            metrics.observe_throttled(decision.reason, (ctx.store if ctx else None) or "")
             raise ThrottlingException("the HSM session queue is too long for the request deadline")
 
-    async def _guard(self, op: str, call: Awaitable[Any], deadline: float) -> Any:
+    async def _guard(self, op: str, call: Awaitable[T], deadline: float) -> T:
         """Admit, then await ``call`` (the pool's coroutine, created but not started yet)."""
         try:
             self._admit(deadline)
@@ -181,49 +240,25 @@ class GuardedPool:
             self._admission.observe_call(elapsed - wait)
             metrics.observe_hsm_op(self._keys[op], wait, elapsed - wait)
 
-    async def key_info(self, label: str, *, deadline: float) -> Any:
-        return await self._guard(
-            "key_info", self._pool.key_info(label, deadline=deadline), deadline
-        )
 
-    async def encrypt(self, label: str, plaintext: bytes, aad: bytes, *, deadline: float) -> Any:
-        return await self._guard(
-            "encrypt", self._pool.encrypt(label, plaintext, aad, deadline=deadline), deadline
-        )
-
-    async def decrypt(
-        self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes, deadline: float
-    ) -> Any:
-        return await self._guard(
-            "decrypt",
-            self._pool.decrypt(
-                label, iv=iv, ciphertext=ciphertext, tag=tag, aad=aad, deadline=deadline
-            ),
-            deadline,
-        )
-
-
-def _queue_from_stats(stats: object) -> tuple[int, int, int]:
-    return (
-        int(getattr(stats, "sessions", 1)),
-        int(getattr(stats, "in_use", 0)),
-        int(getattr(stats, "waiting", 0)),
-    )
+def _is_a_crypto_pool(pool: GuardedPool) -> CryptoPool:
+    """Never called: mypy checks here that :class:`GuardedPool` implements ``CryptoPool``."""
+    return pool
 
 
 def _noop() -> None:
     return None
 
 
-def install(app: Any, *, quotas: Any = None) -> Admission:
+def install(app: XksApp, *, quotas: Quotas | None = None) -> Admission:
     """Add the in-flight gate and per-store quotas as an app admission hook, and guard the HSM
     pools (session-queue gate, latency metrics) once they are started."""
     admission = Admission(app.config.server.max_in_flight)
 
-    def hook(ctx: Any) -> Callable[[], None]:
+    def hook(ctx: RequestContext) -> Callable[[], None]:
         store = ctx.store or ""
         _REQUEST.set(ctx)
-        if ctx.operation == "health":
+        if ctx.operation == HEALTH.name:
             return _noop  # cached answer, no HSM work: KMS must see health even under overload
         decision = admission.enter()
         if not decision.ok:
@@ -238,11 +273,14 @@ def install(app: Any, *, quotas: Any = None) -> Admission:
         return admission.leave
 
     async def guard_pools() -> None:
-        guarded = {}
+        guarded: dict[str, CryptoPool] = {}
         for name, pool in app.pools.items():
-            guarded[name] = (
-                pool if isinstance(pool, GuardedPool) else GuardedPool(pool, name, admission)
-            )
+            if isinstance(pool, GuardedPool):
+                guarded[name] = pool
+            elif isinstance(pool, MeteredPool):
+                guarded[name] = GuardedPool(pool, name, admission)
+            else:  # a pool that cannot report its queue is served unguarded, and said so
+                raise TypeError(f"HSM pool {name} has no queue_state/set_session_wait_observer")
             metrics.register_pool(name, pool.stats)
         app.pools = guarded
 

@@ -4,7 +4,7 @@ Why a bare ASGI callable rather than Starlette's router and middleware: KMS need
 (unknown path, wrong method, oversized body, crash) to be the XKS JSON error shape, and the hot
 path has to do thousands of requests per second on two cores.  Routing is two dict lookups on
 pre-built base paths; there is no per-request middleware stack, no Request object and no HTML
-error page anywhere.  (Starlette stays a dependency for the operations endpoints.)
+error page anywhere.
 :meth:`XksApp.handle` serves a request whatever the server interface: ``__call__`` is the ASGI
 entry (hypercorn), :mod:`xksproxy.runtime.rsgi` the RSGI one (granian).
 
@@ -18,14 +18,25 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.
 5. Body read with a hard cap (``server.max_body_bytes``), and complete by the request deadline
    (a trickled body must not hold an admission slot) -> 400 ValidationException.
 6. SigV4 against *this* store's credentials and regions -> 401 AuthenticationFailedException.
-7. JSON decode; an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
-   ValidationException (it is an invalid input parameter; checked after authentication so an
-   anonymous caller learns nothing); store disabled -> 400 InvalidStateException (not health).
-8. Request validation (``xksproxy.xks.protocol``), then deny rules (``xksproxy.keys.policy``; not
-   health).
-9. Handler under the request deadline (``server.request_deadline_ms`` from arrival).
+7. JSON decode; route the operation through its row of the dispatch table
+   (:mod:`xksproxy.service.dispatch`, operations as data in :mod:`xksproxy.xks.operations`).
+   For a key operation: an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
+   ValidationException (an invalid input parameter; checked after authentication so an anonymous
+   caller learns nothing); store disabled -> 400 InvalidStateException (not health).
+8. Request validation (the operation's parser in ``xksproxy.xks.protocol``), then deny rules
+   (``xksproxy.keys.policy``; not health), then the before-dispatch hooks.
+9. Key resolution (``xksproxy.keys.resolver``: key not in the store -> 404 KeyNotFoundException,
+   disabled key on Encrypt/Decrypt -> 400 InvalidStateException), then the handler on the key's
+   backend pool under the request deadline (``server.request_deadline_ms`` from arrival).
+   Health answers from the cached probe results instead.
 
-Seams for operations code:
+Start-up happens only in the server's lifespan (:meth:`XksApp.startup`, called by the ASGI
+lifespan or RSGI's ``__rsgi_init__``), never in the middle of a request: an app that was never
+started (or was shut down) answers every HSM operation as an unavailable HSM (500
+InternalException, the ``HsmUnavailable`` mapping) and GetHealthStatus with every backend
+UNAVAILABLE (no probe result yet).
+
+Seams for operations code (their types are in :mod:`xksproxy.service.hooks`):
 - ``app.admission``: callables ``(ctx) -> release | None`` run before the body is read; raise an
   ``XksError`` to refuse; a returned ``release()`` is called once the response is sent.
 - ``app.before_dispatch``: callables ``(ctx)`` run after authentication, validation and policy,
@@ -38,6 +49,8 @@ Seams for operations code:
   be cheap and must not raise (exceptions are logged and dropped).
 - ``app.on_startup`` / ``app.on_shutdown``: async callables run in the lifespan, after/before the
   HSM pools and the health task.
+- ``app.pools``: ``{backend name: CryptoPool}`` once started (an ``on_startup`` hook may wrap
+  them, as admission does).
 - ``app.replace_keystores(config)``: swap the key store table (credentials, keys, policy) without
   touching connections or HSM pools, for reload.
 """
@@ -46,92 +59,111 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 import sigv4
-from xksproxy.config import Config, load_config, valid_key_id
+from hsm.interface import CryptoPool
+from xksproxy.config import Config
 from xksproxy.keys import policy
 from xksproxy.keys.health import HealthMonitor
 from xksproxy.keys.keystores import KeyStore, KeyStoreTable
 from xksproxy.observe import requestlog
-from xksproxy.observe.requestlog import (
-    RequestContext,
-    RequestLog,
-    RequestObserver,
-    configure_logging,
+from xksproxy.observe.requestlog import RequestContext, RequestLog
+from xksproxy.service.dispatch import BINDINGS, Binding
+from xksproxy.service.hooks import (
+    AdmissionHook,
+    BeforeDispatchHook,
+    LifecycleHook,
+    Observer,
+    PoolFactory,
+    ReadBody,
+    Release,
+    RequestHeaders,
 )
-from xksproxy.runtime import lifeline
-from xksproxy.service import handlers
 from xksproxy.service.httpio import BodyLimit, Disconnected, Headers, Respond, response_headers
 from xksproxy.xks.errors import (
     InternalException,
     InvalidUriPathException,
     MethodNotAllowed,
-    ValidationException,
     XksError,
     to_xks_error,
 )
-from xksproxy.xks.protocol import (
-    OP_DECRYPT,
-    OP_ENCRYPT,
-    OP_HEALTH,
-    OP_METADATA,
-    decode_json,
-    logged_metadata,
-    parse_request,
-)
+from xksproxy.xks.operations import HEALTH
+from xksproxy.xks.protocol import decode_json, logged_metadata
 from xksproxy.xks.uri import MAX_URI_CHARS
+
+if TYPE_CHECKING:
+    from hsm.types import HsmConfig
 
 log = logging.getLogger("xksproxy.app")
 
-_KEY_OPS = frozenset({OP_METADATA, OP_ENCRYPT, OP_DECRYPT})
+_HEALTH_BINDING = BINDINGS[HEALTH.name]
+_KEY_BINDINGS = {name: b for name, b in BINDINGS.items() if b.spec.takes_key}
 _PING_BODY = b'{"status":"ok"}'
 
-AdmissionHook = Callable[[RequestContext], Callable[[], None] | None]
-LifecycleHook = Callable[[], Awaitable[None]]
+
+def open_hsm_pool(config: HsmConfig) -> CryptoPool:
+    """The default :data:`~xksproxy.service.hooks.PoolFactory`: a PKCS#11 ``hsm.HsmPool``."""
+    from hsm.pool import HsmPool  # deferred: importing the app must not load PKCS#11
+
+    return HsmPool(config)
+
+
+def _unavailable(backend: str) -> Exception:
+    """What a request for a pool that is not started meets: the HSM is unavailable."""
+    from hsm.errors import HsmUnavailable
+
+    return HsmUnavailable(f"HSM pool {backend} is not started")
 
 
 class XksApp:
-    """ASGI application for one worker process (build it after fork)."""
+    """ASGI application for one worker process (build it after fork).
 
-    def __init__(self, config: Config) -> None:
+    ``pool_factory`` builds each ``[[hsm]]``'s pool at :meth:`startup` (default: PKCS#11
+    ``hsm.HsmPool``; tests may pass ``hsm.testing.MemoryPool``).  Request logging to stdout is
+    on when ``[logging] request_log`` says so.
+    """
+
+    def __init__(self, config: Config, *, pool_factory: PoolFactory = open_hsm_pool) -> None:
         self.config = config
         self.table = KeyStoreTable(config)
-        self.pools: dict[str, Any] = {}
-        self.health: HealthMonitor | None = None
-        self.observers: list[RequestObserver] = []
+        self.pools: dict[str, CryptoPool] = {}
+        self.observers: list[Observer] = []
         self.admission: list[AdmissionHook] = []
-        self.before_dispatch: list[RequestObserver] = []
+        self.before_dispatch: list[BeforeDispatchHook] = []
         self.on_startup: list[LifecycleHook] = []
         self.on_shutdown: list[LifecycleHook] = []
         if config.logging.request_log:
             self.observers.append(RequestLog().observe)
+        self._pool_factory = pool_factory
         self._deadline_s = config.server.request_deadline_ms / 1000.0
         # A body slower than this is a misbehaving client, never KMS (see BodyLimit).
         self.body_limit = BodyLimit(config.server.max_body_bytes, max(1.0, 2 * self._deadline_s))
         self._max_plaintext = {h.name: h.max_plaintext_bytes for h in config.hsms}
+        self.health = self._unprobed_health()
         self._started = False
         self._start_lock = asyncio.Lock()
+
+    def _unprobed_health(self) -> HealthMonitor:
+        """Health before start-up / after shutdown: no pools, no probe result -> UNAVAILABLE."""
+        return HealthMonitor(self.config.health, {}, self.config.hsm_models)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def startup(self) -> None:
-        """Open one HsmPool per token (in this process) and start the health task."""
+        """Open one pool per ``[[hsm]]`` (in this process) and start the health task.
+
+        Called by the server's lifespan only (idempotent)."""
         async with self._start_lock:
             if self._started:
                 return
-            from hsm import HsmPool  # deferred: importing the app must not load PKCS#11
-
-            pools: dict[str, Any] = {}
+            pools: dict[str, CryptoPool] = {}
             try:
                 for hsm_cfg in self.config.hsms:
-                    pool = HsmPool(hsm_cfg)
+                    pool = self._pool_factory(hsm_cfg)
                     await pool.start()
                     pools[hsm_cfg.name] = pool
             except BaseException:
@@ -153,9 +185,8 @@ class XksApp:
                 except Exception:
                     log.exception("shutdown hook failed")
             await asyncio.to_thread(requestlog.STDOUT.flush, 2.0)  # queued request-log lines
-            if self.health is not None:
-                await self.health.close()
-                self.health = None
+            await self.health.close()
+            self.health = self._unprobed_health()
             for pool in self.pools.values():
                 try:
                     await pool.close()
@@ -166,10 +197,10 @@ class XksApp:
 
     def replace_keystores(self, config: Config) -> None:
         """Swap key stores (credentials, keys, policy) atomically for new requests."""
-        unknown = {ks.hsm for ks in config.keystores} - set(self._max_plaintext)
+        table = KeyStoreTable(config)
+        unknown = {s.resolver.backend for s in table.stores} - set(self._max_plaintext)
         if unknown:
             raise ValueError(f"new [[hsm]] tables need a restart: {sorted(unknown)}")
-        table = KeyStoreTable(config)
         self.config = config
         self.table = table
 
@@ -180,6 +211,25 @@ class XksApp:
             "startup failed", extra={"fields": {"error": type(exc).__name__, "detail": detail}}
         )
         return f"{type(exc).__name__}: {detail}"
+
+    # ------------------------------------------------------------------ what bindings use
+    # (dispatch.Services: the app's side of the dispatch table)
+
+    def max_plaintext_bytes(self, store: KeyStore) -> int:
+        return self._max_plaintext[store.resolver.backend]
+
+    def run_before_dispatch(self, ctx: RequestContext) -> None:
+        for hook in self.before_dispatch:
+            hook(ctx)
+
+    def pool(self, backend: str) -> CryptoPool:
+        pool = self.pools.get(backend)
+        if pool is None:
+            raise _unavailable(backend)
+        return pool
+
+    def health_answer(self, store: KeyStore) -> dict[str, Any]:
+        return self.health.answer([store.resolver.backend])
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -210,20 +260,22 @@ class XksApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    def _route(self, path: str) -> tuple[KeyStore, str, str | None]:
+    def _route(self, path: str) -> tuple[KeyStore, Binding, str | None]:
         if len(path) <= MAX_URI_CHARS:
             base, _, last = path.rpartition("/")
-            if last == OP_HEALTH:
+            if last == HEALTH.name:
                 store = self.table.by_base_path.get(base)
                 if store is not None:
-                    return store, OP_HEALTH, None
-            elif last in _KEY_OPS:
-                base, _, key_id = base.rpartition("/")
-                base, _, keys = base.rpartition("/")
-                if keys == "keys":
-                    store = self.table.by_base_path.get(base)
-                    if store is not None:
-                        return store, last, key_id
+                    return store, _HEALTH_BINDING, None
+            else:
+                binding = _KEY_BINDINGS.get(last)
+                if binding is not None:
+                    base, _, key_id = base.rpartition("/")
+                    base, _, keys = base.rpartition("/")
+                    if keys == "keys":
+                        store = self.table.by_base_path.get(base)
+                        if store is not None:
+                            return store, binding, key_id
         raise InvalidUriPathException("no such XKS API path on this proxy")
 
     async def _read_asgi_body(self, scope: dict[str, Any], receive: Any) -> bytes:
@@ -290,8 +342,8 @@ class XksApp:
         method: str,
         path: str,
         query: str,
-        headers: Any,
-        read_body: Callable[[], Awaitable[bytes]],
+        headers: RequestHeaders,
+        read_body: ReadBody,
         respond: Respond,
     ) -> None:
         """Serve one HTTP request, whatever the server interface (ASGI or RSGI).
@@ -306,11 +358,12 @@ class XksApp:
             await self._ping(method, respond)
             return
         ctx = RequestContext(started=started, deadline=started + self._deadline_s)
-        releases: list[Callable[[], None]] = []
+        releases: list[Release] = []
         extra: Headers | None = None
         try:
-            store, op, key_id = self._route(path)
-            ctx.store, ctx.operation, ctx.key_id = store.name, op, key_id
+            store, binding, key_id = self._route(path)
+            ctx.store, ctx.key_id = store.name, key_id
+            ctx.spec, ctx.operation = binding.spec, binding.spec.name
             if method != "POST":
                 extra = [("allow", "POST")]
                 raise MethodNotAllowed()
@@ -336,7 +389,7 @@ class XksApp:
             ctx.kms_operation = meta.get("kmsOperation")
             ctx.principal = meta.get("awsPrincipalArn")
             ctx.extra["metadata"] = meta
-            result = await self._dispatch(store, op, key_id, doc, ctx)
+            result = await binding.run(self, store, key_id, doc, ctx)
             status, payload = 200, orjson.dumps(result)
             ctx.finish(200, None)
         except Disconnected:
@@ -349,8 +402,8 @@ class XksApp:
             status, payload = err.status, err.body()
             ctx.finish(err.status, err.error_name)
         except Exception as exc:
-            err = to_xks_error(exc)
-            if err is None or err.status == 500:
+            mapped = to_xks_error(exc)
+            if mapped is None or mapped.status == 500:
                 log.error(
                     "request failed",
                     exc_info=exc,
@@ -362,57 +415,15 @@ class XksApp:
                         }
                     },
                 )
-                err = err or InternalException()
-            status, payload = err.status, err.body()
-            ctx.finish(err.status, err.error_name)
+                mapped = mapped or InternalException()
+            status, payload = mapped.status, mapped.body()
+            ctx.finish(mapped.status, mapped.error_name)
         try:
             await respond(status, payload, extra)
         finally:
             self._notify(ctx, releases)
 
-    async def _dispatch(
-        self, store: KeyStore, op: str, key_id: str | None, doc: dict[str, Any], ctx: RequestContext
-    ) -> dict[str, Any]:
-        if key_id is not None and not valid_key_id(key_id):
-            raise ValidationException(
-                "externalKeyId in the URI must be 1-128 characters of A-Za-z0-9._-"
-            )
-        if op != OP_HEALTH:
-            store.check_enabled()
-        req = parse_request(op, doc, max_plaintext_bytes=self._max_plaintext[store.hsm])
-        if op != OP_HEALTH:
-            assert key_id is not None
-            policy.check(store.config.deny, req.metadata, key_id)
-        for hook in self.before_dispatch:
-            hook(ctx)
-        if op == OP_HEALTH:
-            if self.health is None:
-                await self.startup()
-            assert self.health is not None
-            return self.health.answer([store.hsm])
-        assert key_id is not None
-        if not self._started:
-            await self.startup()
-        pool = self.pools[store.hsm]
-        if op == OP_ENCRYPT:
-            return await handlers.encrypt(
-                pool,
-                store,
-                key_id,
-                req,  # type: ignore[arg-type]
-                deadline=ctx.deadline,
-            )
-        if op == OP_DECRYPT:
-            return await handlers.decrypt(
-                pool,
-                store,
-                key_id,
-                req,  # type: ignore[arg-type]
-                deadline=ctx.deadline,
-            )
-        return await handlers.get_key_metadata(pool, store, key_id, deadline=ctx.deadline)
-
-    def _notify(self, ctx: RequestContext, releases: list[Callable[[], None]]) -> None:
+    def _notify(self, ctx: RequestContext, releases: list[Release]) -> None:
         for release in releases:
             try:
                 release()
@@ -423,24 +434,3 @@ class XksApp:
                 observer(ctx)
             except Exception:
                 log.exception("request observer failed")
-
-
-def create_app(config: Config | None = None) -> XksApp:
-    """App factory for ASGI servers: ``xksproxy.service.app:create_app``.
-
-    The config path comes from ``XKSPROXY_CONFIG``.
-
-    Each server worker calls this after fork, so every worker opens its own HSM sessions.
-    """
-    if config is None:
-        lifeline.tie_to_launcher()  # a worker of `xksproxy serve`: end with the launcher
-        path = os.environ.get("XKSPROXY_CONFIG")
-        if not path:
-            raise RuntimeError("XKSPROXY_CONFIG is not set: it must name the config file")
-        config = load_config(Path(path))
-    configure_logging(config.logging.level)
-    app = XksApp(config)
-    from xksproxy.runtime import operations  # admission, quotas, metrics, audit, reload
-
-    operations.install(app)
-    return app

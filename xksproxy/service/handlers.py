@@ -1,7 +1,12 @@
-"""The four XKS operations on top of an ``hsm.HsmPool``.
+"""The three key operations on top of a :class:`hsm.interface.CryptoPool`.
 
-Each handler receives an already authenticated, validated and authorized request and returns
-the response document.  HSM domain errors propagate and are mapped in ``xksproxy.xks.errors``.
+Each handler receives an already authenticated, validated and authorized request, the
+:class:`~xksproxy.keys.resolver.KeyRef` the resolver made of the URI's key id (a disabled key
+never reaches Encrypt/Decrypt), and the pool of the key's backend; it returns the response
+document.  Handlers know no labels beyond ``key.label`` and no key store rules.  HSM domain
+errors propagate and are mapped in ``xksproxy.xks.errors``.  GetHealthStatus needs no key and no
+pool: it is answered from :class:`xksproxy.keys.health.HealthMonitor` (see
+:mod:`xksproxy.service.dispatch`).
 
 Key usage rules (spec "Keys that may do only part of the work"):
 - Encrypt needs ENCRYPT (the HSM refuses otherwise -> InvalidKeyUsageException);
@@ -15,41 +20,36 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from xksproxy.keys.keystores import KeyStore
-from xksproxy.xks.errors import (
-    InternalException,
-    InvalidKeyUsageException,
-    InvalidStateException,
-    to_xks_error,
-)
+from hsm.interface import CryptoPool
+from xksproxy.keys.resolver import KeyRef
+from xksproxy.xks.errors import InternalException, InvalidKeyUsageException, to_xks_error
 from xksproxy.xks.framing import CURRENT_METADATA, cdiv, hsm_aad, parse_metadata
-from xksproxy.xks.protocol import DecryptRequest, EncryptRequest, b64encode, ordered_key_usage
+from xksproxy.xks.protocol import (
+    DecryptRequest,
+    EncryptRequest,
+    MetadataRequest,
+    b64encode,
+    ordered_key_usage,
+)
 
 _CURRENT_METADATA_B64 = b64encode(CURRENT_METADATA)  # the same for every Encrypt answer
 
 
 async def get_key_metadata(
-    pool: Any, store: KeyStore, key_id: str, *, deadline: float
+    pool: CryptoPool, key: KeyRef, req: MetadataRequest, *, deadline: float
 ) -> dict[str, Any]:
-    label = store.label_for(key_id)
-    info = await pool.key_info(label, deadline=deadline)
+    info = await pool.key_info(key.label, deadline=deadline)
     return {
         "keySpec": "AES_256",
         "keyUsage": ordered_key_usage(info.usage),
-        "keyStatus": "DISABLED" if store.is_disabled(key_id) else "ENABLED",
+        "keyStatus": key.status,
     }
 
 
-def _check_key_enabled(store: KeyStore, key_id: str) -> None:
-    if store.is_disabled(key_id):
-        raise InvalidStateException(f"external key {key_id} is disabled")
-
-
 async def encrypt(
-    pool: Any, store: KeyStore, key_id: str, req: EncryptRequest, *, deadline: float
+    pool: CryptoPool, key: KeyRef, req: EncryptRequest, *, deadline: float
 ) -> dict[str, Any]:
-    label = store.label_for(key_id)
-    _check_key_enabled(store, key_id)
+    label = key.label
     if req.want_cdiv:
         info = await pool.key_info(label, deadline=deadline)
         if "ENCRYPT" not in info.usage or "DECRYPT" not in info.usage:
@@ -93,10 +93,9 @@ async def encrypt(
 
 
 async def decrypt(
-    pool: Any, store: KeyStore, key_id: str, req: DecryptRequest, *, deadline: float
+    pool: CryptoPool, key: KeyRef, req: DecryptRequest, *, deadline: float
 ) -> dict[str, Any]:
-    label = store.label_for(key_id)
-    _check_key_enabled(store, key_id)
+    label = key.label
     parse_metadata(req.ciphertext_metadata)  # unknown format -> InvalidCiphertext, no HSM call
     plaintext = await pool.decrypt(
         label,

@@ -64,6 +64,18 @@ def parse_metadata(metadata: bytes | None) -> MetadataInfo | None:
     return MetadataInfo(format=metadata[0], key_version=metadata[1])
 
 
+def peek_key_version(metadata: bytes | None) -> int | None:
+    """The key version a Decrypt's ``ciphertextMetadata`` names; ``None`` if absent or not ours.
+
+    Never raises: the key resolver runs before the metadata is checked (an unknown key is 404
+    whatever its metadata), so it needs the version without the check; :func:`parse_metadata`
+    then refuses metadata that is not ours.
+    """
+    if metadata is None or not metadata or _KNOWN_FORMATS.get(metadata[0]) != len(metadata):
+        return None
+    return metadata[1]
+
+
 def cdiv(
     *, aad: bytes | None, metadata: bytes | None, iv: bytes, ciphertext: bytes, tag: bytes
 ) -> str:

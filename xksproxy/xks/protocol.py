@@ -28,12 +28,13 @@ Error messages name the field and the rule, never the value.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from xksproxy.xks import operations
 from xksproxy.xks.errors import UnsupportedOperationException, ValidationException
 
 MAX_AAD_BYTES = 65535
@@ -43,10 +44,11 @@ MAX_CIPHERTEXT_METADATA_BYTES = 20
 IV_LENGTHS = (12, 16)
 TAG_LENGTH = 16
 
-OP_HEALTH = "health"
-OP_METADATA = "metadata"
-OP_ENCRYPT = "encrypt"
-OP_DECRYPT = "decrypt"
+# URI names of the operations (their one home is xksproxy.xks.operations).
+OP_HEALTH = operations.HEALTH.name
+OP_METADATA = operations.METADATA.name
+OP_ENCRYPT = operations.ENCRYPT.name
+OP_DECRYPT = operations.DECRYPT.name
 
 _REQUIRED_METADATA: dict[str, tuple[str, ...]] = {
     OP_HEALTH: ("kmsRequestId", "kmsOperation"),
@@ -207,18 +209,15 @@ def _b64(
     doc: dict[str, Any],
     name: str,
     *,
-    required: bool,
     max_bytes: int | None = None,
     too_big: type[Exception] = UnsupportedOperationException,
 ) -> bytes | None:
-    """Strictly decode the standard-base64 field ``name``.
+    """Strictly decode the optional standard-base64 field ``name`` (``None`` when absent).
 
     The encoded length is checked *before* decoding so an oversized value costs nothing.
     """
     value = doc.get(name)
     if value is None:
-        if required:
-            raise ValidationException(f"{name} is required")
         return None
     if not isinstance(value, str):
         raise ValidationException(f"{name} must be a base64 string")
@@ -240,6 +239,20 @@ def _b64(
     return raw
 
 
+def _b64_required(
+    doc: dict[str, Any],
+    name: str,
+    *,
+    max_bytes: int | None = None,
+    too_big: type[Exception] = UnsupportedOperationException,
+) -> bytes:
+    """:func:`_b64` for a field that must be present (absent -> ValidationException)."""
+    raw = _b64(doc, name, max_bytes=max_bytes, too_big=too_big)
+    if raw is None:
+        raise ValidationException(f"{name} is required")
+    return raw
+
+
 def _algorithm(doc: dict[str, Any], name: str, expected: str, *, required: bool) -> bool:
     value = doc.get(name)
     if value is None:
@@ -253,46 +266,69 @@ def _algorithm(doc: dict[str, Any], name: str, expected: str, *, required: bool)
     return True
 
 
+# One parser per operation: (body document, the backend's max_plaintext_bytes) -> typed request.
+# Fields are checked in a fixed order, so the first error named is the same on every run.
+
+
+def parse_health(doc: dict[str, Any], max_plaintext_bytes: int) -> HealthRequest:
+    """GetHealthStatus: only the request metadata."""
+    return HealthRequest(parse_metadata(doc, OP_HEALTH))
+
+
+def parse_key_metadata(doc: dict[str, Any], max_plaintext_bytes: int) -> MetadataRequest:
+    """GetKeyMetadata: only the request metadata."""
+    return MetadataRequest(parse_metadata(doc, OP_METADATA))
+
+
+def parse_encrypt(doc: dict[str, Any], max_plaintext_bytes: int) -> EncryptRequest:
+    """Encrypt: plaintext (<= the backend's limit), AES_GCM, optional AAD and CDIV request."""
+    metadata = parse_metadata(doc, OP_ENCRYPT)
+    plaintext = _b64_required(doc, "plaintext", max_bytes=max_plaintext_bytes)
+    _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
+    aad = _b64(doc, "additionalAuthenticatedData", max_bytes=MAX_AAD_BYTES)
+    cdiv = _algorithm(doc, "ciphertextDataIntegrityValueAlgorithm", "SHA_256", required=False)
+    return EncryptRequest(metadata, plaintext, aad, cdiv)
+
+
+def parse_decrypt(doc: dict[str, Any], max_plaintext_bytes: int) -> DecryptRequest:
+    """Decrypt: AES_GCM, ciphertext, IV (12/16 bytes), tag (16), optional AAD and metadata."""
+    metadata = parse_metadata(doc, OP_DECRYPT)
+    _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
+    ciphertext = _b64_required(doc, "ciphertext", max_bytes=max_plaintext_bytes)
+    iv = _b64_required(doc, "initializationVector", max_bytes=16, too_big=ValidationException)
+    tag = _b64_required(doc, "authenticationTag", max_bytes=TAG_LENGTH, too_big=ValidationException)
+    aad = _b64(doc, "additionalAuthenticatedData", max_bytes=MAX_AAD_BYTES)
+    meta = _b64(
+        doc,
+        "ciphertextMetadata",
+        max_bytes=MAX_CIPHERTEXT_METADATA_BYTES,
+        too_big=ValidationException,
+    )
+    if len(iv) not in IV_LENGTHS:
+        raise ValidationException("initializationVector must be 12 or 16 bytes")
+    if len(tag) != TAG_LENGTH:
+        raise ValidationException("authenticationTag must be 16 bytes")
+    return DecryptRequest(metadata, ciphertext, iv, tag, aad, meta)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], int], XksRequest]] = {
+    OP_HEALTH: parse_health,
+    OP_METADATA: parse_key_metadata,
+    OP_ENCRYPT: parse_encrypt,
+    OP_DECRYPT: parse_decrypt,
+}
+
+
 def parse_request(operation: str, doc: dict[str, Any], *, max_plaintext_bytes: int) -> XksRequest:
-    """Validate ``doc`` for ``operation`` (one of the OP_* names) into a typed request."""
-    metadata = parse_metadata(doc, operation)
-    if operation == OP_ENCRYPT:
-        plaintext = _b64(doc, "plaintext", required=True, max_bytes=max_plaintext_bytes)
-        _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
-        aad = _b64(doc, "additionalAuthenticatedData", required=False, max_bytes=MAX_AAD_BYTES)
-        cdiv = _algorithm(doc, "ciphertextDataIntegrityValueAlgorithm", "SHA_256", required=False)
-        assert plaintext is not None
-        return EncryptRequest(metadata, plaintext, aad, cdiv)
-    if operation == OP_DECRYPT:
-        _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
-        ciphertext = _b64(doc, "ciphertext", required=True, max_bytes=max_plaintext_bytes)
-        iv = _b64(
-            doc, "initializationVector", required=True, max_bytes=16, too_big=ValidationException
-        )
-        tag = _b64(
-            doc,
-            "authenticationTag",
-            required=True,
-            max_bytes=TAG_LENGTH,
-            too_big=ValidationException,
-        )
-        aad = _b64(doc, "additionalAuthenticatedData", required=False, max_bytes=MAX_AAD_BYTES)
-        meta = _b64(
-            doc,
-            "ciphertextMetadata",
-            required=False,
-            max_bytes=MAX_CIPHERTEXT_METADATA_BYTES,
-            too_big=ValidationException,
-        )
-        assert ciphertext is not None and iv is not None and tag is not None
-        if len(iv) not in IV_LENGTHS:
-            raise ValidationException("initializationVector must be 12 or 16 bytes")
-        if len(tag) != TAG_LENGTH:
-            raise ValidationException("authenticationTag must be 16 bytes")
-        return DecryptRequest(metadata, ciphertext, iv, tag, aad, meta)
-    if operation == OP_METADATA:
-        return MetadataRequest(metadata)
-    return HealthRequest(metadata)
+    """Validate ``doc`` for ``operation`` (a URI operation name) into its typed request.
+
+    The service calls the per-operation parsers through its dispatch table; this entry is for
+    callers that hold only the name (tests, tools).
+    """
+    parser = _PARSERS.get(operation)
+    if parser is None:
+        raise ValueError(f"unknown XKS operation {operation!r}")
+    return parser(doc, max_plaintext_bytes)
 
 
 def b64encode(data: bytes) -> str:
