@@ -14,6 +14,7 @@ invalid ciphertext) needs the exact code, which python-pkcs11 partly folds into 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from ctypes import (
     POINTER,
     Structure,
@@ -54,9 +55,6 @@ CKR_MECHANISM_PARAM_INVALID = 0x071
 CKR_OBJECT_HANDLE_INVALID = 0x082
 CKR_OPERATION_ACTIVE = 0x090
 CKR_OPERATION_NOT_INITIALIZED = 0x091
-CKR_PIN_INCORRECT = 0x0A0
-CKR_PIN_INVALID = 0x0A1
-CKR_PIN_LEN_RANGE = 0x0A2
 CKR_PIN_INCORRECT = 0x0A0
 CKR_PIN_INVALID = 0x0A1
 CKR_PIN_LEN_RANGE = 0x0A2
@@ -258,6 +256,10 @@ _SIGNATURES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: A bound PKCS#11 entry point: arguments as in ``_SIGNATURES``, returns the raw ``CK_RV``.
+CkFunction = Callable[..., int]
+
+
 class FunctionList:
     """Callable entries of one module's ``CK_FUNCTION_LIST`` (only the ones we use).
 
@@ -284,22 +286,23 @@ class FunctionList:
             proto = ctypes.CFUNCTYPE(CK_RV, *argtypes)
             setattr(self, name, proto(address))
 
-    # Type stubs for the dynamically bound entries (all return CK_RV as int).
-    C_Initialize: ctypes._CFuncPtr
-    C_Finalize: ctypes._CFuncPtr
-    C_CloseSession: ctypes._CFuncPtr
-    C_CloseAllSessions: ctypes._CFuncPtr
-    C_GetSessionInfo: ctypes._CFuncPtr
-    C_Login: ctypes._CFuncPtr
-    C_GetAttributeValue: ctypes._CFuncPtr
-    C_FindObjectsInit: ctypes._CFuncPtr
-    C_FindObjects: ctypes._CFuncPtr
-    C_FindObjectsFinal: ctypes._CFuncPtr
-    C_EncryptInit: ctypes._CFuncPtr
-    C_Encrypt: ctypes._CFuncPtr
-    C_DecryptInit: ctypes._CFuncPtr
-    C_Decrypt: ctypes._CFuncPtr
-    C_GenerateRandom: ctypes._CFuncPtr
+    # The dynamically bound entries: ctypes checks the arguments against ``_SIGNATURES`` at
+    # call time and converts the CK_RV result to int.
+    C_Initialize: CkFunction
+    C_Finalize: CkFunction
+    C_CloseSession: CkFunction
+    C_CloseAllSessions: CkFunction
+    C_GetSessionInfo: CkFunction
+    C_Login: CkFunction
+    C_GetAttributeValue: CkFunction
+    C_FindObjectsInit: CkFunction
+    C_FindObjects: CkFunction
+    C_FindObjectsFinal: CkFunction
+    C_EncryptInit: CkFunction
+    C_Encrypt: CkFunction
+    C_DecryptInit: CkFunction
+    C_Decrypt: CkFunction
+    C_GenerateRandom: CkFunction
 
     def initialize_os_locking(self) -> int:
         """``C_Initialize`` telling the module that threads exist and OS locks may be used."""

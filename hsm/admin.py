@@ -18,6 +18,7 @@ from pkcs11.exceptions import PKCS11Error
 from . import keys, module
 from .classify import CkError
 from .errors import HsmFailure, KeyNotFound
+from .limits import AES_KEY_BYTES, MAX_KEY_LABEL_BYTES
 from .types import USAGE_NAMES, HsmConfig, KeyInfo
 
 USAGE_PRESETS: dict[str, frozenset[str]] = {
@@ -113,13 +114,15 @@ def create_key(
     """Generate an AES-256 key inside the HSM. ``usage``: a preset name (encrypt-decrypt,
     encrypt, decrypt, none) or a set of usage names. Refuses a label that is already taken."""
     wanted = _usage(usage)
-    if not label or len(label.encode()) > 128:
-        raise ValueError("key label must be 1..128 bytes")
+    if not label or len(label.encode()) > MAX_KEY_LABEL_BYTES:
+        raise ValueError(f"key label must be 1..{MAX_KEY_LABEL_BYTES} bytes")
     with _session(cfg) as (mod, session):
         if _exists(mod, session, label):
             raise ValueError(f"a key labelled {label!r} already exists")
         try:
-            session.generate_key(KeyType.AES, 256, store=True, template=_template(label, wanted))
+            session.generate_key(
+                KeyType.AES, AES_KEY_BYTES * 8, store=True, template=_template(label, wanted)
+            )
         except PKCS11Error as exc:
             raise HsmFailure(f"key generation failed: {type(exc).__name__}") from None
         return KeyInfo(label, wanted)
@@ -130,8 +133,8 @@ def import_test_key(
 ) -> KeyInfo:
     """TESTS ONLY: store known AES-256 key material so reference ciphertext can be computed
     outside the HSM. Never use for real keys (the material has existed in process memory)."""
-    if len(material) != 32:
-        raise ValueError("AES-256 key material must be 32 bytes")
+    if len(material) != AES_KEY_BYTES:
+        raise ValueError(f"AES-256 key material must be {AES_KEY_BYTES} bytes")
     wanted = _usage(usage)
     with _session(cfg) as (mod, session):
         if _exists(mod, session, label):

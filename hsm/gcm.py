@@ -15,9 +15,9 @@ from ctypes import addressof, byref, c_char_p, c_ulong, create_string_buffer, si
 
 from . import _ck
 from .classify import CkError
+from .limits import IV_BYTES, TAG_BYTES
 
-TAG_BYTES = 16
-_ZERO_IV = b"\0" * 12
+_ZERO_IV = b"\0" * IV_BYTES
 
 
 class Gcm:
@@ -72,8 +72,8 @@ class Gcm:
         """
         iv_buf = None
         if iv is None:
-            iv_buf = create_string_buffer(_ZERO_IV, 12)
-            self._set(ctypes.cast(iv_buf, c_char_p), 12, aad)
+            iv_buf = create_string_buffer(_ZERO_IV, IV_BYTES)
+            self._set(ctypes.cast(iv_buf, c_char_p), IV_BYTES, aad)
         else:
             self._set(iv, len(iv), aad)
         fl, handle = self._fl, self.handle
@@ -89,7 +89,7 @@ class Gcm:
         if self._len.value != n + TAG_BYTES:
             raise CkError(_ck.CKR_FUNCTION_FAILED, "C_Encrypt (unexpected output length)")
         if iv_buf is not None:
-            iv = iv_buf.raw[:12]
+            iv = iv_buf.raw[:IV_BYTES]
             if iv == _ZERO_IV:
                 raise CkError(_ck.CKR_MECHANISM_PARAM_INVALID, "C_Encrypt (module made no IV)")
         assert iv is not None

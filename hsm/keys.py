@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from . import _ck
 from .classify import CkError
 from .errors import KeyNotFound
+from .limits import AES_KEY_BYTES
 from .types import KeyInfo
 
 _USAGE_ATTRS = (
@@ -138,7 +139,7 @@ def resolve(fl: _ck.FunctionList, session: int, label: str) -> ResolvedKey:
         )
     handle = handles[0]
     attrs = _read_attributes(fl, session, handle)
-    if attrs.get(_ck.CKA_KEY_TYPE) != _ck.CKK_AES or attrs.get(_ck.CKA_VALUE_LEN) != 32:
+    if attrs.get(_ck.CKA_KEY_TYPE) != _ck.CKK_AES or attrs.get(_ck.CKA_VALUE_LEN) != AES_KEY_BYTES:
         raise KeyNotFound(f"key {label!r} is not a 32-byte AES secret key")
     usage = frozenset(name for name, cka in _USAGE_ATTRS if attrs[cka])
     key_id = read_id(fl, session, handle)

@@ -21,44 +21,28 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
-
-import pkcs11
-from pkcs11 import _pkcs11
-from pkcs11.exceptions import NoSuchToken, PKCS11Error
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import _ck
 from .errors import HsmError, HsmFailure, HsmUnavailable
 
+if TYPE_CHECKING:
+    from pkcs11 import Token
+    from pkcs11._pkcs11 import lib as Pkcs11Lib
+
 log = logging.getLogger("hsm.module")
-BACKOFF_START_S = 0.05
-BACKOFF_MAX_S = 1.0
+BACKOFF_START_S: Final = 0.05
+BACKOFF_MAX_S: Final = 1.0
 
 
-class _OsLockingLib(_pkcs11.lib):  # type: ignore[misc]
-    """python-pkcs11 ``lib`` whose initialisation tells the module to use OS locking."""
+class RecoveringPool(Protocol):
+    """What a module's recovery thread calls on every pool using it (``HsmPool`` implements it)."""
 
-    # Set on a per-module subclass (see ``_make_lib``): Cython's ``__cinit__`` accepts exactly
-    # the library path, so the function table cannot be passed to the constructor.
-    _functions: _ck.FunctionList
-
-    def initialize(self) -> None:
-        """Called by ``lib.__init__``; initialise for multi-threaded use instead of NULL args.
-
-        Later calls (``pkcs11.lib(path)`` re-initialises cached instances whose read-only
-        ``initialized`` flag is False, which ours always is) are no-ops: re-initialising is the
-        pool's job, done only when no call is in flight.
-        """
-        if self.__dict__.get("_constructed"):
-            return
-        rv = self._functions.initialize_os_locking()
-        if rv == _ck.CKR_CRYPTOKI_ALREADY_INITIALIZED:
-            # Inherited across fork, or initialised by someone else in this process with NULL
-            # args: start over so that *our* flags are in force.
-            self._functions.finalize()
-            rv = self._functions.initialize_os_locking()
-        if rv != _ck.CKR_OK:
-            raise HsmUnavailable(f"C_Initialize failed: {_ck.rv_name(rv)}")
+    def _enter_recovery(self, reason: str) -> None: ...
+    def _wait_drained(self) -> None: ...
+    def _reopen_sessions(self) -> None: ...
+    def _recovery_failed(self, message: str) -> None: ...
+    def _leave_recovery(self) -> None: ...
 
 
 def _needs_serialising(manufacturer_id: str) -> bool:
@@ -74,9 +58,43 @@ def _needs_serialising(manufacturer_id: str) -> bool:
     return manufacturer_id.strip().startswith("SoftHSM")
 
 
-def _make_lib(path: str, functions: _ck.FunctionList) -> Any:
-    cls = type("_OsLockingLibForModule", (_OsLockingLib,), {"_functions": functions})
-    lib = cls(path)
+def _make_lib(path: str, functions: _ck.FunctionList) -> Pkcs11Lib:
+    """python-pkcs11's ``lib`` for ``path``, initialised for multi-threaded use.
+
+    python-pkcs11 (and its C extension) is imported here, not at module level: importing ``hsm``
+    (e.g. for its config types) must not load PKCS#11 code that only a started pool needs.
+    """
+    import pkcs11
+    from pkcs11 import _pkcs11
+
+    class _OsLockingLib(_pkcs11.lib):
+        """python-pkcs11 ``lib`` whose initialisation tells the module to use OS locking.
+
+        Defined per module: Cython's ``__cinit__`` accepts exactly the library path, so the
+        function table reaches ``initialize`` through this closure instead of the constructor.
+        """
+
+        _constructed = False
+
+        def initialize(self) -> None:
+            """Called by ``lib.__init__``; initialise for multi-threaded use instead of NULL args.
+
+            Later calls (``pkcs11.lib(path)`` re-initialises cached instances whose read-only
+            ``initialized`` flag is False, which ours always is) are no-ops: re-initialising is
+            the pool's job, done only when no call is in flight.
+            """
+            if self._constructed:
+                return
+            rv = functions.initialize_os_locking()
+            if rv == _ck.CKR_CRYPTOKI_ALREADY_INITIALIZED:
+                # Inherited across fork, or initialised by someone else in this process with NULL
+                # args: start over so that *our* flags are in force.
+                functions.finalize()
+                rv = functions.initialize_os_locking()
+            if rv != _ck.CKR_OK:
+                raise HsmUnavailable(f"C_Initialize failed: {_ck.rv_name(rv)}")
+
+    lib = _OsLockingLib(path)
     lib._constructed = True
     # Anyone in this process calling pkcs11.lib(path) now gets this instance instead of a second
     # one that would call C_Initialize(NULL) (ALREADY_INITIALIZED) on the same module.
@@ -100,20 +118,20 @@ class Module:
         self.call_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if self.serialize else contextlib.nullcontext()
         )
-        self._pools: set[Any] = set()  # HsmPools using this module (recovery coordinates them)
+        self._pools: set[RecoveringPool] = set()  # pools using this module (recovery: all of them)
         self._recovery_lock = threading.Lock()
         self._recovery: threading.Thread | None = None
 
     # ------------------------------------------------------------------ recovery
-    def register(self, pool: Any) -> None:
+    def register(self, pool: RecoveringPool) -> None:
         with self._recovery_lock:
             self._pools.add(pool)
 
-    def unregister(self, pool: Any) -> None:
+    def unregister(self, pool: RecoveringPool) -> None:
         with self._recovery_lock:
             self._pools.discard(pool)
 
-    def request_recovery(self, pool: Any, reason: str, seen_generation: int) -> None:
+    def request_recovery(self, pool: RecoveringPool, reason: str, seen_generation: int) -> None:
         """A pool saw a module-level fault. One background recovery serves every pool on the
         module: re-initialising under another pool's in-flight call would be undefined (and
         crashes SoftHSMv2). A fault seen before the latest re-initialisation is stale: the
@@ -185,14 +203,18 @@ class Module:
                 raise HsmUnavailable(f"C_Initialize failed: {_ck.rv_name(rv)}")
 
     def finalize(self) -> None:
+        import pkcs11
+
         with self._lock:
             self.functions.finalize()
             self.generation += 1
             if pkcs11._loaded.get(self.path) is self.lib:
                 del pkcs11._loaded[self.path]
 
-    def find_token(self, label: str) -> Any:
+    def find_token(self, label: str) -> Token:
         """The python-pkcs11 ``Token`` with this label (one match required)."""
+        from pkcs11.exceptions import NoSuchToken, PKCS11Error
+
         try:
             return self.lib.get_token(token_label=label)
         except NoSuchToken:
@@ -200,14 +222,17 @@ class Module:
         except PKCS11Error as exc:
             raise HsmUnavailable(f"token lookup failed: {type(exc).__name__}") from None
 
-    def open_session(self, token: Any, pin: str, *, rw: bool = False) -> Any:
+    def open_session(self, token: Token, pin: str, *, rw: bool = False) -> Any:
         """Open a session and make sure the token is logged in (login is per token, once).
 
         A second ``C_Login`` on an already logged-in token answers USER_ALREADY_LOGGED_IN, which
-        is success for us; any other code is surfaced with its symbol (never the PIN).
+        is success for us; any other code is surfaced with its symbol (never the PIN). Returns
+        python-pkcs11's session object, typed ``Any``: its stubs omit ``handle``, which we need.
         """
+        from pkcs11.exceptions import PKCS11Error
+
         try:
-            session = token.open(rw=rw)
+            session: Any = token.open(rw=rw)
         except PKCS11Error as exc:
             raise HsmUnavailable(f"C_OpenSession failed: {type(exc).__name__}") from None
         try:

@@ -2,36 +2,38 @@
 
 * inline: the PKCS#11 call runs on the event-loop thread. For a local software token (~40 us per
   AES-GCM call) a thread hop costs more than the call itself.
-* threaded: one worker thread per session, fed by a queue. A network HSM taking milliseconds then
-  never blocks the event loop, and ``sessions`` calls run in parallel (ctypes releases the GIL).
+* threaded (:mod:`hsm.threaded`): one worker thread per session, fed by a queue. A network HSM
+  taking milliseconds then never blocks the event loop, and ``sessions`` calls run in parallel.
 
 Each operation holds exactly one session from acquire to release; waiting for it honours the
-caller's deadline (absolute ``time.monotonic()``) and ends in SessionTimeout.
+caller's deadline (absolute ``time.monotonic()``) and ends in SessionTimeout. Every operation goes
+through one submit path (:meth:`HsmPool._submit`); inline mode with a free session runs it without
+suspending at all.
 
 Recovery without restart: a session-level error (session closed, handle invalid, token logged out)
 replaces that session and retries once; a module-level error (device error/removed, token not
 present, not initialised, general error...) flips the pool to "recovering": requests fail fast with
-HsmUnavailable while a background thread waits for in-flight calls to drain, finalises and
-re-initialises the module, logs in and reopens every session, with bounded exponential back-off.
+HsmUnavailable while a background thread (:meth:`hsm.module.Module.request_recovery`) waits for
+in-flight calls to drain, finalises and re-initialises the module, logs in and reopens every
+session, with bounded exponential back-off. Start-up among sibling processes and fork detection
+live in :mod:`hsm.startup`; sizes in :mod:`hsm.limits`.
+
+Importing this module loads no PKCS#11 code: python-pkcs11 is loaded by ``start()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
 import logging
 import os
-import queue
-import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar
 
-from . import _ck, module
+from . import module, startup
 from .classify import AMBIGUOUS_DECRYPT_RVS, CkError, Fault
 from .errors import (
     HsmError,
@@ -43,56 +45,25 @@ from .errors import (
     SessionTimeout,
 )
 from .gcm import Gcm
+from .interface import CryptoPool
 from .keys import KeyCache, ResolvedKey
+from .limits import IV_BYTES, IV_LENGTHS, MAX_FRAMED_AAD_BYTES, TAG_BYTES
+from .threaded import WorkerThreads
 from .types import GcmResult, HsmConfig, KeyInfo, PoolStats, ProbeResult
+
+if TYPE_CHECKING:
+    from pkcs11 import Token
 
 log = logging.getLogger("hsm.pool")
 T = TypeVar("T")
 
-# Caller AAD is at most 65,535 bytes (2-byte length in the XKS framing); the service sends the
-# *framed* AAD: 2-byte length + AAD + 1-byte length + metadata (<= 255 bytes).
-MAX_AAD_BYTES = 2 + 65535 + 1 + 255
-IV_BYTES = 12
-TAG_BYTES = 16
-DRAIN_WAIT_S = 30.0
-_HEALTH_AAD = b"xksproxy health probe"
-START_RETRY_S = 5.0
-
-
-@contextlib.contextmanager
-def _startup_lock(config: HsmConfig) -> Iterator[None]:
-    """Hold an exclusive lock shared by every process starting a pool on the same token.
-
-    The lock file lives in the temp directory, named by a digest of the module path, token label
-    and environment (so unrelated tokens never wait on each other). If it cannot be opened (e.g.
-    another user's file), starting proceeds unlocked and relies on the retry alone.
-    """
-    ident = "\0".join(
-        [config.module, config.token_label, *(f"{k}={v}" for k, v in sorted(config.env.items()))]
-    )
-    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"xksproxy-hsm-start-{digest}.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-_forks_seen = 0  # bumped in every child after fork(): a pool from before the fork is unusable
-
-
-def _after_fork_in_child() -> None:
-    global _forks_seen
-    _forks_seen += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+#: After this long draining, recovery logs that calls are still inside the module (and waits on).
+DRAIN_WAIT_S: Final = 30.0
+#: Budget of one health probe round trip.
+PROBE_TIMEOUT_S: Final = 5.0
+#: How long ``close`` waits for in-flight calls to leave the module.
+CLOSE_DRAIN_S: Final = 10.0
+_HEALTH_AAD: Final = b"xksproxy health probe"
 
 
 class _Session:
@@ -107,47 +78,13 @@ class _Session:
         self.generation = 0
 
 
-class _Job:
-    """A threaded-mode request. ``claim`` decides once whether a worker or the deadline wins."""
-
-    __slots__ = ("_claim", "future", "loop", "op", "picked")
-
-    def __init__(
-        self,
-        op: Callable[[_Session], Any],
-        future: asyncio.Future[Any],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.op = op
-        self.future = future
-        self.loop = loop
-        self.picked = 0.0  # time.monotonic() when a worker claimed it (0.0: never)
-        self._claim = threading.Lock()
-
-    def claim(self) -> bool:
-        return self._claim.acquire(blocking=False)
-
-    def deliver(self, result: Any, exc: BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(_settle, self.future, result, exc)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
 class HsmPool:
     """Sessions on one token, in one process. Create it after fork and ``await start()``."""
 
     def __init__(self, config: HsmConfig) -> None:
         self.config = config
         self._module: module.Module | None = None
-        self._token: Any = None
+        self._token: Token | None = None
         self._sessions: list[_Session] = []
         self._free: deque[_Session] = deque()
         self._waiters: deque[asyncio.Future[_Session]] = deque()
@@ -157,8 +94,7 @@ class HsmPool:
         self._in_use = 0
         self._keys = KeyCache()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._workers: list[threading.Thread] = []
+        self._threads: WorkerThreads[_Session] = WorkerThreads(config.name, self._run_claimed)
         self._closed = threading.Event()
         self._pid = 0
         self._forks = -1
@@ -178,7 +114,7 @@ class HsmPool:
             raise RuntimeError("pool already started")
         self._loop = asyncio.get_running_loop()
         self._closed.clear()
-        await asyncio.to_thread(self._start_sync)
+        await asyncio.to_thread(startup.start_serialised, self.config, self._start_once)
         assert self._module is not None
         self._mode = self.config.mode
         if self._mode == "threaded" and self._module.serialize:
@@ -190,46 +126,12 @@ class HsmPool:
                 "hsm %s: module calls are serialised; mode 'threaded' runs inline", self.config.name
             )
         if self._mode == "threaded":
-            for sess in self._sessions:
-                t = threading.Thread(
-                    target=self._worker,
-                    args=(sess,),
-                    daemon=True,
-                    name=f"hsm-{self.config.name}-{sess.index}",
-                )
-                t.start()
-                self._workers.append(t)
-
-    def _start_sync(self) -> None:
-        """Start, retrying transient failures while sibling worker processes start too.
-
-        N server workers start at the same moment and each initialises the module, finds the
-        token and logs in. With SoftHSMv2 (a file-backed token) that raced: now and then a worker
-        saw "no token labelled ..." or CKR_GENERAL_ERROR from C_Login. Starts are therefore
-        serialised across processes with a lock file per (module, token, environment), and a
-        failed start is retried with back-off for up to ``START_RETRY_S``. A rejected PIN is never
-        retried: repeating it could lock the token's PIN.
-        """
-        delay = 0.05
-        give_up = time.monotonic() + START_RETRY_S
-        while True:
-            try:
-                with _startup_lock(self.config):
-                    self._start_once()
-                return
-            except (HsmUnavailable, HsmFailure) as exc:
-                pin_refused = getattr(exc, "rv", None) in _ck.PIN_REFUSED_RVS
-                if pin_refused or time.monotonic() + delay > give_up:
-                    raise
-                log.warning(
-                    "hsm %s: start failed (%s); retrying in %.2f s", self.config.name, exc, delay
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            self._threads.start((sess.index, sess) for sess in self._sessions)
 
     def _start_once(self) -> None:
+        """One start attempt (under the start-up lock): module, token, every session."""
         self._pid = os.getpid()
-        self._forks = _forks_seen
+        self._forks = startup.forks_seen()
         self._module = module.acquire(self.config.module, self.config.env)
         try:
             self._token = self._module.find_token(self.config.token_label)
@@ -254,23 +156,13 @@ class HsmPool:
             self._drained.notify_all()
         self._closed.set()
         self._fail_waiters(HsmUnavailable(f"HSM pool {self.config.name!r} is closed"))
-        for _ in self._workers:
-            self._jobs.put(None)
-        workers, self._workers = self._workers, []
-        await asyncio.to_thread(self._finish_close, workers)
+        threads = self._threads.stop()
+        await asyncio.to_thread(self._finish_close, threads)
 
-    def _finish_close(self, workers: list[threading.Thread]) -> None:
-        for t in workers:
-            t.join(timeout=10)
-        while True:  # jobs queued behind the stop sentinels: answer them instead of letting hang
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and job.claim():
-                job.deliver(None, HsmUnavailable(f"HSM pool {self.config.name!r} is closed"))
+    def _finish_close(self, threads: list[threading.Thread]) -> None:
+        self._threads.finish(threads, HsmUnavailable(f"HSM pool {self.config.name!r} is closed"))
         with self._lock:
-            self._drained.wait_for(lambda: self._in_use == 0, timeout=10)
+            self._drained.wait_for(lambda: self._in_use == 0, timeout=CLOSE_DRAIN_S)
         if self._module is not None:
             self._module.unregister(self)
         self._close_sessions()
@@ -287,51 +179,39 @@ class HsmPool:
 
     # ------------------------------------------------------------------ public operations
     async def key_info(self, label: str, *, deadline: float) -> KeyInfo:
-        op: Callable[[_Session], KeyInfo] = lambda s: self._key(s, label).info  # noqa: E731
-        sess = self._ready_session()
-        if sess is not None:
-            return self._run_inline(sess, op, deadline)
-        return await self._run(op, deadline)
+        return await self._submit(lambda s: self._key(s, label).info, deadline)
 
     async def encrypt(
         self, label: str, plaintext: bytes, aad: bytes, *, deadline: float
     ) -> GcmResult:
         if len(plaintext) > self.config.max_plaintext_bytes:
             raise ValueError(f"plaintext longer than {self.config.max_plaintext_bytes} bytes")
-        if len(aad) > MAX_AAD_BYTES:
-            raise ValueError(f"AAD longer than {MAX_AAD_BYTES} bytes")
-        op: Callable[[_Session], GcmResult] = lambda s: self._encrypt(s, label, plaintext, aad)  # noqa: E731
-        sess = self._ready_session()
-        if sess is not None:
-            return self._run_inline(sess, op, deadline)
-        return await self._run(op, deadline)
+        if len(aad) > MAX_FRAMED_AAD_BYTES:
+            raise ValueError(f"AAD longer than {MAX_FRAMED_AAD_BYTES} bytes")
+        return await self._submit(lambda s: self._encrypt(s, label, plaintext, aad), deadline)
 
     async def decrypt(
         self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes, deadline: float
     ) -> bytes:
-        if len(iv) not in (12, 16):
-            raise InvalidCiphertext("IV must be 12 or 16 bytes")
+        if len(iv) not in IV_LENGTHS:
+            raise InvalidCiphertext(f"IV must be {' or '.join(map(str, IV_LENGTHS))} bytes")
         if len(tag) != TAG_BYTES:
-            raise InvalidCiphertext("authentication tag must be 16 bytes")
+            raise InvalidCiphertext(f"authentication tag must be {TAG_BYTES} bytes")
         if len(ciphertext) > self.config.max_plaintext_bytes:
             raise InvalidCiphertext(
                 f"ciphertext longer than {self.config.max_plaintext_bytes} bytes"
             )
-        if len(aad) > MAX_AAD_BYTES:
-            raise InvalidCiphertext(f"AAD longer than {MAX_AAD_BYTES} bytes")
-        op: Callable[[_Session], bytes] = lambda s: self._decrypt(  # noqa: E731
-            s, label, iv, ciphertext, tag, aad
+        if len(aad) > MAX_FRAMED_AAD_BYTES:
+            raise InvalidCiphertext(f"AAD longer than {MAX_FRAMED_AAD_BYTES} bytes")
+        return await self._submit(
+            lambda s: self._decrypt(s, label, iv, ciphertext, tag, aad), deadline
         )
-        sess = self._ready_session()
-        if sess is not None:
-            return self._run_inline(sess, op, deadline)
-        return await self._run(op, deadline)
 
     async def probe(self) -> ProbeResult:
         """Encrypt+decrypt round trip with the health test key; never raises."""
         start = time.perf_counter()
         try:
-            await self._run(self._probe, time.monotonic() + 5.0)
+            await self._submit(self._probe, time.monotonic() + PROBE_TIMEOUT_S)
         except HsmError as exc:
             return ProbeResult(False, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a health loop must survive our own bugs too
@@ -340,13 +220,13 @@ class HsmPool:
         return ProbeResult(True, time.perf_counter() - start, None)
 
     def stats(self) -> PoolStats:
-        waiting = len(self._waiters) if self._mode == "inline" else self._jobs.qsize()
+        sessions, in_use, waiting = self.queue_state()
         return PoolStats(
             name=self.config.name,
             mode=self._mode,
             state=self._state,
-            sessions=len(self._sessions),
-            in_use=self._in_use,
+            sessions=sessions,
+            in_use=in_use,
             waiting=waiting,
             recoveries=self._recoveries,
             session_replacements=self._replacements,
@@ -356,7 +236,7 @@ class HsmPool:
     def queue_state(self) -> tuple[int, int, int]:
         """``(sessions, in_use, waiting)`` as in :meth:`stats`, without building a PoolStats
         (admission control reads it before every operation)."""
-        waiting = len(self._waiters) if self._mode == "inline" else self._jobs.qsize()
+        waiting = len(self._waiters) if self._mode == "inline" else self._threads.waiting()
         return len(self._sessions), self._in_use, waiting
 
     def set_session_wait_observer(self, observer: Callable[[float], None] | None) -> None:
@@ -372,28 +252,27 @@ class HsmPool:
         self._wait_observer = observer
 
     # ------------------------------------------------------------------ dispatch
+    async def _submit(self, op: Callable[[_Session], T], deadline: float) -> T:
+        """The one way an operation reaches a session.
+
+        Inline with a free session: run ``op`` now, without suspending (the fast path). Inline
+        without one: wait for a released session. Threaded: hand ``op`` to a worker thread.
+        """
+        self._check_usable()
+        if self._mode == "threaded":
+            return await self._threads.submit(op, deadline, self._wait_observer)
+        sess = self._acquire_nowait()
+        if sess is None:
+            sess = await self._wait_for_session(deadline)
+        return self._run_inline(sess, op, deadline)
+
     def _check_usable(self) -> None:
         if self._state != "ready":
             if self._state == "stopped":
                 raise HsmUnavailable(f"HSM pool {self.config.name!r} is not started")
             raise HsmUnavailable(f"HSM {self.config.name!r} is recovering; try again shortly")
-        if self._forks != _forks_seen:
+        if self._forks != startup.forks_seen():
             raise HsmUnavailable("HSM pool was created in another process; create it after fork")
-
-    def _ready_session(self) -> _Session | None:
-        """Inline mode's fast path: a free session now (no await at all), else None."""
-        self._check_usable()
-        return self._acquire_nowait() if self._mode == "inline" else None
-
-    async def _run(self, op: Callable[[_Session], T], deadline: float) -> T:
-        """Slow path: wait for a session (inline) or hand ``op`` to a worker (threaded)."""
-        self._check_usable()
-        if self._mode == "threaded":
-            return await self._run_threaded(op, deadline)
-        sess = self._acquire_nowait()
-        if sess is None:
-            sess = await self._wait_for_session(deadline)
-        return self._run_inline(sess, op, deadline)
 
     def _run_inline(self, sess: _Session, op: Callable[[_Session], T], deadline: float) -> T:
         """Run ``op`` on the acquired ``sess`` on this thread and release it."""
@@ -407,6 +286,20 @@ class HsmPool:
             # Same contract as threaded mode: an answer later than the deadline is a timeout.
             raise SessionTimeout("the HSM did not answer before the deadline")
         return result
+
+    def _run_claimed(self, sess: _Session, op: Callable[[_Session], T]) -> T:
+        """Threaded mode, on ``sess``'s worker thread: admit, execute, account for the drain."""
+        with self._lock:
+            if self._state != "ready":
+                raise HsmUnavailable(f"HSM {self.config.name!r} is recovering; try again shortly")
+            self._in_use += 1
+        try:
+            return self._execute(sess, op)
+        finally:
+            with self._lock:
+                self._in_use -= 1
+                if self._in_use == 0 and self._state != "ready":
+                    self._drained.notify_all()
 
     def _acquire_nowait(self) -> _Session | None:
         with self._lock:
@@ -466,67 +359,6 @@ class HsmPool:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(fail)
 
-    async def _run_threaded(self, op: Callable[[_Session], T], deadline: float) -> T:
-        assert self._loop is not None
-        submitted = time.monotonic()
-        remaining = deadline - submitted
-        if remaining <= 0:
-            raise SessionTimeout("deadline passed before an HSM session was requested")
-        fut: asyncio.Future[T] = self._loop.create_future()
-        job = _Job(op, fut, self._loop)
-        self._jobs.put(job)
-        timer = self._loop.call_later(remaining, self._expire, job)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-            if self._wait_observer is not None:
-                # Never claimed (picked 0.0): the job waited until its deadline.
-                self._wait_observer((job.picked or time.monotonic()) - submitted)
-
-    @staticmethod
-    def _expire(job: _Job) -> None:
-        if job.future.done():
-            return
-        if job.claim():
-            job.future.set_exception(
-                SessionTimeout("no HSM session became free before the deadline")
-            )
-        else:
-            job.future.set_exception(SessionTimeout("the HSM did not answer before the deadline"))
-
-    def _worker(self, sess: _Session) -> None:
-        """Threaded mode: this thread alone uses ``sess``."""
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if not job.claim():
-                continue  # its deadline already answered the caller
-            job.picked = time.monotonic()
-            with self._lock:
-                usable = self._state == "ready"
-                if usable:
-                    self._in_use += 1
-            if not usable:
-                job.deliver(
-                    None,
-                    HsmUnavailable(f"HSM {self.config.name!r} is recovering; try again shortly"),
-                )
-                continue
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = self._execute(sess, job.op)
-            except BaseException as exc:
-                error = exc
-            finally:
-                with self._lock:
-                    self._in_use -= 1
-                    if self._in_use == 0 and self._state != "ready":
-                        self._drained.notify_all()
-            job.deliver(result, error)
-
     # ------------------------------------------------------------------ execution + recovery
     def _execute(self, sess: _Session, op: Callable[[_Session], T]) -> T:
         """Run ``op`` on ``sess``; map errors.
@@ -551,7 +383,7 @@ class HsmPool:
                     continue
                 if session_retry and exc.fault is Fault.SESSION:
                     session_retry = False
-                    sess.handle = self._closed_handle(sess)
+                    self._forget(sess)
                     continue
                 raise self._translate(exc) from None
 
@@ -570,19 +402,20 @@ class HsmPool:
     def _open(self, sess: _Session) -> None:
         mod = self._module
         assert mod is not None
+        assert self._token is not None  # found by start() before any session is opened
         generation = mod.generation
         session = mod.open_session(self._token, self.config.pin)
         sess.handle = session.handle
         sess.gcm = Gcm(mod.functions, session.handle)
         sess.generation = generation
 
-    def _closed_handle(self, sess: _Session) -> None:
+    def _forget(self, sess: _Session) -> None:
         """Forget a broken session (best-effort close); the next attempt opens a new one."""
         mod = self._module
         if sess.handle is not None and mod is not None:
             with mod.call_lock:
                 mod.functions.C_CloseSession(sess.handle)
-        return None
+        sess.handle = None
 
     def _replace(self, sess: _Session) -> None:
         """Close (best effort) and reopen one session; a failure means the module is down."""
@@ -716,5 +549,8 @@ class HsmPool:
         if back != plaintext:
             raise HsmFailure("health probe round trip returned different data")
 
+
+# The seam the service codes against: mypy proves here that HsmPool offers every CryptoPool call.
+_SATISFIES_CRYPTO_POOL: type[CryptoPool] = HsmPool
 
 __all__ = ["HsmPool"]

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from .limits import DEFAULT_MAX_PLAINTEXT_BYTES, MIN_MAX_PLAINTEXT_BYTES
+
 USAGE_NAMES = ("ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE")
 
 
@@ -22,7 +24,7 @@ class HsmConfig:
     mode: Literal["inline", "threaded"] = "inline"
     iv_source: Literal["rng", "module"] = "rng"
     health_key_label: str = "xks-health-test"
-    max_plaintext_bytes: int = 65536
+    max_plaintext_bytes: int = DEFAULT_MAX_PLAINTEXT_BYTES
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -32,8 +34,8 @@ class HsmConfig:
             raise ValueError(f"mode must be 'inline' or 'threaded', not {self.mode!r}")
         if self.iv_source not in ("rng", "module"):
             raise ValueError(f"iv_source must be 'rng' or 'module', not {self.iv_source!r}")
-        if self.max_plaintext_bytes < 4300:
-            raise ValueError("max_plaintext_bytes must be at least 4300")
+        if self.max_plaintext_bytes < MIN_MAX_PLAINTEXT_BYTES:
+            raise ValueError(f"max_plaintext_bytes must be at least {MIN_MAX_PLAINTEXT_BYTES}")
 
 
 @dataclass(frozen=True)

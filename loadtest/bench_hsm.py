@@ -34,6 +34,17 @@ from hsm.gcm import Gcm  # noqa: E402
 from hsm.softhsm import provision  # noqa: E402
 
 PLAINTEXT = os.urandom(32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One measured run: operations per second and per-call latencies (microseconds)."""
+
+    ops_s: float
+    enc: list[float]
+    dec: list[float]
+
+
 AAD = os.urandom(64)
 
 
@@ -42,7 +53,7 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
 
 
-def bare(cfg: HsmConfig, seconds: float) -> dict[str, object]:
+def bare(cfg: HsmConfig, seconds: float) -> Run:
     mod = module.acquire(cfg.module, cfg.env)
     try:
         session = mod.open_session(mod.find_token(cfg.token_label), cfg.pin)
@@ -64,10 +75,10 @@ def bare(cfg: HsmConfig, seconds: float) -> dict[str, object]:
         mod.functions.C_CloseSession(h)
     finally:
         module.release(mod)
-    return {"ops_s": (len(enc) + len(dec)) / seconds, "enc": enc, "dec": dec}
+    return Run((len(enc) + len(dec)) / seconds, enc, dec)
 
 
-async def pooled(cfg: HsmConfig, seconds: float, tasks: int) -> dict[str, object]:
+async def pooled(cfg: HsmConfig, seconds: float, tasks: int) -> Run:
     serialize = os.environ.pop("XKSPROXY_PKCS11_SERIALIZE", None)
     if cfg.name.endswith("+threads"):  # see main(): really use worker threads on SoftHSMv2
         os.environ["XKSPROXY_PKCS11_SERIALIZE"] = "0"
@@ -104,27 +115,27 @@ async def pooled(cfg: HsmConfig, seconds: float, tasks: int) -> dict[str, object
         await asyncio.gather(*(worker() for _ in range(tasks)))
     finally:
         await pool.close()
-    return {"ops_s": (len(enc) + len(dec)) / seconds, "enc": enc, "dec": dec}
+    return Run((len(enc) + len(dec)) / seconds, enc, dec)
 
 
-def row(name: str, runs: list[dict[str, object]], ratios: list[float]) -> str:
+def row(name: str, runs: list[Run], ratios: list[float]) -> str:
     """Median run of several (by ops/s) and the median of the per-round ratios to bare."""
-    runs = sorted(runs, key=lambda r: float(r["ops_s"]))  # type: ignore[arg-type]
+    runs = sorted(runs, key=lambda r: r.ops_s)
     result = runs[len(runs) // 2]
-    enc, dec = result["enc"], result["dec"]
-    ops = float(result["ops_s"])  # type: ignore[arg-type]
+    enc, dec = result.enc, result.dec
+    ops = result.ops_s
     ratio = statistics.median(ratios)
     return (
-        f"| {name:<30} | {ops:>9,.0f} | {ratio:>5.2f}x | {pct(enc, 0.5):>7.0f} | "  # type: ignore[arg-type]
+        f"| {name:<30} | {ops:>9,.0f} | {ratio:>5.2f}x | {pct(enc, 0.5):>7.0f} | "
         f"{pct(enc, 0.99):>7.0f} | {pct(dec, 0.5):>7.0f} | {pct(dec, 0.99):>7.0f} |"
-    )  # type: ignore[arg-type]
+    )
 
 
 def rounds(
     variants: dict[str, HsmConfig | None], cfg_bare: HsmConfig, seconds: float, tasks: int, n: int
 ) -> None:
     """Run bare + each pool variant ``n`` times, interleaved, so load drift hits all alike."""
-    results: dict[str, list[dict[str, object]]] = {"bare": []}
+    results: dict[str, list[Run]] = {"bare": []}
     ratios: dict[str, list[float]] = {"bare": []}
     for _ in range(n):
         base = bare(cfg_bare, seconds)
@@ -134,13 +145,13 @@ def rounds(
             assert cfg is not None
             r = asyncio.run(pooled(cfg, seconds, tasks))
             results.setdefault(name, []).append(r)
-            ratios.setdefault(name, []).append(float(r["ops_s"]) / float(base["ops_s"]))  # type: ignore[arg-type]
+            ratios.setdefault(name, []).append(r.ops_s / base.ops_s)
     for name in results:
         label = "bare single-session loop" if name == "bare" else name
         print(row(label, results[name], ratios[name]), flush=True)
-    best_bare = max(float(r["ops_s"]) for r in results["bare"])  # type: ignore[arg-type]
+    best_bare = max(r.ops_s for r in results["bare"])
     best = ", ".join(
-        f"{name} {max(float(r['ops_s']) for r in runs) / best_bare:.2f}x"  # type: ignore[arg-type]
+        f"{name} {max(r.ops_s for r in runs) / best_bare:.2f}x"
         for name, runs in results.items()
         if name != "bare"
     )
@@ -188,7 +199,8 @@ def main() -> None:
         args.rounds,
     )
     if args.slow_ms:
-        from support.faultshim import FaultShim
+        # tests/support is on sys.path (above); mypy checks loadtest/ without tests/.
+        from support.faultshim import FaultShim  # type: ignore[import-not-found]
 
         shim = FaultShim.create(state)
         shim.set("delay", delay_ms=args.slow_ms)

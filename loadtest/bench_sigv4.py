@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,7 +48,9 @@ def _body(i: int) -> bytes:
     ).encode()
 
 
-def _requests(n: int, cred: sigv4.Credential, now: float) -> list[tuple[list, bytes]]:
+def _requests(
+    n: int, cred: sigv4.Credential, now: float
+) -> list[tuple[list[tuple[bytes, bytes]], bytes]]:
     out = []
     for i in range(n):
         body = _body(i)
@@ -74,7 +77,7 @@ def _requests(n: int, cred: sigv4.Credential, now: float) -> list[tuple[list, by
     return out
 
 
-def _time_loop(fn, seconds: float) -> tuple[int, float]:
+def _time_loop(fn: Callable[[], object], seconds: float) -> tuple[int, float]:
     """Call fn() in batches until ``seconds`` elapse; return (calls, elapsed)."""
     calls, start = 0, time.perf_counter()
     while True:
@@ -97,7 +100,7 @@ def main() -> None:
     now = time.time()
     reqs = _requests(args.requests, cred, now)
 
-    def lookup(akid: str):
+    def lookup(akid: str) -> Sequence[sigv4.Credential]:
         return creds if akid == cred.access_key_id else ()
 
     def verify_batch() -> None:

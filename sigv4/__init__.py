@@ -1,14 +1,19 @@
 """AWS Signature Version 4 for XKS: verify what KMS sends, sign what our clients send.
 
 No HTTP framework, no HSM, no xksproxy import: a pure function of the request's parts, so the
-service, the load generators and the tests all share one implementation.
+service, the load generators and the tests all share one implementation. The exports are pinned
+to ARCHITECTURE.md, section "sigv4/" (tests/sigv4/test_sigv4_surface.py).
 
-Verifying (in an ASGI app; ``scope["headers"]`` can be passed as is)::
+Verifying (in an ASGI app; ``scope["headers"]`` can be passed as is). ``lookup`` is any callable
+from an access key id to the credentials with that id (empty when unknown); xksproxy passes its
+key store's::
+
+    def lookup(access_key_id: str) -> Sequence[Credential]: ...
 
     try:
         who = verify(method="POST", path=scope["raw_path"], query=scope["query_string"],
-                     headers=scope["headers"], body=body, lookup=store.credentials_for,
-                     now=time.time(), regions=store.regions)
+                     headers=scope["headers"], body=body, lookup=lookup,
+                     now=time.time(), regions={"us-east-1"})
     except SigV4Error as exc:
         answer_401(exc.message)        # safe to send back; type(exc) names the cause for logs
 

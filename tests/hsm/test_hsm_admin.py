@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import stat
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from pkcs11 import Attribute, KeyType, ObjectClass
 from support.hsm_keys import DEMO_KEYS, HEALTH_KEY_LABEL, KNOWN_KEY_LABEL
 
-from hsm import HsmConfig, HsmPool, admin, module
+from hsm import HsmConfig, HsmPool, admin, module, startup
 from hsm.errors import HsmFailure, HsmUnavailable, KeyNotFound
 from hsm.softhsm import ProvisionedToken, provision
 
@@ -156,11 +157,19 @@ async def test_lifecycle_and_input_limits(hsm_config: HsmConfig) -> None:
         await pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 1)
 
 
-async def test_wrong_pin_and_unknown_token(hsm_config: HsmConfig) -> None:
+async def test_wrong_pin_and_unknown_token(
+    hsm_config: HsmConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong PIN fails at once; an unknown token is retried (sibling workers may still be
+    creating it) until the start-up budget, shortened here from 5 s, runs out."""
+    monkeypatch.setattr(startup, "START_RETRY_S", 0.3)
+    caplog.set_level(logging.WARNING, logger="hsm")
     with pytest.raises(HsmFailure, match="PIN_INCORRECT"):
         await HsmPool(dataclasses.replace(hsm_config, pin="wrong-pin-0000")).start()
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
     with pytest.raises(HsmUnavailable, match="no token"):
         await HsmPool(dataclasses.replace(hsm_config, token_label="nope")).start()
+    assert [r for r in caplog.records if "retrying" in r.getMessage()]
 
 
 async def test_module_iv_source_never_returns_an_unchanged_iv(hsm_config: HsmConfig) -> None:
@@ -179,11 +188,10 @@ def test_pool_after_fork(hsm_token: ProvisionedToken, hsm_config: HsmConfig) -> 
     """A pool from the parent refuses to work in a child; a pool made in the child works."""
     script = r"""
 import asyncio, os, sys, time
-sys.path.insert(0, sys.argv[1])
 from hsm import HsmConfig, HsmPool
 from hsm.errors import HsmUnavailable
 from hsm.softhsm import provision
-cfg = provision(sys.argv[2], sys.argv[3]).hsm_config()
+cfg = provision(sys.argv[1], sys.argv[2]).hsm_config()
 
 async def use(pool):
     r = await pool.encrypt("demo", b"abc", b"", deadline=time.monotonic() + 5)
@@ -216,8 +224,8 @@ async def parent():
 asyncio.run(parent())
 """
     out = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT), str(hsm_token.state_dir), hsm_token.token_label],
-        env={**os.environ, **hsm_token.env()},
+        [sys.executable, "-c", script, str(hsm_token.state_dir), hsm_token.token_label],
+        env={**os.environ, **hsm_token.env(), "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=60,

@@ -208,13 +208,17 @@ async def test_module_finalised_from_outside(
     await _with_fault(cfg, inject, how=how)
 
 
+@pytest.mark.parametrize("fault_s", [0.5, pytest.param(2.0, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("mode", ["inline", "threaded"])
-async def test_device_error_for_two_seconds(
-    hsm_config: HsmConfig, tmp_path: Path, mode: str
+async def test_device_error_for_a_while(
+    hsm_config: HsmConfig, tmp_path: Path, mode: str, fault_s: float
 ) -> None:
+    """Every call fails with CKR_DEVICE_ERROR for ``fault_s`` seconds, under load."""
     shim = FaultShim.create(tmp_path)
     cfg = shim.hsm_config(hsm_config, mode=mode)
-    await _with_fault(cfg, lambda: shim.set("device_error"), lambda: shim.set("ok"), fault_s=2.0)
+    await _with_fault(
+        cfg, lambda: shim.set("device_error"), lambda: shim.set("ok"), fault_s=fault_s
+    )
 
 
 async def test_outage_fails_fast_with_hsm_unavailable(

@@ -7,6 +7,7 @@ Both variants use python-pkcs11 sessions (one per thread) and its AES-GCM encryp
 differ only in how the module is initialised: ``stock`` = ``pkcs11.lib()`` (``C_Initialize(NULL)``),
 ``locking`` = ``hsm.module`` (``CKF_OS_LOCKING_OK``). Exit 0 and "OK <n>" when every round trip
 returned the original plaintext; a wrong result exits 3; a heap corruption kills the process.
+The caller puts the checkout on PYTHONPATH (for ``hsm``); this script changes no import path.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import os
 import sys
 import threading
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pkcs11
 from pkcs11 import Attribute, Mechanism, ObjectClass
