@@ -32,8 +32,10 @@ import ssl
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.duration > 240:
         p.error("--duration is at most 240 s (pre-signed requests expire after 300 s)")
+    # uvloop.run and asyncio.run differ in keyword options; only the coroutine is passed here.
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 
