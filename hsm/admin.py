@@ -18,14 +18,8 @@ from pkcs11.exceptions import PKCS11Error
 from . import keys, module
 from .classify import CkError
 from .errors import HsmFailure, KeyNotFound
-from .types import USAGE_NAMES, HsmConfig, KeyInfo
+from .types import USAGE_NAMES, USAGE_PRESETS, HsmConfig, KeyInfo
 
-USAGE_PRESETS: dict[str, frozenset[str]] = {
-    "encrypt-decrypt": frozenset({"ENCRYPT", "DECRYPT"}),
-    "encrypt": frozenset({"ENCRYPT"}),
-    "decrypt": frozenset({"DECRYPT"}),
-    "none": frozenset(),
-}
 _USAGE_ATTRIBUTES = {
     "ENCRYPT": Attribute.ENCRYPT,
     "DECRYPT": Attribute.DECRYPT,
