@@ -145,7 +145,7 @@ async def presign_pool(target: Target, ctx: ssl.SSLContext | None, n: int) -> di
 
 async def run_mix(
     target: Target,
-    ctx,
+    ctx: ssl.SSLContext | None,
     rate: float,
     duration: float,
     connections: int,
@@ -196,7 +196,9 @@ async def run_mix(
     return res
 
 
-async def run_seq(target: Target, ctx, count: int, pools) -> Result:
+async def run_seq(
+    target: Target, ctx: ssl.SSLContext | None, count: int, pools: dict[str, list[bytes]]
+) -> Result:
     res = Result()
     conn = await Conn.open(target.base_url, ctx)
     pool = pools["encrypt"]
@@ -214,7 +216,9 @@ async def run_seq(target: Target, ctx, count: int, pools) -> Result:
     return res
 
 
-async def run_newconn(target: Target, ctx, count: int, pools) -> Result:
+async def run_newconn(
+    target: Target, ctx: ssl.SSLContext | None, count: int, pools: dict[str, list[bytes]]
+) -> Result:
     res = Result()
     pool = pools["encrypt"]
     start = time.perf_counter()
