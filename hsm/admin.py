@@ -19,14 +19,8 @@ from . import keys, module
 from .classify import CkError
 from .errors import HsmFailure, KeyNotFound
 from .limits import AES_KEY_BYTES, MAX_KEY_LABEL_BYTES
-from .types import USAGE_NAMES, HsmConfig, KeyInfo
+from .types import USAGE_NAMES, USAGE_PRESETS, HsmConfig, KeyInfo
 
-USAGE_PRESETS: dict[str, frozenset[str]] = {
-    "encrypt-decrypt": frozenset({"ENCRYPT", "DECRYPT"}),
-    "encrypt": frozenset({"ENCRYPT"}),
-    "decrypt": frozenset({"DECRYPT"}),
-    "none": frozenset(),
-}
 _USAGE_ATTRIBUTES = {
     "ENCRYPT": Attribute.ENCRYPT,
     "DECRYPT": Attribute.DECRYPT,

@@ -10,6 +10,14 @@ from typing import Literal
 from .limits import DEFAULT_MAX_PLAINTEXT_BYTES, MIN_MAX_PLAINTEXT_BYTES
 
 USAGE_NAMES = ("ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE")
+# Named usages for key creation (hsm.admin.create_key, `xksproxy keys create --usage`). Here, not
+# in admin.py, so the CLI can offer the names without loading python-pkcs11.
+USAGE_PRESETS: dict[str, frozenset[str]] = {
+    "encrypt-decrypt": frozenset({"ENCRYPT", "DECRYPT"}),
+    "encrypt": frozenset({"ENCRYPT"}),
+    "decrypt": frozenset({"DECRYPT"}),
+    "none": frozenset(),
+}
 
 
 @dataclass(frozen=True)

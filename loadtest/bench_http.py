@@ -17,7 +17,7 @@ p50/p99/p99.9 (from h2load's per-request log).
     python -m loadtest.bench_http                         # everything, 5 s per run
     python -m loadtest.bench_http --servers granian --transports tls --duration 5
 
-Needs h2load (Debian nghttp2-client; `XKSPROXY_BOOTSTRAP_EXTRA=load scripts/bootstrap.sh`).
+Needs h2load (Debian nghttp2-client; `scripts/bootstrap.sh test`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from xksproxy import environment
+
 REPO = Path(__file__).resolve().parents[1]
 _START_TIMEOUT_S = 120.0
 
@@ -31,7 +33,7 @@ class Running:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.pop("XKSPROXY_STATE_DIR", None)
+    env.pop(environment.STATE_DIR.name, None)
     return env
 
 

@@ -32,8 +32,10 @@ import ssl
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -143,7 +145,7 @@ async def presign_pool(target: Target, ctx: ssl.SSLContext | None, n: int) -> di
 
 async def run_mix(
     target: Target,
-    ctx,
+    ctx: ssl.SSLContext | None,
     rate: float,
     duration: float,
     connections: int,
@@ -194,7 +196,9 @@ async def run_mix(
     return res
 
 
-async def run_seq(target: Target, ctx, count: int, pools) -> Result:
+async def run_seq(
+    target: Target, ctx: ssl.SSLContext | None, count: int, pools: dict[str, list[bytes]]
+) -> Result:
     res = Result()
     conn = await Conn.open(target.base_url, ctx)
     pool = pools["encrypt"]
@@ -212,7 +216,9 @@ async def run_seq(target: Target, ctx, count: int, pools) -> Result:
     return res
 
 
-async def run_newconn(target: Target, ctx, count: int, pools) -> Result:
+async def run_newconn(
+    target: Target, ctx: ssl.SSLContext | None, count: int, pools: dict[str, list[bytes]]
+) -> Result:
     res = Result()
     pool = pools["encrypt"]
     start = time.perf_counter()
@@ -320,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.duration > 240:
         p.error("--duration is at most 240 s (pre-signed requests expire after 300 s)")
+    # uvloop.run and asyncio.run differ in keyword options; only the coroutine is passed here.
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 

@@ -22,11 +22,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loadtest.embedded_server import init_state
 from loadtest.xks_requests import Prepared, decrypt_body, prepare, target_from_env
+from xksproxy import environment
 
 HOST = "127.0.0.1:8443"
 REPORT = sys.stdout  # figures go here; fd 1 (the app's request log) goes to /dev/null
@@ -52,23 +54,25 @@ def scope_of(req: Prepared) -> dict:
     }
 
 
-async def call(app, req: Prepared) -> tuple[int, bytes]:
-    sent: list[dict] = []
+async def call(app: Any, req: Prepared) -> tuple[int, bytes]:
+    sent: list[dict[str, Any]] = []
     body_msg = {"type": "http.request", "body": req.body, "more_body": False}
 
-    async def receive() -> dict:
+    async def receive() -> dict[str, Any]:
         return body_msg
 
-    async def send(msg: dict) -> None:
+    async def send(msg: dict[str, Any]) -> None:
         sent.append(msg)
 
     await app(scope_of(req), receive, send)
     return sent[0]["status"], sent[1].get("body", b"")
 
 
-async def lifespan(app):
-    q: asyncio.Queue = asyncio.Queue()
-    out: asyncio.Queue = asyncio.Queue()
+async def lifespan(
+    app: Any,
+) -> tuple[asyncio.Queue[dict[str, Any]], asyncio.Queue[dict[str, Any]], asyncio.Task[None]]:
+    q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await q.put({"type": "lifespan.startup"})
     task = asyncio.create_task(
         app({"type": "lifespan", "asgi": {"version": "3.0"}}, q.get, out.put)
@@ -79,12 +83,12 @@ async def lifespan(app):
     return q, out, task
 
 
-def _qualname(fn) -> str:
+def _qualname(fn: object) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 async def amain(args: argparse.Namespace, state: Path) -> None:
-    os.environ["XKSPROXY_CONFIG"] = str(state / "xksproxy.toml")
+    os.environ[environment.CONFIG.name] = str(state / "xksproxy.toml")
     os.environ["XKS_STATE_DIR"] = str(state)
     from xksproxy.runtime.factory import create_app
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import gevent
-from locust import constant_throughput
+from locust import constant_throughput, events
 from locust.env import Environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +34,7 @@ MAX_DURATION_S = 600
 def run(host: str, rate: float, duration: float, users: int) -> tuple[dict, float]:
     """Run the mix; returns (figures, elapsed)."""
     locustfile.XksUser.wait_time = constant_throughput(rate / users)
-    env = Environment(user_classes=[locustfile.XksUser], host=host, events=locustfile.events)
+    env = Environment(user_classes=[locustfile.XksUser], host=host, events=events)
     runner = env.create_local_runner()
     start = time.monotonic()
     stopped_at: list[float] = []

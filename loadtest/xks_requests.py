@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sigv4
+from xksproxy import environment
 
 XKS_SERVICE = "kms-xks-proxy"
 DEFAULT_REGION = "us-east-1"
@@ -54,7 +55,7 @@ def target_from_env(base_url: str | None = None) -> Target:
     uri_path = os.environ.get("XKS_URI_PATH")
     akid = os.environ.get("XKS_ACCESS_KEY_ID")
     secret = os.environ.get("XKS_SECRET")
-    state = os.environ.get("XKS_STATE_DIR") or os.environ.get("XKSPROXY_STATE_DIR")
+    state = os.environ.get("XKS_STATE_DIR") or environment.STATE_DIR.get()
     if state and not (uri_path and akid and secret):
         console = json.loads((Path(state) / "kms-console.json").read_text())
         cred = console["XksProxyAuthenticationCredential"]

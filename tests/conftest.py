@@ -2,8 +2,9 @@
 
 ``hsm_token`` provisions a private token in a pytest tmp dir (never ~/.local/state) with the demo
 keys and the health test key (labels in tests/support/hsm_keys.py, importable as
-``support.hsm_keys``); ``hsm_config`` is an :class:`hsm.HsmConfig` for it (inline mode;
-use ``dataclasses.replace(hsm_config, mode="threaded", sessions=8)`` for variants); ``fault_shim``
+``support.hsm_keys``: pyproject's pytest ``pythonpath`` puts tests/ on the path); ``hsm_config``
+is an :class:`hsm.HsmConfig` for it (inline mode; use
+``dataclasses.replace(hsm_config, mode="threaded", sessions=8)`` for variants); ``fault_shim``
 gives a FaultShim (slow HSM / device errors) per test.
 
 SOFTHSM2_CONF is read by SoftHSMv2 once per process, at ``C_Initialize``. Everything in-process
@@ -17,21 +18,15 @@ shared), e.g. a server started by a test with ``hsm_token.conf_path``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.faultshim import FaultShim
+from support.hsm_keys import DEMO_KEYS, KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the checkout, when not installed with `pip install -e`
-    sys.path.insert(0, str(ROOT))
-
-from support.faultshim import FaultShim  # noqa: E402
-from support.hsm_keys import DEMO_KEYS, KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL  # noqa: E402
-
-from hsm import HsmConfig, admin  # noqa: E402
-from hsm.softhsm import ProvisionedToken, provision  # noqa: E402
+from hsm import HsmConfig, admin
+from hsm.softhsm import ProvisionedToken, provision
 
 
 @pytest.fixture(scope="session")

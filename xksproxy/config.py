@@ -9,9 +9,9 @@ Paths are resolved against the directory of the config file.  Secrets are refere
 secret is refused so it never ends up in version control.  ``[hsm.env]`` values that name an
 existing file relative to the config directory are made absolute (e.g. ``SOFTHSM2_CONF``).
 
-Environment overrides, applied after the file and validated the same way:
-``XKSPROXY_BIND`` (server.bind), ``XKSPROXY_WORKERS`` (server.workers), ``XKSPROXY_PLAIN_HTTP``
-(server.plain_http: 1/true/yes/on or 0/false/no/off), ``XKSPROXY_SERVER`` (server.server).
+Environment overrides, applied after the file and validated the same way (names and docs in
+:mod:`xksproxy.environment`): ``BIND`` (server.bind), ``WORKERS`` (server.workers),
+``PLAIN_HTTP`` (server.plain_http: 1/true/yes/on or 0/false/no/off), ``SERVER`` (server.server).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from hsm.types import HsmConfig
 from sigv4 import Credential, validate_access_key_id, validate_secret
+from xksproxy import environment
 from xksproxy.bind import parse_bind
 from xksproxy.xks.uri import API_ROOT, MAX_BASE_PATH_CHARS, base_path
 
@@ -264,22 +265,27 @@ def _server(s: _Section) -> ServerConfig:
 
 def _env_overrides(cfg: ServerConfig, env: Mapping[str, str]) -> ServerConfig:
     changes: dict[str, Any] = {}
-    if "XKSPROXY_BIND" in env:
-        changes["bind"] = _bind(env["XKSPROXY_BIND"], "XKSPROXY_BIND")
-    if "XKSPROXY_WORKERS" in env:
-        raw = env["XKSPROXY_WORKERS"].strip()
-        if not raw.isdigit():
-            raise ConfigError("XKSPROXY_WORKERS: must be a non-negative integer")
-        changes["workers"] = int(raw)
-    if "XKSPROXY_PLAIN_HTTP" in env:
-        raw = env["XKSPROXY_PLAIN_HTTP"].strip().lower()
-        if raw not in _TRUE | _FALSE:
-            raise ConfigError("XKSPROXY_PLAIN_HTTP: must be true/false (1/0, yes/no, on/off)")
-        changes["plain_http"] = raw in _TRUE
-    if "XKSPROXY_SERVER" in env:
-        if env["XKSPROXY_SERVER"] not in ("granian", "hypercorn"):
-            raise ConfigError('XKSPROXY_SERVER: must be "granian" or "hypercorn"')
-        changes["server"] = env["XKSPROXY_SERVER"]
+    bind = environment.BIND.get(env=env)
+    if bind is not None:
+        changes["bind"] = _bind(bind, environment.BIND.name)
+    workers = environment.WORKERS.get(env=env)
+    if workers is not None:
+        if not workers.strip().isdigit():
+            raise ConfigError(f"{environment.WORKERS.name}: must be a non-negative integer")
+        changes["workers"] = int(workers.strip())
+    plain = environment.PLAIN_HTTP.get(env=env)
+    if plain is not None:
+        flag = plain.strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise ConfigError(
+                f"{environment.PLAIN_HTTP.name}: must be true/false (1/0, yes/no, on/off)"
+            )
+        changes["plain_http"] = flag in _TRUE
+    server = environment.SERVER.get(env=env)
+    if server is not None:
+        if server not in ("granian", "hypercorn"):
+            raise ConfigError(f'{environment.SERVER.name}: must be "granian" or "hypercorn"')
+        changes["server"] = server
     if not changes:
         return cfg
     return ServerConfig(**{**cfg.__dict__, **changes})

@@ -16,6 +16,7 @@ This module imports nothing of xksproxy: every layer may use it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,9 +30,12 @@ class EnvVar:
     audience: Literal["operator", "internal"]
     doc: str
 
-    def get(self, default: str | None = None) -> str | None:
-        """The variable's value, or ``default`` when unset (an empty value counts as set)."""
-        return os.environ.get(self.name, default)
+    def get(
+        self, default: str | None = None, *, env: Mapping[str, str] | None = None
+    ) -> str | None:
+        """The variable's value in ``env`` (default: the process environment), or ``default``
+        when unset (an empty value counts as set)."""
+        return (os.environ if env is None else env).get(self.name, default)
 
 
 CONFIG = EnvVar(

@@ -16,6 +16,8 @@ from conformance_helpers import Cred, botocore_headers
 from server_harness import Server
 
 API = "/kms/xks/v1"
+# A plaintext the hostile requests carry: it must never reach a log or an error message.
+MARKER = b"adversarial-plaintext-marker"
 READ_TIMEOUT_S = 20.0
 
 

@@ -4,15 +4,9 @@ adversarial suite, built with the conformance harness so both suites start serve
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-
 from adversarial_helpers import Target
 from server_harness import init_state, start_server
 

@@ -6,10 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from adversarial_helpers import Target, assert_xks_error
+from adversarial_helpers import MARKER, Target, assert_xks_error
 from conformance_helpers import b64, encrypt_body
-
-MARKER = b"adversarial-plaintext-marker"
 
 
 def _good() -> dict[str, Any]:

@@ -10,14 +10,10 @@ state directory when a test first needs them.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from conformance_helpers import BotocoreClient, CurlClient, RequestsClient
 from server_harness import (
     DEFAULT_DEADLINE_MS,
@@ -28,13 +24,6 @@ from server_harness import (
     init_state,
     start_server,
 )
-
-LAST = "test_zz_logs.py"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The log audit stops the shared server and must see every request: run it last."""
-    items.sort(key=lambda item: item.path.name == LAST)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from conformance_helpers import (
@@ -58,13 +59,28 @@ def test_launcher_smoke(alt_server, stores):
         assert sum(pool.map(worker, range(4))) == 40
 
 
-def test_launcher_audit_chain_intact(alt_server, state):
-    """Several workers append to one audit chain: it must still verify."""
-    logs = [
-        p
-        for p in (state.path / "audit").glob("*-audit.log")
-        if alt_server.log_path.stem.removeprefix("server-") in p.name
-    ]
+def _audit_logs(alt_server, state) -> list:
+    """This server's audit log, once it holds whole lines."""
+    name = alt_server.log_path.stem.removeprefix("server-")
+    found = [p for p in (state.path / "audit").glob("*-audit.log") if name in p.name]
+    return [p for p in found if p.read_bytes().endswith(b"\n")]
+
+
+def test_launcher_audit_chain_intact(alt_server, state, stores):
+    """Several workers append to one audit chain: it must still verify. Sends its own requests
+    (the audit file appears with the first audited request), so it needs no other test."""
+    s = stores["demo"]
+    client = BotocoreClient(alt_server.base_url)
+    try:
+        for _ in range(8):
+            body = encrypt_body(b"x" * 32)
+            assert_ok(client.post(s.key_path("demo", "encrypt"), body, s.creds[0]))
+    finally:
+        client.close()
+    deadline = time.monotonic() + 20  # bounded wait for the writer thread, not a timing claim
+    while not _audit_logs(alt_server, state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    logs = _audit_logs(alt_server, state)
     assert len(logs) == 1, logs
     done = run_cli("audit", "verify", "--config", str(state.config), str(logs[0]))
     assert done.returncode == 0, done.stdout + done.stderr

@@ -74,9 +74,10 @@ class StdoutLines:
         threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
 
     def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.all.append(line.rstrip("\n"))
-            self._q.put(self.all[-1])
+        with stream:  # closed at EOF here, not by the garbage collector (a ResourceWarning)
+            for line in stream:
+                self.all.append(line.rstrip("\n"))
+                self._q.put(self.all[-1])
         self._q.put(None)
 
     def wait_for(self, needle: str, timeout: float) -> str:

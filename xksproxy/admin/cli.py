@@ -16,23 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from hsm.types import USAGE_PRESETS
+from xksproxy import environment
 from xksproxy.admin import embedded
+from xksproxy.admin.keystore_lookup import KeystoreNotFound, keystore_index
 from xksproxy.environment import DEFAULT_STATE_DIR_TEXT
 from xksproxy.xks.protocol import ordered_key_usage
-from xksproxy.xks.uri import base_path
 
 if TYPE_CHECKING:
     from hsm import HsmConfig
     from xksproxy.config import Config, KeystoreConfig
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-# The CLI's words for key usage (the same presets hsm.admin.create_key accepts by name).
-USAGES: dict[str, frozenset[str]] = {
-    "encrypt-decrypt": frozenset({"ENCRYPT", "DECRYPT"}),
-    "encrypt": frozenset({"ENCRYPT"}),
-    "decrypt": frozenset({"DECRYPT"}),
-    "none": frozenset(),
-}
 
 
 class CliError(Exception):
@@ -74,7 +69,7 @@ def _config_path(args: argparse.Namespace) -> Path:
         if not path.is_file():
             _fail(f"configuration file not found: {path}", EXIT_USAGE)
         return path.absolute()
-    state_dir = Path(args.state_dir or embedded.default_state_dir()).expanduser().absolute()
+    state_dir = Path(args.state_dir or environment.default_state_dir()).expanduser().absolute()
     path = state_dir / embedded.CONFIG_NAME
     if not path.is_file():
         _fail(
@@ -127,31 +122,13 @@ def _module_problem(cfg: HsmConfig, exc: BaseException | None = None) -> str:
     return f"{where} not found{hint}"
 
 
-# Run in a child process: PKCS#11 must never be initialised in the launcher, which forks workers.
-_HSM_START_CHECK = """
-import asyncio, sys
-from pathlib import Path
-from hsm import HsmPool
-from xksproxy.config import load_config
-
-async def main() -> int:
-    for h in load_config(Path(sys.argv[1])).hsms:
-        pool = HsmPool(h)
-        try:
-            await pool.start()
-        except Exception as exc:
-            print(f"[[hsm]] {h.name}: {type(exc).__name__}: {exc}"[:400], file=sys.stderr)
-            return 1
-        await pool.close()
-    return 0
-
-sys.exit(asyncio.run(main()))
-"""
+# A check that takes longer (a hanging network HSM) is abandoned; the workers then report it.
 _HSM_START_CHECK_TIMEOUT_S = 60.0
 
 
 def _hsm_start_problem(config_path: Path) -> str | None:
-    """Open every [[hsm]] once (module, token, login) the way a worker will, in a child process.
+    """Open every [[hsm]] once (module, token, login) the way a worker will, in a child process
+    (:mod:`xksproxy.admin.hsmcheck`: PKCS#11 must never be initialised in the launcher).
 
     Why: a wrong PIN or token label otherwise shows up as every worker failing its start-up and
     the server giving up after a crash loop, a dozen log lines deep. This turns it into one line
@@ -160,9 +137,11 @@ def _hsm_start_problem(config_path: Path) -> str | None:
     """
     import subprocess
 
+    from xksproxy.admin.hsmcheck import PROBLEM_PREFIX
+
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _HSM_START_CHECK, str(config_path)],
+            [sys.executable, "-m", "xksproxy.admin.hsmcheck", str(config_path)],
             capture_output=True,
             text=True,
             check=False,
@@ -172,12 +151,8 @@ def _hsm_start_problem(config_path: Path) -> str | None:
         return None
     if done.returncode == 0:
         return None
-    lines = [line for line in done.stderr.splitlines() if line.startswith("[[hsm]]")]
+    lines = [line for line in done.stderr.splitlines() if line.startswith(PROBLEM_PREFIX)]
     return lines[-1] if lines else None
-
-
-def _uri_path(prefix: str) -> str:
-    return base_path(prefix)
 
 
 def _find_keystore(config: Config, wanted: str | None) -> KeystoreConfig:
@@ -187,11 +162,10 @@ def _find_keystore(config: Config, wanted: str | None) -> KeystoreConfig:
         _fail("the configuration has no [[keystore]] table", EXIT_USAGE)
     if wanted is None:
         return stores[0]
-    for s in stores:
-        if wanted in (s.path_prefix, s.name, _uri_path(s.path_prefix)):
-            return s
-    known = ", ".join(f"{s.name} ({s.path_prefix or '/'})" for s in stores)
-    _fail(f"no key store with path prefix or name {wanted!r} (have: {known})", EXIT_USAGE)
+    try:
+        return stores[keystore_index([(s.name, s.path_prefix) for s in stores], wanted)]
+    except KeystoreNotFound as exc:
+        _fail(str(exc), EXIT_USAGE)
 
 
 # --------------------------------------------------------------------------- commands
@@ -297,7 +271,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         _check_key_id(args.id)
         if any(k.label == args.id for k in admin.list_keys(cfg)):
             _fail(f"a key labelled {args.id!r} already exists on token {cfg.token_label!r}", 1)
-        usage = USAGES[args.usage]
+        usage = USAGE_PRESETS[args.usage]
         admin.create_key(cfg, args.id, usage)
         _out(f"created key {args.id} on {cfg.name} (usage: {embedded.usage_text(usage)})")
         stores = _stores_serving(config, cfg.name, args.id)
@@ -325,11 +299,10 @@ def _stores_serving(config: Config, hsm_name: str, label: str) -> list[str]:
 
 
 def _check_key_id(key_id: str) -> None:
-    """External key ids are 1..128 characters of A-Za-z0-9 . - _ (XKS specification)."""
-    ok = 1 <= len(key_id) <= 128 and all(
-        c.isascii() and (c.isalnum() or c in ".-_") for c in key_id
-    )
-    if not ok:
+    """External key ids follow the XKS specification (the rule lives in the config loader)."""
+    from xksproxy.config import valid_key_id
+
+    if not valid_key_id(key_id):
         _fail(
             f"invalid key id {key_id!r}: use 1-128 characters of A-Z a-z 0-9 . - _",
             EXIT_USAGE,
@@ -386,7 +359,7 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
         if not matches:
             _fail(f"key store {store.name!r} has no credential {args.access_key_id}", EXIT_USAGE)
         credential = matches[0]
-    doc = embedded.console_json(_uri_path(store.path_prefix), credential)
+    doc = embedded.console_json(store.uri_path, credential)
     sys.stdout.write(doc.decode("ascii"))
     sys.stdout.flush()
     return EXIT_OK
@@ -413,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xksproxy",
         description="AWS KMS External Key Store (XKS) proxy: AES-256-GCM inside your HSM.",
+        epilog=environment.operator_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the epilog's table layout
     )
     parser.add_argument("--version", action="version", version=f"xksproxy {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -441,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys_list)
     p = ksub.add_parser("create", help="create an AES-256 key labelled ID")
     p.add_argument("id", metavar="ID", help="external key id (= HSM key label)")
-    p.add_argument("--usage", choices=list(USAGES), default="encrypt-decrypt")
+    p.add_argument("--usage", choices=list(USAGE_PRESETS), default="encrypt-decrypt")
     p.set_defaults(func=cmd_keys_create)
     p = ksub.add_parser("delete", help="destroy the key labelled ID (irreversible)")
     p.add_argument("id", metavar="ID")
@@ -507,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m xksproxy`."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except CliError as exc:
         print(f"xksproxy: error: {exc.message}", file=sys.stderr, flush=True)
         return exc.code

@@ -28,9 +28,11 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sigv4
 from xksproxy.admin import embedded
+from xksproxy.admin.keystore_lookup import KeystoreNotFound, keystore_index
 from xksproxy.config import ConfigError, load_config
 from xksproxy.xks.uri import base_path
 
@@ -86,14 +88,14 @@ def _trim_end(lines: list[str], start: int, end: int) -> int:
     return end
 
 
-def _find_store(raw: dict, wanted: str) -> int:
+def _find_store(raw: dict[str, Any], wanted: str) -> int:
+    """Index of the ``[[keystore]]`` table ``wanted`` names (the rule all commands share)."""
     stores = raw.get("keystore", [])
-    for i, s in enumerate(stores):
-        prefix = s.get("path_prefix", "")
-        if wanted in (prefix, s.get("name"), base_path(prefix)):
-            return i
-    known = ", ".join(f"{s.get('name')} ({s.get('path_prefix', '') or '/'})" for s in stores)
-    raise CredentialsError(f"no key store with path prefix or name {wanted!r} (have: {known})")
+    pairs = [(str(s.get("name")), str(s.get("path_prefix", ""))) for s in stores]
+    try:
+        return keystore_index(pairs, wanted)
+    except KeystoreNotFound as exc:
+        raise CredentialsError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -121,7 +123,7 @@ def _commit(config_path: Path, new_text: str) -> None:
     embedded.atomic_write(config_path, new_text.encode("utf-8"), mode)
 
 
-def _secret_dir(config_path: Path, store: dict) -> Path:
+def _secret_dir(config_path: Path, store: dict[str, Any]) -> Path:
     for cred in store.get("credentials", []):
         ref = str(cred.get("secret", ""))
         if ref.startswith("file:"):
