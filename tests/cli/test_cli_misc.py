@@ -81,3 +81,15 @@ def test_serve_on_a_state_dir_with_a_broken_config_is_a_config_error(initialised
     assert r.returncode == 2
     assert "xksproxy.toml" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_kms_emulator_subcommand_hands_over_to_the_emulator(cli):
+    listed = cli("--help")
+    assert "kms-emulator" in listed.stdout
+    shown = cli("kms-emulator", "--help")
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("usage: xksproxy kms-emulator")
+    assert "--proxy-ca-file" in shown.stdout and "--allow-plain-http" in shown.stdout
+    wrong = cli("kms-emulator", "--no-such-option")
+    assert wrong.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in wrong.stderr

@@ -456,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check the configuration, HSM, keys and TLS")
     _add_location(p)
     p.set_defaults(func=cmd_doctor)
+
+    # Listed here for the overview; main() hands everything after the word to kmsemu's own
+    # parser, so `xksproxy kms-emulator --help` is the emulator's complete help.
+    sub.add_parser(
+        KMS_EMULATOR,
+        add_help=False,
+        help="run a local AWS KMS endpoint whose external key stores call XKS proxies "
+        "(see `xksproxy kms-emulator --help`)",
+    )
     return parser
 
 
@@ -478,9 +487,19 @@ def _non_negative(text: str) -> int:
     return n
 
 
+KMS_EMULATOR = "kms-emulator"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m xksproxy`."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == [KMS_EMULATOR]:
+        # The emulator is its own package (it talks to proxies over HTTP only, like KMS): this
+        # is the one place xksproxy reaches it, and only when asked.
+        from kmsemu.cli import main as kmsemu_main
+
+        return kmsemu_main(words[1:], prog=f"xksproxy {KMS_EMULATOR}")
+    args = build_parser().parse_args(words)
     try:
         return int(args.func(args))
     except CliError as exc:
