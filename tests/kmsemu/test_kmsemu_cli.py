@@ -76,6 +76,8 @@ def test_json_output_and_given_credentials(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert doc["endpoint"].startswith("http://127.0.0.1:")
     assert (doc["accessKeyId"], doc["secretAccessKey"]) == ("AKIAEXAMPLEEXAMPLE23", secret)
     assert doc["principalArn"] == "arn:aws:iam::111122223333:user/kmsemu"
