@@ -287,13 +287,13 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def _stores_serving(config: Config, hsm_name: str, label: str) -> list[str]:
     """Names of the key stores through which KMS can reach the HSM key `label`."""
+    from xksproxy.keys.resolver import KeyResolver
+
+    health = {h.name: h.health_key_label for h in config.hsms}
     names = []
     for store in config.keystores:
-        if store.hsm != hsm_name:
-            continue
-        mapped = set(store.key_labels.values())
-        direct = label in store.keys and label not in store.key_labels
-        if direct or label in mapped or "*" in store.keys:
+        resolver = KeyResolver(store, health)
+        if resolver.backend == hsm_name and resolver.serves_label(label):
             names.append(f"{store.name} ({store.uri_path})")
     return names
 

@@ -22,6 +22,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from xksproxy.keys.resolver import KeyResolver
+from xksproxy.xks.operations import METADATA
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 KMS_TIMEOUT_MS = 250
 CERT_WARN_DAYS = 30
@@ -292,14 +295,16 @@ async def _check_hsms(report: Report, config: Any) -> None:
                     f"create the health key: xksproxy keys create "
                     f"{hcfg.health_key_label} --hsm {hcfg.name}",
                 )
+            health = {h.name: h.health_key_label for h in config.hsms}
             for store in config.keystores:
-                if store.hsm == hcfg.name:
-                    await _check_store_keys(report, pool, store)
+                resolver = KeyResolver(store, health)
+                if resolver.backend == hcfg.name:
+                    await _check_store_keys(report, pool, store, resolver)
         finally:
             await pool.close()
 
 
-async def _check_store_keys(report: Report, pool: Any, store: Any) -> None:
+async def _check_store_keys(report: Report, pool: Any, store: Any, resolver: KeyResolver) -> None:
     """Each key a store lists: present on the token, and what it may do (KMS needs both)."""
     from hsm.errors import HsmError, KeyNotFound
 
@@ -307,7 +312,8 @@ async def _check_store_keys(report: Report, pool: Any, store: Any) -> None:
         if key_id == "*":
             report.add(f"key {store.name}/*", OK, "every key on the token except the health key")
             continue
-        label = store.key_labels.get(key_id, key_id)
+        key = resolver.resolve(key_id, METADATA)
+        label = key.label
         check = f"key {store.name}/{key_id}"
         try:
             info = await pool.key_info(label, deadline=time.monotonic() + 5.0)
@@ -323,7 +329,7 @@ async def _check_store_keys(report: Report, pool: Any, store: Any) -> None:
             report.add(check, FAIL, _safe(exc), "check the HSM")
             continue
         usage = {u for u in info.usage if u in ("ENCRYPT", "DECRYPT")}
-        state = "DISABLED " if key_id in store.disabled_keys else ""
+        state = "" if key.enabled else f"{key.status} "
         if usage == {"ENCRYPT", "DECRYPT"}:
             report.add(check, OK, f"{state}AES key {label!r}: ENCRYPT, DECRYPT")
         elif usage:

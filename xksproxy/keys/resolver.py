@@ -102,3 +102,15 @@ class KeyResolver:
         if self._wildcard and label != self._health_key_label and valid_key_id(key_id):
             return label
         raise KeyNotFoundException(f"external key {key_id} is not in key store {self._config.name}")
+
+    def serves_label(self, label: str) -> bool:
+        """Whether some external key id of this store names the HSM object ``label``.
+
+        For operators (``keys create`` says which stores can use a new key), so that the CLI
+        does not re-implement the label rules.
+        """
+        if label in self._config.key_labels.values():
+            return True
+        if label in self._config.keys and label not in self._config.key_labels:
+            return True
+        return self._wildcard and label != self._health_key_label and valid_key_id(label)
