@@ -19,9 +19,10 @@ from xksproxy.config import load_config
 PATH = "/demo/kms/xks/v1/keys/demo/encrypt"
 #: The slowed HSM (phase 1) and the hung HSM call (phase 2). Latency checks compare answers with
 #: these injected delays (ordering and ratios), never with an absolute wall-clock budget: a shared
-#: 2-core CI box can stretch any single answer by tens of milliseconds.
+#: 2-core CI box can stretch any single answer by hundreds of milliseconds, so the hang is long
+#: enough (3 s) that "answered long before the hung call returned" (< half of it) holds with room.
 SLOW_MS = 40
-HANG_MS = 1000
+HANG_MS = 3000
 
 
 @pytest.fixture
