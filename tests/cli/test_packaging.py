@@ -13,8 +13,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ("sigv4", "hsm", "xksproxy", "kmsemu")  # kmsemu/ counts once it exists
 
@@ -81,7 +79,5 @@ def test_environment_registry_imports_nothing_heavy() -> None:
 
 
 def test_config_loader_does_not_load_pkcs11() -> None:
-    if _loads("hsm.types", "pkcs11._pkcs11"):
-        pytest.skip("hsm/__init__ still loads python-pkcs11 eagerly (hsm/'s part of issue 11)")
     assert not _loads("xksproxy.config", "pkcs11._pkcs11")
     assert not _loads("xksproxy.admin.cli", "pkcs11._pkcs11")

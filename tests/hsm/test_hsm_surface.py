@@ -1,36 +1,14 @@
-"""The public surface of hsm/: exports pinned to ARCHITECTURE.md, cheap imports, the pool seam."""
+"""hsm/ beyond its exports (tests/test_public_surface.py): cheap imports, the pool seam, limits."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-import hsm
 from hsm import CryptoPool, HsmConfig, HsmPool, limits
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def documented_exports(package: str) -> list[str]:
-    """The names ARCHITECTURE.md lists after "Exports (`<package>.__all__`...):" in its section."""
-    text = (ROOT / "ARCHITECTURE.md").read_text()
-    section = text.split(f"\n## {package}/", 1)[1].split("\n## ", 1)[0]
-    found = re.search(rf"Exports \(`{package}\.__all__`[^)]*\):(.*?)\.\s", section, re.DOTALL)
-    assert found, f'ARCHITECTURE.md section "{package}/" lists no exports'
-    return re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", found.group(1))
-
-
-def test_all_matches_architecture_md() -> None:
-    assert sorted(hsm.__all__) == sorted(documented_exports("hsm"))
-    assert len(set(hsm.__all__)) == len(hsm.__all__)
-    for name in hsm.__all__:
-        assert hasattr(hsm, name), name
-
-
-def test_py_typed_marker_is_present() -> None:
-    assert (Path(hsm.__file__).parent / "py.typed").is_file()
 
 
 def test_importing_config_types_loads_no_pkcs11() -> None:
