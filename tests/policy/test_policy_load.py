@@ -137,3 +137,11 @@ def test_shipped_schema_copy_and_sample_policy():
     assert "no-account-root" in sample.ids.values()
     conf = (REPO / "conf" / "xksproxy.toml").read_text()
     assert '# policy = "policies/demo.cedar"' in conf
+
+
+def test_a_policy_id_clashing_with_a_deny_rule_name_is_refused(tmp_path):
+    deny = '[[keystore.deny]]\nname = "allow"\nprincipal = "*:root"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(_config(tmp_path, GOOD, deny))
+    message = info.value.message
+    assert "used twice" in message and "demo.cedar:2" in message and "deny" in message

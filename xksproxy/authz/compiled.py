@@ -72,10 +72,11 @@ class CompiledPolicy:
         return self.ids.get(first, first)
 
 
-def _where(path: Path | None, segs: list[Segment], index: int) -> str:
-    if path is not None and index < len(segs):
-        return f"{path}:{segs[index].line}"
-    return f"{path}" if path is not None else "translated [[keystore.deny]] rules"
+def _where(path: Path | None, file_segs: list[Segment], index: int) -> str:
+    """Policy ``index`` as an operator finds it: ``FILE:LINE``, or the translated deny rule."""
+    if index < len(file_segs):
+        return f"{path}:{file_segs[index].line}"
+    return f"the translated [[keystore.deny]] rules (policy {index - len(file_segs) + 1})"
 
 
 def compile_policy(
@@ -101,7 +102,6 @@ def compile_policy(
     text = file_text
     if deny_rules:
         text += "\n" + legacy.translate(deny_rules, with_permit=path is None)
-    all_segs = file_segs + segments(text[len(file_text) :])
     try:
         policy_set = cedarpy.PolicySet.from_str(text)
     except ValueError as exc:
@@ -116,8 +116,8 @@ def compile_policy(
         if reported in seen:
             raise PolicyError(
                 "policy",
-                f"{_where(path, all_segs, position)}: @id({reported!r}) is used twice "
-                f"(also at {_where(path, all_segs, int(seen[reported].removeprefix('policy')))}); "
+                f"{_where(path, file_segs, position)}: @id({reported!r}) is used twice "
+                f"(also at {_where(path, file_segs, int(seen[reported].removeprefix('policy')))}); "
                 "the logs name the policy that decided, so ids must be unique",
             )
         seen[reported] = cedar_id
@@ -126,7 +126,7 @@ def compile_policy(
     if not result.validation_passed:
         err = result.errors[0]
         pos = err.policy_id.removeprefix("policy")
-        where = _where(path, all_segs, int(pos)) if pos.isdigit() else f"{path}"
+        where = _where(path, file_segs, int(pos)) if pos.isdigit() else f"{path}"
         detail = err.error.replace(f"`{err.policy_id}`", f"`{ids.get(err.policy_id, pos)}`")
         raise PolicyError(
             "policy",
