@@ -50,6 +50,9 @@ permit (
 @id("demo-key-only-from-good-vpc")
 forbid (principal, action, resource == Xks::Key::"demo")
 when {{ context.awsSourceVpc != "{GOOD_VPC}" }};
+
+@id("no-frankfurt")
+forbid (principal, action, resource) when {{ context.region == "eu-central-1" }};
 """
 
 FORBID_ALL = '@id("forbid-all")\nforbid (principal, action, resource);\n'
@@ -170,6 +173,20 @@ def test_cedar_matrix(live, sealed, principal, operation, key, vpc):
     assert denial not in reply.body.decode() and "permit" not in reply.body.decode()
     record = live.request_log(kw["request_id"])
     assert record["denyRule"] == denial and record["outcome"] == "AccessDeniedException"
+
+
+@pytest.mark.parametrize("client_index", [0, 1, 2])
+def test_region_of_the_sigv4_scope_is_in_the_context(live, client_index):
+    demo = live.stores["demo"]
+    client = live.clients[client_index]
+    path = demo.key_path("demo", "metadata")
+    ok = client.post(path, metadata_body(principal=APP, awsSourceVpc=GOOD_VPC), demo.creds[0])
+    assert ok.status == 200, ok.describe()
+    request_id = rid()
+    body = metadata_body(principal=APP, awsSourceVpc=GOOD_VPC, request_id=request_id)
+    denied = client.post(path, body, demo.creds[0], region="eu-central-1")
+    assert denied.status == 403, denied.describe()
+    assert live.request_log(request_id)["denyRule"] == "no-frankfurt"
 
 
 def test_audit_log_names_the_deciding_policy(live):

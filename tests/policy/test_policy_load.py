@@ -145,3 +145,34 @@ def test_a_policy_id_clashing_with_a_deny_rule_name_is_refused(tmp_path):
         load_config(_config(tmp_path, GOOD, deny))
     message = info.value.message
     assert "used twice" in message and "demo.cedar:2" in message and "deny" in message
+
+
+def test_templates_are_refused_and_a_policy_without_permit_is_warned(tmp_path):
+    template = GOOD + "\npermit (principal == ?principal, action, resource);\n"
+    with pytest.raises(ConfigError, match=r"demo\.cedar:5: a template"):
+        load_config(_config(tmp_path, template))
+    report = run_checks(
+        _config(tmp_path, '@id("x")\nforbid (principal, action, resource);\n'), hsm=False
+    )
+    row = next(c for c in report.checks if c.name == "policy demo")
+    assert row.status == WARN and "every key operation is denied" in row.detail
+
+
+def test_policy_sees_the_key_state(tmp_path):
+    from xksproxy.keys.policy import PolicyDenied
+    from xksproxy.keys.resolver import KeyRef
+    from xksproxy.xks import operations
+    from xksproxy.xks.protocol import RequestMetadata
+
+    text = (
+        GOOD
+        + '@id("no-disabled")\nforbid (principal, action, resource)\n'
+        + 'when { context.keyState == "DISABLED" };\n'
+    )
+    store = KeyStoreTable(load_config(_config(tmp_path, text))).stores[0]
+    meta = RequestMetadata("r", "DescribeKey", "p")
+    store.policy.check(KeyRef("demo", "demo", "h", "demo"), operations.METADATA, meta, "r")
+    with pytest.raises(PolicyDenied) as info:
+        disabled = KeyRef("demo", "demo", "h", "demo", status="DISABLED")
+        store.policy.check(disabled, operations.METADATA, meta, "r")
+    assert info.value.policy_id == "no-disabled"

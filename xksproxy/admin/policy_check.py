@@ -21,7 +21,14 @@ def check_policies(report: Any, config: Any) -> None:
             continue
         source = str(compiled.path) if compiled.path is not None else "deny rules only"
         detail = f"{source}: {len(compiled.ids)} Cedar policies, valid against the schema"
-        if store.deny:
+        if compiled.permits == 0:
+            report.add(
+                name,
+                WARN,
+                f"{detail}; no permit policy, so every key operation is denied (403)",
+                "add a permit policy if the store should serve requests",
+            )
+        elif store.deny:
             report.add(
                 name,
                 WARN,

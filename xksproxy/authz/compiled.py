@@ -10,7 +10,8 @@ Checks, in order, each a :class:`PolicyError` naming ``file:line``:
 2. every policy parses (the first one that does not is named by its line);
 3. the whole set validates against the shipped schema (:mod:`.model`): unknown entity types,
    actions, context attributes, type errors;
-4. ``@id`` annotations are unique (they are what the logs name).
+4. no templates (nothing links them: they would silently never apply);
+5. ``@id`` annotations are unique (they are what the logs name).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class CompiledPolicy:
     else the Cedar id."""
     order: Mapping[str, int]
     """Cedar's policy id -> its position (the first matching forbid is the one reported)."""
+    permits: int
+    """How many ``permit`` policies (none: Cedar denies every request; doctor warns)."""
     policy_set: Any = field(repr=False)
     """``cedarpy.PolicySet``, parsed once."""
     entities: Any = field(repr=False)
@@ -106,10 +109,18 @@ def compile_policy(
         policy_set = cedarpy.PolicySet.from_str(text)
     except ValueError as exc:
         raise PolicyError("policy", _parse_failure(path, file_segs, str(exc))) from None
-    annotations = json.loads(cedarpy.policies_to_json_str(text))["staticPolicies"]
+    doc = json.loads(cedarpy.policies_to_json_str(text))
+    for cedar_id in doc.get("templates") or {}:
+        raise PolicyError(
+            "policy",
+            f"{_where(path, file_segs, int(cedar_id.removeprefix('policy')))}: a template "
+            "(?principal / ?resource slot) never applies here: write a static policy",
+        )
+    annotations = doc["staticPolicies"]
     ids: dict[str, str] = {}
     order: dict[str, int] = {}
     seen: dict[str, str] = {}
+    permits = 0
     for cedar_id, body in annotations.items():
         position = int(cedar_id.removeprefix("policy"))
         reported = ((body.get("annotations") or {}).get("id")) or cedar_id
@@ -122,6 +133,7 @@ def compile_policy(
             )
         seen[reported] = cedar_id
         ids[cedar_id], order[cedar_id] = reported, position
+        permits += body.get("effect") == "permit"
     result = cedarpy.validate_policies(text, model.schema())
     if not result.validation_passed:
         err = result.errors[0]
@@ -134,7 +146,7 @@ def compile_policy(
             "(see conf/policies/xksproxy.cedarschema)",
         )
     entities = cedarpy.Entities.from_json_str("[]")
-    return CompiledPolicy(path, text, ids, order, policy_set, entities)
+    return CompiledPolicy(path, text, ids, order, permits, policy_set, entities)
 
 
 def _parse_failure(path: Path | None, segs: list[Segment], detail: str) -> str:
