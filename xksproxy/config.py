@@ -16,6 +16,7 @@ Environment overrides, applied after the file and validated the same way (names 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -27,7 +28,7 @@ from typing import Any
 
 from hsm.types import HsmConfig
 from sigv4 import Credential, validate_access_key_id, validate_secret
-from xksproxy import environment
+from xksproxy import authz, environment
 from xksproxy.bind import parse_bind
 from xksproxy.xks.uri import API_ROOT, MAX_BASE_PATH_CHARS, base_path
 
@@ -112,6 +113,8 @@ class KeystoreConfig:
     enabled: bool
     deny: list[DenyRule]
     credentials: list[Credential]
+    policy: authz.CompiledPolicy | None = None
+    """The store's Cedar policy (``policy`` file + translated ``deny`` rules); None: no policy."""
 
     @property
     def uri_path(self) -> str:
@@ -424,6 +427,30 @@ def _deny(s: _Section) -> DenyRule:
     return DenyRule(name=name, fields=fields)
 
 
+def _policy(
+    s: _Section, base: Path, store: str, deny: list[DenyRule]
+) -> authz.CompiledPolicy | None:
+    """``[keystore] policy`` (a Cedar file, relative to the config) plus the translated deny
+    rules, compiled and validated against the schema now (see :mod:`xksproxy.authz`)."""
+    ref = s.get("policy", None, str)
+    if ref is None and not deny:
+        return None
+    if ref == "":
+        raise ConfigError(f"{s.name('policy')}: must name a Cedar policy file")
+    if deny:
+        logging.getLogger("xksproxy.config").warning(
+            f"{s.name('deny')}: [[keystore.deny]] is deprecated and was translated to Cedar "
+            f'forbid policies; replace it with a Cedar policy file (policy = "policies/{store}'
+            '.cedar"; example: conf/policies/demo.cedar)'
+        )
+    try:
+        return authz.compile_policy(
+            _path(base, ref) if ref else None, [(r.name, r.fields) for r in deny]
+        )
+    except authz.PolicyError as exc:
+        raise ConfigError(f"{s.name(exc.option)}: {exc.message}") from None
+
+
 def _credential(s: _Section, base: Path) -> Credential:
     akid = s.get("access_key_id", None, str)
     if akid is None:
@@ -521,6 +548,7 @@ def _keystore(s: _Section, base: Path, hsms: dict[str, HsmConfig]) -> KeystoreCo
         enabled=s.get("enabled", True, bool),
         deny=deny,
         credentials=creds,
+        policy=_policy(s, base, name, deny),
     )
     s.finish()
     return cfg

@@ -1,16 +1,14 @@
-"""Pure rules: error bodies, key store resolution, deny policy, health status."""
+"""Pure rules: error bodies, key store resolution, health status."""
 
 import orjson
 import pytest
 from service_helpers import AKID, write_config
 
-from xksproxy.config import DenyRule, HealthConfig, load_config
-from xksproxy.keys import policy
+from xksproxy.config import HealthConfig, load_config
 from xksproxy.keys.health import HealthMonitor, ProbeRecord
 from xksproxy.keys.keystores import KeyStoreTable
 from xksproxy.keys.resolver import KeyRef
 from xksproxy.xks import errors, operations
-from xksproxy.xks.protocol import RequestMetadata
 
 
 def test_error_messages_are_sanitised_and_bounded():
@@ -133,30 +131,8 @@ def test_key_ref_is_frozen_and_slotted():
         ref.label = "other"  # type: ignore[misc]  # frozen: the point of the test
 
 
-META = RequestMetadata(
-    kms_request_id="r",
-    kms_operation="Decrypt",
-    aws_principal_arn="arn:aws:iam::111122223333:role/App",
-    kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/x",
-    kms_via_service="ebs",
-)
-
-
-def test_deny_rules_first_match_and_all_fields():
-    rules = [
-        DenyRule("other-account", {"principal": "arn:aws:iam::999999999999:*"}),
-        DenyRule("no-ebs-decrypt", {"operation": "Decrypt", "via_service": "ebs"}),
-        DenyRule("catch-all", {"key_id": "*"}),
-    ]
-    assert policy.first_match(rules, META, "k").name == "no-ebs-decrypt"
-    with pytest.raises(policy.PolicyDenied) as info:
-        policy.check(rules, META, "k")
-    assert info.value.rule_name == "no-ebs-decrypt" and info.value.status == 403
-    assert policy.first_match(rules[:1], META, "k") is None
-    no_via = RequestMetadata(kms_request_id="r", kms_operation="Decrypt")
-    assert policy.first_match(rules[1:2], no_via, "k") is None  # absent field is ""
-    assert policy.first_match([DenyRule("r", {"via_service": "*"})], no_via, "k") is not None
-    policy.check([], META, "k")
+# The deny rules' semantics (and their Cedar translation) are tested in
+# tests/policy/test_deny_translation.py.
 
 
 class FakeStats:

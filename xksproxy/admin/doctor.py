@@ -355,6 +355,7 @@ def _safe(exc: BaseException) -> str:
 
 
 def run_checks(config_path: Path, *, hsm: bool = True) -> Report:
+    from xksproxy.admin.policy_check import check_policies
     from xksproxy.config import ConfigError, load_config
 
     report = Report()
@@ -373,6 +374,7 @@ def run_checks(config_path: Path, *, hsm: bool = True) -> Report:
         check_deadline,
         check_certificate,
         check_audit,
+        check_policies,
     ]
     if hsm:
         steps.append(check_hsms)

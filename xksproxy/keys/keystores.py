@@ -1,7 +1,8 @@
 """The key store table: URI path -> logical key store, and per-store key/credential rules.
 
-A key store (tenant) owns its path prefix, credentials, regions, keys and policy.  Lookups on the
-hot path are plain dict hits built once at start (or on reload).
+A key store (tenant) owns its path prefix, credentials, regions, keys and policy (its
+:class:`~xksproxy.keys.policy.StorePolicy`, built with the table: once per load or reload).
+Lookups on the hot path are plain dict hits built once at start (or on reload).
 
 A store ``enabled = false`` -> 400 InvalidStateException (checked by the caller for every
 operation except GetHealthStatus).  Which HSM object an external key id means is the store's
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from sigv4 import Credential
 from xksproxy.config import Config, KeystoreConfig
+from xksproxy.keys.policy import StorePolicy
 from xksproxy.keys.resolver import KeyResolver
 from xksproxy.xks.errors import InvalidStateException
 from xksproxy.xks.uri import base_path
@@ -39,6 +41,9 @@ class KeyStore:
         self.name = self.config.name
         self.base_path = base_path(self.config.path_prefix)
         self.regions = self.config.regions or None
+        compiled = self.config.policy
+        self.policy = StorePolicy(compiled, self.name) if compiled is not None else None
+        """The store's Cedar policy and decision cache; None: no policy (nothing to pay)."""
 
     def lookup(self, access_key_id: str) -> Sequence[Credential]:
         """Credentials with this access key id (the sigv4 ``lookup`` callback)."""

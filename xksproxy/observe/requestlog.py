@@ -53,7 +53,7 @@ class RequestContext:
     principal: str | None = None  # awsPrincipalArn
     status: int = 0
     error_name: str | None = None  # None on success
-    deny_rule: str | None = None  # name of the policy rule that denied, if any
+    deny_rule: str | None = None  # id of the Cedar policy that denied (xksproxy.keys.policy)
     latency_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # free slot for hooks (never secrets)
 

@@ -1,11 +1,12 @@
-"""Configuration reload without restart: credential rotation, keys, quotas, deny rules.
+"""Configuration reload without restart: credential rotation, keys, quotas, Cedar policies.
 
 Why each worker reloads itself: workers share nothing, and restarting them (what granian and
 hypercorn do on SIGHUP) closes their connections. Instead every worker runs a :class:`Reloader`
 in its event loop that
 
 - polls, every ``interval_s`` (1 s), the modification time, size and inode of the config file, of
-  every ``file:`` secret it references and of the launcher's reload trigger file;
+  every ``file:`` secret and ``policy`` file it references and of the launcher's reload trigger
+  file (a changed policy is recompiled, and its decision cache starts empty);
 - reloads at once on SIGHUP delivered to the worker itself;
 - validates the new file with the normal loader and only then swaps the key store table
   (:meth:`XksApp.replace_keystores`) and the quotas. Requests already running finish with the
@@ -47,6 +48,7 @@ from xksproxy.config import Config, ConfigError, load_config
 log = logging.getLogger("xksproxy.reload")
 
 _FILE_REF = re.compile(r"""["']file:([^"'\n]+)["']""")
+_POLICY_REF = re.compile(r"""^\s*policy\s*=\s*["']([^"'\n]+)["']""", re.MULTILINE)
 _RESTART_SECTIONS = ("server", "tls", "metrics", "audit", "health", "hsms")
 
 
@@ -60,10 +62,12 @@ def _stat_sig(path: Path) -> tuple[int, ...] | None:
 
 
 def watched_files(config_path: Path) -> list[Path]:
-    """The config file, every ``file:`` secret it references and the reload trigger."""
+    """The config file, every ``file:`` secret and Cedar ``policy`` file it references, and the
+    reload trigger."""
     files = [config_path]
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        for ref in _FILE_REF.findall(config_path.read_text(encoding="utf-8")):
+        text = config_path.read_text(encoding="utf-8")
+        for ref in _FILE_REF.findall(text) + _POLICY_REF.findall(text):
             p = Path(ref).expanduser()
             files.append(p if p.is_absolute() else config_path.parent / p)
     trigger = environment.RELOAD_FILE.get()

@@ -1,4 +1,4 @@
-"""The XKS ASGI application: routing, body cap, SigV4, validation, policy, dispatch, errors.
+"""The XKS ASGI application: routing, body cap, SigV4, validation, dispatch, policy, errors.
 
 Why a bare ASGI callable rather than Starlette's router and middleware: KMS needs *every* answer
 (unknown path, wrong method, oversized body, crash) to be the XKS JSON error shape, and the hot
@@ -23,12 +23,15 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.
    For a key operation: an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
    ValidationException (an invalid input parameter; checked after authentication so an anonymous
    caller learns nothing); store disabled -> 400 InvalidStateException (not health).
-8. Request validation (the operation's parser in ``xksproxy.xks.protocol``), then deny rules
-   (``xksproxy.keys.policy``; not health), then the before-dispatch hooks.
-9. Key resolution (``xksproxy.keys.resolver``: key not in the store -> 404 KeyNotFoundException,
-   disabled key on Encrypt/Decrypt -> 400 InvalidStateException), then the handler on the key's
-   backend pool under the request deadline (``server.request_deadline_ms`` from arrival).
-   Health answers from the cached probe results instead.
+8. Request validation (the operation's parser in ``xksproxy.xks.protocol``), then key
+   resolution (``xksproxy.keys.resolver``: key not in the store -> 404 KeyNotFoundException,
+   disabled key on Encrypt/Decrypt -> 400 InvalidStateException).
+9. The store's Cedar policy, if it has one (``xksproxy.keys.policy``; it sees the resolved
+   key's state, so it runs after resolution: an unknown key is 404 and a refused key state 400
+   whoever asks) -> 403 AccessDeniedException; then the before-dispatch hooks; then the handler
+   on the key's backend pool under the request deadline (``server.request_deadline_ms`` from
+   arrival).  Health skips 8 and 9 (never subject to policy) and answers from the cached probe
+   results.
 
 Start-up happens only in the server's lifespan (:meth:`XksApp.startup`, called by the ASGI
 lifespan or RSGI's ``__rsgi_init__``), never in the middle of a request: an app that was never
@@ -398,7 +401,7 @@ class XksApp:
             return
         except XksError as err:
             if isinstance(err, policy.PolicyDenied):
-                ctx.deny_rule = err.rule_name
+                ctx.deny_rule = err.policy_id
             status, payload = err.status, err.body()
             ctx.finish(err.status, err.error_name)
         except Exception as exc:

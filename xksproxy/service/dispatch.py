@@ -7,7 +7,8 @@ new operation is one new row.  A row runs steps 7-9 of the request (see
 :mod:`xksproxy.service.app`) for its kind of operation:
 
 - :class:`KeyOperation` (GetKeyMetadata, Encrypt, Decrypt): key id shape, store enabled, parse,
-  deny rules, before-dispatch hooks, then the key resolver and the handler on the key's pool;
+  the key resolver, the store's Cedar policy (it sees the resolved key's state), before-dispatch
+  hooks, then the handler on the key's pool;
 - :class:`HealthOperation` (GetHealthStatus): parse, before-dispatch hooks, the cached answer.
 """
 
@@ -19,7 +20,6 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from hsm.interface import CryptoPool
 from xksproxy.config import valid_key_id
-from xksproxy.keys import policy
 from xksproxy.keys.keystores import KeyStore
 from xksproxy.keys.resolver import KeyRef
 from xksproxy.observe.requestlog import RequestContext
@@ -117,10 +117,11 @@ class KeyOperation(Generic[R]):
             )
         store.check_enabled()
         req = self.parse(doc, app.max_plaintext_bytes(store))
-        policy.check(store.config.deny, req.metadata, key_id)
-        app.run_before_dispatch(ctx)
         version = self.key_version(req) if self.key_version is not None else None
         key = store.resolver.resolve(key_id, self.spec, version=version)
+        if store.policy is not None:
+            store.policy.check(key, self.spec, req.metadata, ctx.region)
+        app.run_before_dispatch(ctx)
         return await self.handler(app.pool(key.backend), key, req, deadline=ctx.deadline)
 
 

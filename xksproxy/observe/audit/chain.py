@@ -31,6 +31,7 @@ FIELDS = (
     "awsSourceVpce",
     "outcome",
     "errorName",
+    "denyRule",
     "status",
     "latencyMs",
     "token",

@@ -63,6 +63,8 @@ def install(app: Any) -> AuditLog | None:
         rec["outcome"] = c.outcome
         if c.error_name:
             rec["errorName"] = c.error_name
+        if c.deny_rule is not None:
+            rec["denyRule"] = c.deny_rule  # the policy that decided (never in the caller's message)
         rec["status"] = int(c.status)
         rec["latencyMs"] = float(c.latency_ms)
         token = token_for(c.store)
