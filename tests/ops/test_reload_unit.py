@@ -18,7 +18,7 @@ def test_secret_file_change_is_picked_up(config_path, state, caplog):
     secret_file = state / "secrets" / "demo-1.secret"
     new_secret = sigv4.generate_credential().secret
     secret_file.write_text(new_secret + "\n")
-    with caplog.at_level(logging.INFO, logger="xksproxy.runtime.reload"):
+    with caplog.at_level(logging.INFO, logger="xksproxy.reload"):
         assert r.check() is True
     assert applied[-1].keystores[0].credentials[0].secret == new_secret
     record = next(rec for rec in caplog.records if rec.getMessage() == "configuration reloaded")
@@ -33,7 +33,7 @@ def test_invalid_secret_mode_is_refused_and_named(config_path, state, caplog):
     r = Reloader(config_path, load_config(config_path), applied.append)
     secret_file = state / "secrets" / "demo-1.secret"
     os.chmod(secret_file, 0o644)
-    with caplog.at_level(logging.ERROR, logger="xksproxy.runtime.reload"):
+    with caplog.at_level(logging.ERROR, logger="xksproxy.reload"):
         assert r.check() is False
     assert applied == []
     assert str(secret_file) in r.last_error and "chmod 600" in r.last_error
