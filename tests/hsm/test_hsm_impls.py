@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from pkcs11 import Attribute, ObjectClass
-from pkcs11.exceptions import AttributeSensitive
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.exceptions import AttributeSensitive, AttributeTypeInvalid
+from support.hsm_keys import KNOWN_KEY_LABEL
 from support.ock_token import OckToken
 
 from hsm import HsmConfig, HsmPool, _ck, admin, module
@@ -227,3 +228,103 @@ def test_one_wrong_pin_is_forgiven_by_the_next_right_one(ock_token: OckToken) ->
             mod.functions.C_CloseSession(session.handle)
     finally:
         module.release(mod)
+
+
+def test_created_aes_key_has_value_len_only_where_the_token_derives_it(
+    pkcs11_impl: HsmConfig,
+) -> None:
+    """C_CreateObject of an AES key without CKA_VALUE_LEN (as the spec asks): SoftHSMv2 derives
+    it (32), openCryptoki 3.8 leaves it out (ATTRIBUTE_TYPE_INVALID), so hsm.keys would call
+    the key "not a 32-byte AES key"; admin.import_test_key therefore adds it there."""
+    cfg = pkcs11_impl
+    label = f"impl-created-{os.getpid()}"
+    mod = module.acquire(cfg.module, cfg.env)
+    try:
+        session = mod.open_session(mod.find_token(cfg.token_label), cfg.pin, rw=True)
+        try:
+            key = session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: KeyType.AES,
+                    Attribute.VALUE: bytes(range(32)),
+                    Attribute.LABEL: label,
+                    Attribute.TOKEN: False,
+                }
+            )
+            try:
+                if is_softhsm(cfg):
+                    assert key[Attribute.VALUE_LEN] == 32
+                else:
+                    with pytest.raises(AttributeTypeInvalid):
+                        key[Attribute.VALUE_LEN]
+            finally:
+                key.destroy()
+        finally:
+            mod.functions.C_CloseSession(session.handle)
+    finally:
+        module.release(mod)
+    listed = {k.label: k.usage for k in admin.list_keys(cfg)}
+    assert listed[KNOWN_KEY_LABEL] == {"ENCRYPT", "DECRYPT"}  # imported by tests/conftest.py
+
+
+FD_SCRIPT = """
+import asyncio, json, os, sys
+from hsm import HsmConfig, HsmPool, admin, module
+if sys.argv[1] == "stock":  # finalise on last release, as for any other module
+    module._finalize_is_safe = lambda manufacturer_id: True
+cfg = HsmConfig(**json.load(sys.stdin))
+def alive(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+mine = []
+for _ in range(3):
+    admin.list_keys(cfg)
+    mine += os.pipe()
+async def main():
+    try:
+        await HsmPool(cfg).start()  # fails (no AES-GCM) and releases from a worker thread
+    except Exception:
+        pass
+asyncio.run(main())
+print(json.dumps(sorted({fd for fd in mine if not alive(fd)})))
+"""
+
+
+@pytest.mark.parametrize("variant", ["stock", "ours"])
+def test_opencryptoki_finalize_closes_other_peoples_fds(ock_token: OckToken, variant: str) -> None:
+    """openCryptoki 3.8: after a few initialise/finalise cycles, C_Finalize closes descriptors it
+    recorded in an earlier cycle and which now belong to the application (in pytest it was the
+    event loop's epoll fd). "stock" (finalise on release) loses fds; hsm never finalises an
+    openCryptoki module ("ours"), so nothing is closed under the application. If "stock" ever
+    stops losing fds, the workaround in hsm/module.py (_finalize_is_safe) can go."""
+    cfg = ock_token.hsm_config()
+    fields = {"name": cfg.name, "module": cfg.module, "token_label": cfg.token_label}
+    child = subprocess.run(
+        [sys.executable, "-c", FD_SCRIPT, variant],
+        input=json.dumps({**fields, "pin": cfg.pin}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    closed = json.loads(child.stdout.splitlines()[-1])
+    assert bool(closed) is (variant == "stock"), closed
+
+
+def test_opencryptoki_module_stays_initialised_after_its_last_release(
+    ock_token: OckToken,
+) -> None:
+    """The workaround itself: the last release keeps an openCryptoki module registered (the next
+    acquire reuses it, logged-in state included), where SoftHSMv2 is finalised."""
+    cfg = ock_token.hsm_config()
+    first = module.acquire(cfg.module, cfg.env)
+    module.release(first)
+    second = module.acquire(cfg.module, cfg.env)
+    try:
+        assert second is first and not first.finalize_safe
+    finally:
+        module.release(second)

@@ -50,7 +50,9 @@ MODULE = next(
 )
 PKCSSLOTD = "/usr/sbin/pkcsslotd"
 TOKEN_DIR = Path("/var/lib/opencryptoki/swtok")
-SHM_FILE = Path("/dev/shm/var.lib.opencryptoki.swtok")
+SHM_DIR = Path("/dev/shm")
+SHM_FILE = SHM_DIR / "var.lib.opencryptoki.swtok"
+SHM_GLOB = "var.lib.opencryptoki.*"  # the library also creates one per other stdll (tpm.root)
 SLOTD_SOCKET = Path("/var/run/pkcsslotd.socket")
 SLOTD_PIDFILE = Path("/var/run/pkcsslotd.pid")
 TEST_LABEL = "xksproxy-ock-test"
@@ -71,6 +73,7 @@ class OckToken:
     module_path: str = MODULE
     _snapshot: dict[str, tuple[bytes, int, int, int]] = field(default_factory=dict, repr=False)
     _slotd_pid: int | None = None
+    _shm_before: frozenset[str] = frozenset()
 
     def hsm_config(self, name: str = "ock-0", **overrides: object) -> HsmConfig:
         """An ``hsm.HsmConfig`` for this token (overrides: sessions, mode, ...)."""
@@ -92,6 +95,9 @@ class OckToken:
         """Put the token directory back as found and stop the slot daemon if we started it."""
         _restore_dir(self._snapshot)
         SHM_FILE.unlink(missing_ok=True)
+        for path in SHM_DIR.glob(SHM_GLOB):
+            if path.name not in self._shm_before:
+                path.unlink(missing_ok=True)
         if self._slotd_pid is not None:
             _stop_slotd(self._slotd_pid)
             self._slotd_pid = None
@@ -245,12 +251,12 @@ def _stop_slotd(pid: int) -> None:
             return
         time.sleep(0.05)
     script = f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.2; done; kill {pid}"
-    subprocess.Popen(
-        ["/bin/sh", "-c", script],
+    # The shell backgrounds the loop and exits at once (no child left for us to reap).
+    subprocess.run(
+        ["/bin/sh", "-c", f"({script}) </dev/null >/dev/null 2>&1 &"],
         start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        check=False,
+        timeout=10,
     )
 
 
@@ -286,6 +292,8 @@ def claim() -> OckToken:
             raise Unavailable(f"{path} missing: install Debian package opencryptoki")
     if not TOKEN_DIR.is_dir():
         raise Unavailable(f"{TOKEN_DIR} missing: reinstall Debian package opencryptoki")
+    shm_before = frozenset(p.name for p in SHM_DIR.glob(SHM_GLOB))
+    snapshot = _snapshot_dir()  # before our first C_Initialize, which writes NVTOK.DAT/MK_SO
     started = None if _slotd_pid() is not None else _start_slotd()
     try:
         state = _probe(just_started=started is not None)
@@ -299,9 +307,9 @@ def claim() -> OckToken:
         if initialised:
             # Our label: the leftover of an interrupted run (PINs lost with its tmp dir). Its
             # files are ours; removing them all returns the token to "fresh install".
-            _restore_dir({})
+            snapshot = {}
+            _restore_dir(snapshot)
             SHM_FILE.unlink(missing_ok=True)
-        snapshot = _snapshot_dir()
         pin_len = min(int(str(state["max_pin"])), 8)
         so_old = FACTORY_SO_PIN
         user_pin = secrets.token_hex(pin_len // 2)
@@ -313,7 +321,14 @@ def claim() -> OckToken:
             "so_new": so_pin,
             "user": user_pin,
         }
-        token = OckToken(TEST_LABEL, user_pin, so_pin, _snapshot=snapshot, _slotd_pid=started)
+        token = OckToken(
+            TEST_LABEL,
+            user_pin,
+            so_pin,
+            _snapshot=snapshot,
+            _slotd_pid=started,
+            _shm_before=shm_before,
+        )
         try:
             _child(request)
         except BaseException:
