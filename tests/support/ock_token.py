@@ -188,20 +188,6 @@ def _child(request: dict[str, object]) -> dict[str, object]:
     return answer
 
 
-def _probe(*, just_started: bool) -> dict[str, object]:
-    """The soft token's slot, label, flags and PIN limits. Right after pkcsslotd starts, its
-    socket answers before its shared memory is ready (``C_Initialize`` then returns
-    CKR_HOST_MEMORY, seen here): retry for a few seconds in that case only."""
-    deadline = time.monotonic() + (10 if just_started else 0)
-    while True:
-        try:
-            return _child({})
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 # --------------------------------------------------------------------------- daemon and files
 def _slotd_pid() -> int | None:
     """pid of the running pkcsslotd (its pid file, checked against /proc), else None.
@@ -296,7 +282,7 @@ def claim() -> OckToken:
     snapshot = _snapshot_dir()  # before our first C_Initialize, which writes NVTOK.DAT/MK_SO
     started = None if _slotd_pid() is not None else _start_slotd()
     try:
-        state = _probe(just_started=started is not None)
+        state = _child({})
         label = str(state["label"])
         initialised = int(str(state["flags"])) & CKF_TOKEN_INITIALIZED
         if initialised and label != TEST_LABEL:
