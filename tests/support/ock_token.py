@@ -18,7 +18,11 @@ What this does instead, and why it never touches an operator's token:
   skip). Before touching it, the token directory's files are snapshotted (a few hundred bytes);
   :meth:`OckToken.restore` puts exactly those files back, so the token is "not initialised"
   again afterwards.
-* ``pkcsslotd`` is started only if none runs, and then stopped again by :meth:`OckToken.restore`.
+* One test session at a time: :func:`claim` holds an flock on ``SESSION_LOCK`` until
+  :meth:`OckToken.restore` (or the process's end), and another session gets :class:`Unavailable`
+  instead of mistaking the live token for a leftover.
+* ``pkcsslotd`` is started only if none runs, and then stopped again by :meth:`OckToken.restore`
+  (a daemon started by a session that crashed stays running; the next session just uses it).
 * PKCS#11 provisioning (``C_InitToken``, ``C_InitPIN``, ``C_SetPIN``) runs in a child Python
   process with the PINs on its stdin (never argv, never logged), so the test process's own module
   instance is initialised only later, with OS locking, by ``hsm``.
@@ -30,6 +34,7 @@ token's SO PIN is ``87654321`` (changed at once to a random one), root must be i
 
 from __future__ import annotations
 
+import fcntl
 import glob as _glob
 import json
 import os
@@ -56,6 +61,9 @@ SHM_GLOB = "var.lib.opencryptoki.*"  # the library also creates one per other st
 SLOTD_SOCKET = Path("/var/run/pkcsslotd.socket")
 SLOTD_PIDFILE = Path("/var/run/pkcsslotd.pid")
 TEST_LABEL = "xksproxy-ock-test"
+# Held (flock) by the test session using the token: a second session on this machine must not
+# take the TEST_LABEL token for an interrupted run's leftover and wipe it. Freed at exit/crash.
+SESSION_LOCK = Path("/run/lock/xksproxy-ock-test.lock")
 FACTORY_SO_PIN = "87654321"  # openCryptoki's documented default SO PIN of a fresh soft token
 
 
@@ -74,6 +82,7 @@ class OckToken:
     _snapshot: dict[str, tuple[bytes, int, int, int]] = field(default_factory=dict, repr=False)
     _slotd_pid: int | None = None
     _shm_before: frozenset[str] = frozenset()
+    _lock_fd: int | None = None
 
     def hsm_config(self, name: str = "ock-0", **overrides: object) -> HsmConfig:
         """An ``hsm.HsmConfig`` for this token (overrides: sessions, mode, ...)."""
@@ -101,6 +110,9 @@ class OckToken:
         if self._slotd_pid is not None:
             _stop_slotd(self._slotd_pid)
             self._slotd_pid = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
 
 # --------------------------------------------------------------------------- the child's part
@@ -271,8 +283,35 @@ def _restore_dir(snapshot: dict[str, tuple[bytes, int, int, int]]) -> None:
         os.replace(tmp, target)
 
 
+def _session_lock() -> int:
+    """Take SESSION_LOCK without waiting; Unavailable if another live session holds it."""
+    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Unavailable(
+            f"another test session (pid {holder}) is using the openCryptoki soft token"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def claim() -> OckToken:
     """Initialise the system soft token for this test session (see the module docstring)."""
+    lock_fd = _session_lock()
+    try:
+        token = _claim_locked()
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    token._lock_fd = lock_fd
+    return token
+
+
+def _claim_locked() -> OckToken:
     for path in (MODULE, PKCSSLOTD):
         if not Path(path).exists():
             raise Unavailable(f"{path} missing: install Debian package opencryptoki")
