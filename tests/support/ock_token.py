@@ -301,6 +301,16 @@ def _session_lock() -> int:
 
 def claim() -> OckToken:
     """Initialise the system soft token for this test session (see the module docstring)."""
+    for path in (MODULE, PKCSSLOTD):
+        if not Path(path).exists():
+            raise Unavailable(f"{path} missing: install Debian package opencryptoki")
+    if os.geteuid() != 0:
+        raise Unavailable(
+            f"the soft token is system-wide ({TOKEN_DIR}, root:pkcs11 0770): only root may set it "
+            "up and put it back"
+        )
+    if not TOKEN_DIR.is_dir():
+        raise Unavailable(f"{TOKEN_DIR} missing: reinstall Debian package opencryptoki")
     lock_fd = _session_lock()
     try:
         token = _claim_locked()
@@ -312,11 +322,6 @@ def claim() -> OckToken:
 
 
 def _claim_locked() -> OckToken:
-    for path in (MODULE, PKCSSLOTD):
-        if not Path(path).exists():
-            raise Unavailable(f"{path} missing: install Debian package opencryptoki")
-    if not TOKEN_DIR.is_dir():
-        raise Unavailable(f"{TOKEN_DIR} missing: reinstall Debian package opencryptoki")
     shm_before = frozenset(p.name for p in SHM_DIR.glob(SHM_GLOB))
     snapshot = _snapshot_dir()  # before our first C_Initialize, which writes NVTOK.DAT/MK_SO
     started = None if _slotd_pid() is not None else _start_slotd()
