@@ -61,9 +61,10 @@ def _needs_serialising(manufacturer_id: str) -> bool:
 def _finalize_is_safe(manufacturer_id: str) -> bool:
     """openCryptoki 3.8 (Debian 12) must never be finalised while the process lives: its
     ``C_Finalize`` closes file descriptors recorded by an *earlier* initialisation, which by then
-    belong to someone else (seen: it closed the asyncio event loop's epoll descriptor and the
-    start-up lock file; strace in hsm/README.md). Such a module stays initialised and registered
-    when its last user releases it, and recovery reopens sessions without re-initialising."""
+    belong to someone else (seen under strace: it closed the asyncio event loop's epoll
+    descriptor; pinned by tests/hsm/test_hsm_impls.py). Such a module stays initialised and
+    registered when its last user releases it, and recovery reopens sessions without
+    re-initialising (hsm/README.md, "Second implementation")."""
     return manufacturer_id.strip() != "IBM"
 
 
