@@ -76,6 +76,8 @@ CKR_AEAD_DECRYPT_FAILED = 0x1B3  # PKCS#11 3.0
 
 # --- other constants ---------------------------------------------------------------------
 CKF_OS_LOCKING_OK = 0x2
+CKF_ENCRYPT = 0x100  # CK_MECHANISM_INFO.flags
+CKF_DECRYPT = 0x200
 CKU_USER = 1
 CKS_RO_USER_FUNCTIONS = 1
 CKS_RW_USER_FUNCTIONS = 3
@@ -103,6 +105,10 @@ PIN_REFUSED_RVS = frozenset(
     {CKR_PIN_INCORRECT, CKR_PIN_INVALID, CKR_PIN_LEN_RANGE, CKR_PIN_EXPIRED, CKR_PIN_LOCKED}
 )
 
+#: Start-up failures a retry cannot cure: a refused PIN (a retry could lock it) and a token
+#: that lacks a mechanism the proxy needs (openCryptoki 3.8's soft token has no CKM_AES_GCM).
+START_FATAL_RVS = PIN_REFUSED_RVS | frozenset({CKR_MECHANISM_INVALID})
+
 RV_NAMES = {v: k for k, v in globals().items() if k.startswith("CKR_") and isinstance(v, int)}
 
 
@@ -124,6 +130,10 @@ class CK_C_INITIALIZE_ARGS(Structure):
         ("flags", CK_ULONG),
         ("pReserved", c_void_p),
     ]
+
+
+class CK_MECHANISM_INFO(Structure):
+    _fields_ = [("ulMinKeySize", CK_ULONG), ("ulMaxKeySize", CK_ULONG), ("flags", CK_ULONG)]
 
 
 class CK_MECHANISM(Structure):
@@ -240,6 +250,7 @@ _PU = POINTER(CK_ULONG)
 _SIGNATURES: dict[str, tuple[type, ...]] = {
     "C_Initialize": (_P,),
     "C_Finalize": (_P,),
+    "C_GetMechanismInfo": (_U, _U, POINTER(CK_MECHANISM_INFO)),
     "C_CloseSession": (_U,),
     "C_CloseAllSessions": (_U,),
     "C_GetSessionInfo": (_U, POINTER(CK_SESSION_INFO)),
@@ -290,6 +301,7 @@ class FunctionList:
     # call time and converts the CK_RV result to int.
     C_Initialize: CkFunction
     C_Finalize: CkFunction
+    C_GetMechanismInfo: CkFunction
     C_CloseSession: CkFunction
     C_CloseAllSessions: CkFunction
     C_GetSessionInfo: CkFunction

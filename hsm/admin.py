@@ -142,7 +142,15 @@ def import_test_key(
             }
         )
         try:
-            session.create_object(template)
+            key = session.create_object(template)
+            try:
+                key[Attribute.VALUE_LEN]
+            except PKCS11Error:
+                # openCryptoki 3.8 does not derive CKA_VALUE_LEN for a created AES key (it is
+                # then "not a 32-byte AES key" to hsm.keys) but accepts it in the template, which
+                # the spec says to leave out and SoftHSMv2 derives: see hsm/README.md.
+                key.destroy()
+                session.create_object({**template, Attribute.VALUE_LEN: AES_KEY_BYTES})
         except PKCS11Error as exc:
             raise HsmFailure(f"key import failed: {type(exc).__name__}") from None
         return KeyInfo(label, wanted)

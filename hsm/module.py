@@ -58,6 +58,16 @@ def _needs_serialising(manufacturer_id: str) -> bool:
     return manufacturer_id.strip().startswith("SoftHSM")
 
 
+def _finalize_is_safe(manufacturer_id: str) -> bool:
+    """openCryptoki 3.8 (Debian 12) must never be finalised while the process lives: its
+    ``C_Finalize`` closes file descriptors recorded by an *earlier* initialisation, which by then
+    belong to someone else (seen under strace: it closed the asyncio event loop's epoll
+    descriptor; pinned by tests/hsm/test_hsm_impls.py). Such a module stays initialised and
+    registered when its last user releases it, and recovery reopens sessions without
+    re-initialising (hsm/README.md, "Second implementation")."""
+    return manufacturer_id.strip() != "IBM"
+
+
 def _make_lib(path: str, functions: _ck.FunctionList) -> Pkcs11Lib:
     """python-pkcs11's ``lib`` for ``path``, initialised for multi-threaded use.
 
@@ -114,6 +124,7 @@ class Module:
         self.refs = 0
         self._lock = threading.Lock()
         self.serialize = _needs_serialising(self.lib.manufacturer_id)
+        self.finalize_safe = _finalize_is_safe(self.lib.manufacturer_id)
         # Held around every pool operation when ``serialize`` is set (see _needs_serialising).
         self.call_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if self.serialize else contextlib.nullcontext()
@@ -191,8 +202,14 @@ class Module:
                 self._recovery = None
 
     def reinitialize(self) -> None:
-        """Finalise (ignoring errors: the module may already be gone) and initialise again."""
+        """Finalise (ignoring errors: the module may already be gone) and initialise again.
+
+        On a module that must not be finalised (``_finalize_is_safe``) only the generation
+        moves on: the pools then replace their sessions on the running module."""
         with self._lock:
+            if not self.finalize_safe:
+                self.generation += 1
+                return
             self.functions.finalize()
             rv = self.functions.initialize_os_locking()
             if rv == _ck.CKR_CRYPTOKI_ALREADY_INITIALIZED:
@@ -221,6 +238,28 @@ class Module:
             raise HsmUnavailable(f"no token labelled {label!r} in {self.path}") from None
         except PKCS11Error as exc:
             raise HsmUnavailable(f"token lookup failed: {type(exc).__name__}") from None
+
+    def require_aes_gcm(self, token: Token) -> None:
+        """Refuse, at start, a token that cannot run AES-GCM encrypt and decrypt.
+
+        Without this the pool starts, health probes fail and every request answers a 500 naming
+        ``C_EncryptInit``. Seen with openCryptoki 3.8's soft token (Debian 12), whose mechanism
+        list has AES ECB/CBC/CBC-PAD but no CKM_AES_GCM; see hsm/README.md.
+        """
+        info = _ck.CK_MECHANISM_INFO()
+        rv = self.functions.C_GetMechanismInfo(
+            token.slot.slot_id, _ck.CKM_AES_GCM, ctypes.byref(info)
+        )
+        wanted = _ck.CKF_ENCRYPT | _ck.CKF_DECRYPT
+        if rv == _ck.CKR_OK and info.flags & wanted == wanted:
+            return
+        found = _ck.rv_name(rv) if rv != _ck.CKR_OK else f"flags 0x{info.flags:X}"
+        raise HsmFailure(
+            f"token {token.label!r} in {self.path} does not implement CKM_AES_GCM encrypt and "
+            f"decrypt (C_GetMechanismInfo: {found}); xksproxy needs AES-256-GCM inside the HSM: "
+            "use another token or module",
+            _ck.CKR_MECHANISM_INVALID,
+        )
 
     def open_session(self, token: Token, pin: str, *, rw: bool = False) -> Any:
         """Open a session and make sure the token is logged in (login is per token, once).
@@ -293,11 +332,14 @@ def acquire(path: str, env: Mapping[str, str]) -> Module:
 
 
 def release(mod: Module) -> None:
-    """Drop one reference; the last one finalises the module (so tests can start over)."""
+    """Drop one reference; the last one finalises the module (so tests can start over),
+    except a module whose ``C_Finalize`` is unsafe (openCryptoki), which stays initialised."""
     with _registry_lock:
         mod.refs -= 1
         if mod.refs > 0 or _registry.get(mod.path) is not mod:
             return
+        if not mod.finalize_safe and mod.pid == os.getpid():
+            return  # stays initialised for the next acquire(): see _finalize_is_safe
         del _registry[mod.path]
         if mod.pid == os.getpid():
             mod.finalize()

@@ -135,6 +135,7 @@ class HsmPool:
         self._module = module.acquire(self.config.module, self.config.env)
         try:
             self._token = self._module.find_token(self.config.token_label)
+            self._module.require_aes_gcm(self._token)
             self._sessions = [_Session(i) for i in range(self.config.sessions)]
             for sess in self._sessions:
                 self._open(sess)

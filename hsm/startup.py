@@ -82,7 +82,8 @@ def start_serialised(config: HsmConfig, attempt: Callable[[], None]) -> None:
     """Run ``attempt`` under :func:`startup_lock`, retrying transient failures for a while.
 
     A failed start (``HsmUnavailable`` / ``HsmFailure``) is retried with exponential back-off for
-    up to ``START_RETRY_S``. A rejected PIN is never retried: repeating it could lock the PIN.
+    up to ``START_RETRY_S``. A rejected PIN is never retried: repeating it could lock the PIN;
+    nor is a token without AES-GCM (``_ck.START_FATAL_RVS``): waiting cannot add a mechanism.
     """
     delay = _FIRST_DELAY_S
     give_up = time.monotonic() + START_RETRY_S
@@ -92,8 +93,8 @@ def start_serialised(config: HsmConfig, attempt: Callable[[], None]) -> None:
                 attempt()
             return
         except (HsmUnavailable, HsmFailure) as exc:
-            pin_refused = isinstance(exc, HsmFailure) and exc.rv in _ck.PIN_REFUSED_RVS
-            if pin_refused or time.monotonic() + delay > give_up:
+            fatal = isinstance(exc, HsmFailure) and exc.rv in _ck.START_FATAL_RVS
+            if fatal or time.monotonic() + delay > give_up:
                 raise
             log.warning("hsm %s: start failed (%s); retrying in %.2f s", config.name, exc, delay)
             time.sleep(delay)

@@ -48,6 +48,9 @@ if [ "$profile" = "test" ]; then
   # and `security --offline=yes` score the units (no running systemd needed).
   command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
   command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+  # tests/hsm, tests/conformance: openCryptoki's soft token as a second PKCS#11 implementation
+  # (library, pkcsslotd, pkcsconf; tests/support/ock_token.py sets the token up and back).
+  [ -x /usr/sbin/pkcsslotd ] || need_pkgs+=(opencryptoki)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then

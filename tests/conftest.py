@@ -14,26 +14,33 @@ make sure no pool and no admin call holds the module at the same time (the modul
 when the last pool/admin user releases it, and re-initialised with the new env on next use).
 Processes other than this one may open the same token concurrently (SoftHSM's file store is
 shared), e.g. a server started by a test with ``hsm_token.conf_path``.
+
+Second PKCS#11 implementation: ``ock_token`` claims openCryptoki's system soft token for the
+session (tests/support/ock_token.py says why it is system-wide and how it is left as found; the
+fixture skips with the exact reason where it cannot be used). ``pkcs11_impl`` is an
+``HsmConfig`` per implementation ("softhsm" = ``hsm_config``, "opencryptoki"), both with the demo
+keys; ``gcm_impl`` is the same but skips an implementation whose token has no AES-GCM (the
+proxy refuses such a token at start: tests/hsm/test_hsm_impls.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from support.faultshim import FaultShim
 from support.hsm_keys import DEMO_KEYS, KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL
+from support.ock_token import OckToken, Unavailable, claim
 
-from hsm import HsmConfig, admin
+from hsm import HsmConfig, admin, module
+from hsm.errors import HsmFailure
 from hsm.softhsm import ProvisionedToken, provision
 
 
-@pytest.fixture(scope="session")
-def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedToken:
-    """A provisioned SoftHSMv2 token with demo keys, health key and the known-material key."""
-    token = provision(tmp_path_factory.mktemp("softhsm"), "xksproxy-test")
-    cfg = token.hsm_config()
+def _populate(cfg: HsmConfig) -> None:
+    """Demo keys, health key and the known-material key (each only if absent)."""
     existing = {k.label for k in admin.list_keys(cfg)}
     for label, usage in DEMO_KEYS.items():
         if label not in existing:
@@ -41,6 +48,13 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedToken:
     admin.ensure_health_key(cfg)
     if KNOWN_KEY_LABEL not in existing:
         admin.import_test_key(cfg, KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL)
+
+
+@pytest.fixture(scope="session")
+def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedToken:
+    """A provisioned SoftHSMv2 token with demo keys, health key and the known-material key."""
+    token = provision(tmp_path_factory.mktemp("softhsm"), "xksproxy-test")
+    _populate(token.hsm_config())
     return token
 
 
@@ -48,6 +62,52 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> ProvisionedToken:
 def hsm_config(hsm_token: ProvisionedToken) -> HsmConfig:
     """HsmConfig for ``hsm_token`` (name "softhsm-0", inline mode, 4 sessions)."""
     return hsm_token.hsm_config()
+
+
+@pytest.fixture(scope="session")
+def ock_token() -> Iterator[OckToken]:
+    """openCryptoki's soft token, initialised for this session and put back as found after it."""
+    try:
+        token = claim()
+    except Unavailable as exc:
+        pytest.skip(f"openCryptoki soft token unavailable: {exc}")
+    try:
+        _populate(token.hsm_config())
+        yield token
+    finally:
+        token.restore()
+
+
+PKCS11_IMPLS = ("softhsm", "opencryptoki")
+
+
+@pytest.fixture(scope="session", params=PKCS11_IMPLS)
+def pkcs11_impl(request: pytest.FixtureRequest) -> HsmConfig:
+    """An HsmConfig (demo keys, health key) per PKCS#11 implementation."""
+    if request.param == "softhsm":
+        return cast(HsmConfig, request.getfixturevalue("hsm_config"))
+    return cast(OckToken, request.getfixturevalue("ock_token")).hsm_config()
+
+
+def missing_aes_gcm(cfg: HsmConfig) -> str | None:
+    """The product's own refusal message if ``cfg``'s token lacks AES-GCM, else None."""
+    mod = module.acquire(cfg.module, cfg.env)
+    try:
+        mod.require_aes_gcm(mod.find_token(cfg.token_label))
+    except HsmFailure as exc:
+        return exc.message
+    finally:
+        module.release(mod)
+    return None
+
+
+@pytest.fixture(scope="session")
+def gcm_impl(pkcs11_impl: HsmConfig) -> HsmConfig:
+    """``pkcs11_impl``, skipped (with the module's own words) where the token has no AES-GCM."""
+    reason = missing_aes_gcm(pkcs11_impl)
+    if reason is not None:
+        pytest.skip(f"{pkcs11_impl.name}: {reason}")
+    return pkcs11_impl
 
 
 @pytest.fixture

@@ -64,8 +64,8 @@ def test_failed_token_init_does_not_carry_the_pins(
     assert not any(pin in str(info.value) or pin in repr(info.value) for pin in pins)
 
 
-def test_list_keys_reports_usage(hsm_config: HsmConfig) -> None:
-    listed = {k.label: k.usage for k in admin.list_keys(hsm_config)}
+def test_list_keys_reports_usage(pkcs11_impl: HsmConfig) -> None:
+    listed = {k.label: k.usage for k in admin.list_keys(pkcs11_impl)}
     assert listed["demo"] == {"ENCRYPT", "DECRYPT"}
     assert listed["demo-encrypt-only"] == {"ENCRYPT"}
     assert listed["demo-decrypt-only"] == {"DECRYPT"}
@@ -74,16 +74,16 @@ def test_list_keys_reports_usage(hsm_config: HsmConfig) -> None:
     assert set(DEMO_KEYS) | {HEALTH_KEY_LABEL, KNOWN_KEY_LABEL} <= set(listed)
 
 
-def test_created_keys_are_sensitive_non_extractable_token_objects(hsm_config: HsmConfig) -> None:
+def test_created_keys_are_sensitive_non_extractable_token_objects(pkcs11_impl: HsmConfig) -> None:
     label = f"admin-created-{os.getpid()}"
-    info = admin.create_key(hsm_config, label, "encrypt")
+    info = admin.create_key(pkcs11_impl, label, "encrypt")
     try:
         assert info.usage == {"ENCRYPT"}
         with pytest.raises(ValueError, match="already exists"):
-            admin.create_key(hsm_config, label)
-        mod = module.acquire(hsm_config.module, hsm_config.env)
+            admin.create_key(pkcs11_impl, label)
+        mod = module.acquire(pkcs11_impl.module, pkcs11_impl.env)
         try:
-            session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin)
+            session = mod.open_session(mod.find_token(pkcs11_impl.token_label), pkcs11_impl.pin)
             key = session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
             assert key[Attribute.TOKEN] and key[Attribute.SENSITIVE]
             assert not key[Attribute.EXTRACTABLE]
@@ -93,30 +93,30 @@ def test_created_keys_are_sensitive_non_extractable_token_objects(hsm_config: Hs
         finally:
             module.release(mod)
     finally:
-        admin.delete_key(hsm_config, label)
-    assert label not in {k.label for k in admin.list_keys(hsm_config)}
+        admin.delete_key(pkcs11_impl, label)
+    assert label not in {k.label for k in admin.list_keys(pkcs11_impl)}
     with pytest.raises(KeyNotFound):
-        admin.delete_key(hsm_config, label)
+        admin.delete_key(pkcs11_impl, label)
     with pytest.raises(ValueError):
-        admin.create_key(hsm_config, "x", "sign-everything")
+        admin.create_key(pkcs11_impl, "x", "sign-everything")
 
 
-def test_ensure_health_key_is_idempotent(hsm_config: HsmConfig) -> None:
-    before = [k for k in admin.list_keys(hsm_config) if k.label == HEALTH_KEY_LABEL]
-    assert admin.ensure_health_key(hsm_config).usage == {"ENCRYPT", "DECRYPT"}
-    after = [k for k in admin.list_keys(hsm_config) if k.label == HEALTH_KEY_LABEL]
+def test_ensure_health_key_is_idempotent(pkcs11_impl: HsmConfig) -> None:
+    before = [k for k in admin.list_keys(pkcs11_impl) if k.label == HEALTH_KEY_LABEL]
+    assert admin.ensure_health_key(pkcs11_impl).usage == {"ENCRYPT", "DECRYPT"}
+    after = [k for k in admin.list_keys(pkcs11_impl) if k.label == HEALTH_KEY_LABEL]
     assert before == after and len(after) == 1
 
 
-async def test_non_aes256_keys_are_refused(hsm_config: HsmConfig) -> None:
+async def test_non_aes256_keys_are_refused(gcm_impl: HsmConfig) -> None:
     label = f"aes128-{os.getpid()}"
-    mod = module.acquire(hsm_config.module, hsm_config.env)
+    mod = module.acquire(gcm_impl.module, gcm_impl.env)
     try:
-        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin, rw=True)
+        session = mod.open_session(mod.find_token(gcm_impl.token_label), gcm_impl.pin, rw=True)
         session.generate_key(KeyType.AES, 128, label=label, store=True)
         session.generate_key(KeyType.GENERIC_SECRET, 256, label=label + "-generic", store=True)
         mod.functions.C_CloseSession(session.handle)
-        pool = HsmPool(hsm_config)
+        pool = HsmPool(gcm_impl)
         await pool.start()
         try:
             for bad in (label, label + "-generic"):
@@ -124,9 +124,9 @@ async def test_non_aes256_keys_are_refused(hsm_config: HsmConfig) -> None:
                     await pool.encrypt(bad, b"x", b"", deadline=time.monotonic() + 5)
         finally:
             await pool.close()
-        assert label not in {k.label for k in admin.list_keys(hsm_config)}
+        assert label not in {k.label for k in admin.list_keys(gcm_impl)}
     finally:
-        session = mod.open_session(mod.find_token(hsm_config.token_label), hsm_config.pin, rw=True)
+        session = mod.open_session(mod.find_token(gcm_impl.token_label), gcm_impl.pin, rw=True)
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
             if str(obj[Attribute.LABEL]).startswith(label):
                 obj.destroy()
@@ -134,8 +134,8 @@ async def test_non_aes256_keys_are_refused(hsm_config: HsmConfig) -> None:
         module.release(mod)
 
 
-async def test_lifecycle_and_input_limits(hsm_config: HsmConfig) -> None:
-    pool = HsmPool(hsm_config)
+async def test_lifecycle_and_input_limits(gcm_impl: HsmConfig) -> None:
+    pool = HsmPool(gcm_impl)
     with pytest.raises(HsmUnavailable, match="not started"):
         await pool.encrypt("demo", b"x", b"", deadline=time.monotonic() + 1)
     await pool.start()
@@ -143,7 +143,7 @@ async def test_lifecycle_and_input_limits(hsm_config: HsmConfig) -> None:
         await pool.start()
     with pytest.raises(ValueError):
         await pool.encrypt(
-            "demo", b"x" * (hsm_config.max_plaintext_bytes + 1), b"", deadline=time.monotonic() + 1
+            "demo", b"x" * (gcm_impl.max_plaintext_bytes + 1), b"", deadline=time.monotonic() + 1
         )
     with pytest.raises(ValueError):
         await pool.encrypt("demo", b"x", b"a" * 70000, deadline=time.monotonic() + 1)
@@ -158,23 +158,23 @@ async def test_lifecycle_and_input_limits(hsm_config: HsmConfig) -> None:
 
 
 async def test_wrong_pin_and_unknown_token(
-    hsm_config: HsmConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    gcm_impl: HsmConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A wrong PIN fails at once; an unknown token is retried (sibling workers may still be
     creating it) until the start-up budget, shortened here from 5 s, runs out."""
     monkeypatch.setattr(startup, "START_RETRY_S", 0.3)
     caplog.set_level(logging.WARNING, logger="hsm")
     with pytest.raises(HsmFailure, match="PIN_INCORRECT"):
-        await HsmPool(dataclasses.replace(hsm_config, pin="wrong-pin-0000")).start()
+        await HsmPool(dataclasses.replace(gcm_impl, pin="wrong-pin-0000")).start()
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
     with pytest.raises(HsmUnavailable, match="no token"):
-        await HsmPool(dataclasses.replace(hsm_config, token_label="nope")).start()
+        await HsmPool(dataclasses.replace(gcm_impl, token_label="nope")).start()
     assert [r for r in caplog.records if "retrying" in r.getMessage()]
 
 
-async def test_module_iv_source_never_returns_an_unchanged_iv(hsm_config: HsmConfig) -> None:
+async def test_module_iv_source_never_returns_an_unchanged_iv(gcm_impl: HsmConfig) -> None:
     """SoftHSMv2 does not generate GCM IVs: iv_source="module" must fail, not leak a zero IV."""
-    pool = HsmPool(dataclasses.replace(hsm_config, iv_source="module"))
+    pool = HsmPool(dataclasses.replace(gcm_impl, iv_source="module"))
     await pool.start()
     try:
         with pytest.raises(HsmFailure, match="no IV"):

@@ -14,9 +14,9 @@ from hsm.errors import InvalidCiphertext
 
 
 @pytest.fixture(scope="module")
-def loop_and_pool(hsm_config: HsmConfig):
+def loop_and_pool(gcm_impl: HsmConfig):
     loop = asyncio.new_event_loop()
-    pool = HsmPool(hsm_config)
+    pool = HsmPool(gcm_impl)
     loop.run_until_complete(pool.start())
     yield loop, pool
     loop.run_until_complete(pool.close())
