@@ -75,6 +75,10 @@ class AuditConfig:
     file: Path | None
     key: bytes | None = field(default=None, repr=False)
     rotate_bytes: int = 67108864
+    # Audit-trail hardening (issue 17): refuse Encrypt/Decrypt while a gap is unacknowledged;
+    # keep at most this many rotated files (0 = all).
+    refuse_on_gap: bool = True
+    keep_files: int = 16
 
 
 @dataclass(frozen=True)
@@ -322,13 +326,22 @@ def _audit(s: _Section, base: Path) -> AuditConfig:
     file = s.get("file", "audit/xksproxy-audit.log", str)
     key_ref = s.get("key", "file:secrets/audit.key", str)
     rotate = _positive_int(s, "rotate_bytes", 67108864, minimum=0)
+    hardening = _audit_hardening(s)
     s.finish()
     if not file:
-        return AuditConfig(file=None, key=None, rotate_bytes=rotate)
+        return AuditConfig(file=None, key=None, rotate_bytes=rotate, **hardening)
     key = resolve_secret(key_ref, s.name("key"), base).encode("utf-8")
     if len(key) < 32:
         raise ConfigError(f"{s.name('key')}: needs at least 32 bytes of key material")
-    return AuditConfig(file=_path(base, file), key=key, rotate_bytes=rotate)
+    return AuditConfig(file=_path(base, file), key=key, rotate_bytes=rotate, **hardening)
+
+
+def _audit_hardening(s: _Section) -> dict[str, Any]:
+    """``[audit] refuse_on_gap`` (default true) and ``keep_files`` (default 16, 0 = keep all)."""
+    return {
+        "refuse_on_gap": s.get("refuse_on_gap", True, bool),
+        "keep_files": _positive_int(s, "keep_files", 16, minimum=0),
+    }
 
 
 def _printable(s: _Section, key: str, default: str) -> str:
