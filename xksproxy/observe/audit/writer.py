@@ -166,6 +166,10 @@ def _tip_of(rec: Record | None) -> Tip | None:
     return (int(rec["seq"]), str(rec["mac"])) if rec is not None else None
 
 
+#: The one ``write`` of a batch (a module attribute so a test can make it fail like ENOSPC).
+_write_fd: Callable[[int, bytes], int] = os.write
+
+
 def _read_head_line(fd: int) -> Record | None:
     """The first record of the open file (what chain it continues), or None."""
     raw = os.pread(fd, _TAIL_CHUNK, 0).split(b"\n", 1)[0]
@@ -597,7 +601,7 @@ class AuditLog:
         if size and os.pread(self._fd, 1, size - 1) != b"\n":
             data = b"\n" + data  # never glue a record onto a torn line
         try:
-            written = os.write(self._fd, data)
+            written = _write_fd(self._fd, data)
             if written != len(data):
                 raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
         except OSError:
