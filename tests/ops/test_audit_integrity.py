@@ -108,7 +108,7 @@ def test_running_writer_records_a_cut_as_a_gap_and_refuses_until_acknowledged(
         # verify: the gap is shown, and unacknowledged it fails the check
         res = verify_files([path], KEY)
         assert not res.ok and res.unacknowledged == 1, res.message
-        assert "GAP (%s)" % reason in res.gaps[0]
+        assert f"GAP ({reason})" in res.gaps[0]
         assert main_verify([str(path)], key=KEY) == 1
         # the operator acknowledges; every writer watching the alarm resumes
         ack = AuditLog(path, KEY)
