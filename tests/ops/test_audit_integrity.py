@@ -74,9 +74,7 @@ def _cut_tail(path: Path, keep: int) -> None:
 
 
 @pytest.mark.parametrize("attack", ["truncate", "delete", "replace_with_older_copy"])
-def test_running_writer_records_a_cut_as_a_gap_and_refuses_until_acknowledged(
-    path, attack, capsys
-):
+def test_running_writer_records_a_cut_as_a_gap_and_refuses_until_acknowledged(path, attack, capsys):
     gaps_seen: list[str] = []
     log = _log(path, on_gap=gaps_seen.append)
     try:
