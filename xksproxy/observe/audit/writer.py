@@ -474,9 +474,28 @@ class AuditLog:
         elif self._rotated_by_another(size):
             self._reopen()
         else:
-            self._cut("replaced", f"{self.path.name} is another file than the one written")
+            self._replaced()
         assert self._fd >= 0
         return os.fstat(self._fd).st_size
+
+    def _replaced(self) -> None:
+        """Another file sits at the path. If another writer re-created it after finding it
+        gone, its first record is that gap: ours is the same loss (not recorded twice when that
+        gap covers our tip)."""
+        assert self._tip is not None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            first = _read_head_line(fd)
+        finally:
+            os.close(fd)
+        if first is None or first.get("event") != GAP:
+            self._cut("replaced", f"{self.path.name} is another file than the one written")
+            return
+        lost_from, gap_seq = first.get("lostFromSeq"), int(first["seq"])
+        if isinstance(lost_from, int) and lost_from <= self._tip[0] < gap_seq:
+            self._reopen()  # already on the chain, by the writer that found it first
+            return
+        self._cut("missing", f"{self.path.name} was re-created by another writer after a cut")
 
     def _rotated_by_another(self, size: int) -> bool:
         """Another writer rotated: the new file's first record names, as ``prevFile``, the file
