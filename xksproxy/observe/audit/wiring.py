@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from xksproxy.observe import metrics
+from xksproxy.observe.audit.chain import GAP_REASONS
 from xksproxy.observe.audit.writer import AuditLog, now_iso
 from xksproxy.observe.requestlog import RequestContext
 from xksproxy.xks.errors import InternalException
@@ -115,6 +116,10 @@ def install(app: Any) -> AuditLog | None:
             c.extra["refused"] = "audit"
             raise InternalException(REFUSAL_MESSAGE)
 
+    # Exported at 0 from the start: Prometheus' increase() misses a counter's first sample.
+    for reason in sorted(GAP_REASONS):
+        metrics.REGISTRY.inc("xksproxy_audit_gaps_total", {"reason": reason}, 0)
+    metrics.REGISTRY.inc("xksproxy_audit_lost_total", {}, 0)
     metrics.REGISTRY.add_collector(gauges)
     if cfg.refuse_on_gap:
         app.before_dispatch.append(refuse_unaudited)
