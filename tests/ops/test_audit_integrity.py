@@ -320,3 +320,26 @@ def test_verify_without_files_reads_the_configured_log(tmp_path, capsys):
     assert main_verify([], config_path=state / "xksproxy.toml", json_out=True) == 0
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["ok"] and doc["records"] == 4 and doc["files"] == [str(cfg.audit.file)]
+
+
+def test_doctor_reports_an_unacknowledged_gap_and_the_disk_space(tmp_path):
+    from xksproxy.admin import audit_doctor, doctor, embedded
+    from xksproxy.config import load_config
+
+    state = tmp_path / "state"
+    embedded.init(state)
+    config = state / "xksproxy.toml"
+    cfg = load_config(config)
+    log = AuditLog(cfg.audit.file, cfg.audit.key)
+    log.start()
+    _write(log, 0, 4)
+    log.close()
+    _cut_tail(cfg.audit.file, 2)
+    append_event(cfg.audit.file, cfg.audit.key, "operator-note", {"text": "x"})  # finds the cut
+    checks = {c.name: c for c in doctor.run_checks(config, hsm=False).checks}
+    assert checks["audit integrity"].status == doctor.FAIL
+    assert "acknowledge" in checks["audit integrity"].fix
+    space = checks["audit disk space"]
+    free = audit_doctor.free_bytes(cfg.audit.file.parent)
+    assert space.status == (doctor.OK if free > 2 * cfg.audit.rotate_bytes else doctor.WARN)
+    assert "MiB free" in space.detail
