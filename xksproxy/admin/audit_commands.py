@@ -69,6 +69,41 @@ def register(sub: Any, add_location: AddLocation, config_path: ConfigPath) -> No
     )
     add_location(p)
     p.set_defaults(func=lambda args: _acknowledge(args, config_path))
+    _register_checkpoint(asub, add_location, config_path)
+
+
+def _register_checkpoint(asub: Any, add_location: AddLocation, config_path: ConfigPath) -> None:
+    p = asub.add_parser(
+        "checkpoint",
+        help="anchor the chain's tip in the HSM now (rollback detection; [audit] anchor_hsm)",
+        description=(
+            "Write a checkpoint (seq, MAC of the newest record, time), MACed by the anchor key "
+            "inside the HSM, as a token object. The workers write one every [audit] "
+            "checkpoint_interval_s; audit verify fails when the files end before the newest one. "
+            "Exit 1 if the log is older than the newest checkpoint (a rollback: recorded as a gap)."
+        ),
+    )
+    p.add_argument(
+        "--create-key",
+        action="store_true",
+        help="first generate the anchor key inside the HSM if it is missing (sensitive, "
+        "not extractable; label [audit] anchor_key_label)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help='one JSON object {"created_key", "seq", "time"}'
+    )
+    add_location(p)
+    p.set_defaults(func=lambda args: _checkpoint(args, config_path))
+
+
+def _checkpoint(args: argparse.Namespace, config_path: ConfigPath) -> int:
+    from xksproxy.observe.audit import main_checkpoint
+
+    return int(
+        main_checkpoint(
+            config_path=_location(args, config_path), create_key=args.create_key, json_out=args.json
+        )
+    )
 
 
 def _location(args: argparse.Namespace, config_path: ConfigPath) -> Path | None:

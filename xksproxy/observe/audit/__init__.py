@@ -10,6 +10,8 @@ This package's modules, one job each:
 - :mod:`.verify` — :func:`verify_files`, which names the first record where the chain breaks;
 - :mod:`.cli` — :func:`main_verify` and :func:`main_acknowledge`, ``xksproxy audit verify`` /
   ``acknowledge``: key and file lookup, output and exit status;
+- :mod:`.anchor` — HSM checkpoints of the chain's tip (rollback detection) and the worker-side
+  scheduler that starts the checkpoint process;
 - :mod:`.wiring` — :func:`install`, one record per finished request of an app.
 
 This module only re-exports the names callers use.
@@ -28,7 +30,12 @@ from xksproxy.observe.audit.chain import (
     log_files,
     parse_key_text,
 )
-from xksproxy.observe.audit.cli import load_key_from_config, main_acknowledge, main_verify
+from xksproxy.observe.audit.cli import (
+    load_key_from_config,
+    main_acknowledge,
+    main_checkpoint,
+    main_verify,
+)
 from xksproxy.observe.audit.verify import VerifyResult, verify_files
 from xksproxy.observe.audit.wiring import install
 from xksproxy.observe.audit.writer import BATCH_INTERVAL_S, AuditLog, append_event
@@ -49,6 +56,7 @@ __all__ = [
     "lock_path",
     "log_files",
     "main_acknowledge",
+    "main_checkpoint",
     "main_verify",
     "parse_key_text",
     "verify_files",

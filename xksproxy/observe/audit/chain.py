@@ -74,6 +74,7 @@ GAP_REASONS = frozenset(
         "replaced",  # another file (inode) sits at the path, and it is no rotation of ours
         "cut-before-start",  # at start: the head names records the file no longer holds
         "write-failed",  # records could not be written (ENOSPC, EIO): counted in lostCount
+        "rolled-back",  # the files end before (or differ at) the newest HSM checkpoint
     }
 )
 

@@ -22,7 +22,7 @@ import orjson
 
 from xksproxy import environment
 from xksproxy.observe.audit.chain import alarm_path, log_files, parse_key_text
-from xksproxy.observe.audit.verify import verify_files
+from xksproxy.observe.audit.verify import Anchor, verify_files
 from xksproxy.observe.audit.writer import MAX_EVENT_TEXT, AuditLog
 
 #: What ``--help`` says about where the files are when none is given.
@@ -88,10 +88,17 @@ def main_verify(
         print(f"audit verify: cannot load the audit configuration or key: {exc}", file=sys.stderr)
         return 2
     try:
-        result = verify_files(files, key, allow_partial=allow_partial)
+        anchor = _newest_anchor(config_path)
+    except Exception as exc:
+        print(f"audit verify: cannot read the HSM checkpoint: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = verify_files(files, key, allow_partial=allow_partial, anchor=anchor)
     except OSError as exc:
         print(f"audit verify: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
+    if anchor is not None and result.ok:
+        result.notes.append(f"HSM checkpoint of {anchor.time} (seq {anchor.seq}) matches")
     if json_out:
         doc = {"files": files, **asdict(result)}
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n")
@@ -141,6 +148,59 @@ def main_acknowledge(
         print(f"audit acknowledge: no gap to acknowledge ({alarm_path(live).name} not present)")
     else:
         print(f"audit acknowledge: ack recorded as seq {seq}; Encrypt/Decrypt resume")
+    return 0
+
+
+def _newest_anchor(config_path: Path | None) -> Anchor | None:
+    """The newest HSM checkpoint when ``[audit] anchor_hsm`` is configured (else None)."""
+    from xksproxy.config import load_config
+    from xksproxy.observe.audit import anchor
+
+    path = _config_path(config_path)
+    if not path.is_file():
+        return None
+    cfg = load_config(path)
+    if cfg.audit.anchor_hsm is None:
+        return None
+    cp = anchor.newest(cfg)
+    return None if cp is None else Anchor(cp.seq, cp.mac, cp.time, cp.valid)
+
+
+def main_checkpoint(
+    *, config_path: Path | None = None, create_key: bool = False, json_out: bool = False
+) -> int:
+    """``xksproxy audit checkpoint [--create-key]``: write an HSM checkpoint of the live log's
+    tip now (``--create-key`` first generates the anchor key inside the HSM if missing)."""
+    from xksproxy.config import ConfigError, load_config
+    from xksproxy.observe.audit import anchor
+
+    try:
+        cfg = load_config(_config_path(config_path))
+        if cfg.audit.file is None or cfg.audit.anchor_hsm is None:
+            raise ValueError("set [audit] anchor_hsm to the [[hsm]] that anchors the chain")
+    except (ConfigError, ValueError) as exc:
+        print(f"audit checkpoint: {exc}", file=sys.stderr)
+        return 2
+    try:
+        created = anchor.ensure_key(cfg) if create_key else False
+        cp = anchor.write(cfg)
+    except anchor.Rollback as exc:
+        print(f"audit checkpoint: ROLLBACK: {exc} (recorded as a gap)", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"audit checkpoint: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if json_out:
+        doc = {
+            "created_key": created,
+            "seq": cp.seq if cp else None,
+            "time": cp.time if cp else None,
+        }
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    elif cp is None:
+        print("audit checkpoint: the audit log is empty; nothing to anchor yet")
+    else:
+        print(f"audit checkpoint: seq {cp.seq} anchored in [[hsm]] {cfg.audit.anchor_hsm}")
     return 0
 
 

@@ -83,8 +83,22 @@ def _describe_gap(rec: dict[str, object], seq: int) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """The newest HSM checkpoint: the files must hold record ``seq`` with MAC ``mac``."""
+
+    seq: int
+    mac: str
+    time: str
+    valid: bool = True  # its HSM MAC verified
+
+
 def verify_files(
-    files: Iterable[Path | str], key: bytes, *, allow_partial: bool = False
+    files: Iterable[Path | str],
+    key: bytes,
+    *,
+    allow_partial: bool = False,
+    anchor: Anchor | None = None,
 ) -> VerifyResult:
     """Check one chain spread over ``files`` (any order; sorted by their first ``seq``).
 
@@ -110,9 +124,14 @@ def verify_files(
     # A start that continues earlier files: accepted if a retire record explains it.
     partial_start: tuple[str, str, int] | None = None  # (where, prevFile, seq)
     retired: set[tuple[str, int]] = set()
+    anchored = False
     try:
         if not loaded:
             raise _Broken("no audit log files to verify")
+        if anchor is not None and not anchor.valid:
+            raise _Broken(
+                f"the newest HSM checkpoint (seq {anchor.seq}) has a wrong HSM MAC: forged"
+            )
         for path, lines in loaded:
             first_in_file = True
             for lineno, raw in lines:
@@ -165,10 +184,29 @@ def verify_files(
                     pending_gaps = 0
                 elif event == RETIRE and isinstance(rec.get("keptFromSeq"), int):
                     retired.add((str(rec.get("retiredThrough")), int(rec["keptFromSeq"])))
+                if anchor is not None and seq == anchor.seq:
+                    if not hmac.compare_digest(mac, anchor.mac):
+                        raise _Broken(
+                            f"{where}: record seq {seq} is not the one the HSM checkpoint of "
+                            f"{anchor.time} anchors: the chain was rewritten"
+                        )
+                    anchored = True
                 prev_mac, prev_seq = mac, seq
                 first_in_file = False
                 count += 1
             prev_name = path.name
+        if anchor is not None and not anchored:
+            last = prev_seq or 0
+            if last < anchor.seq:
+                raise _Broken(
+                    f"ROLLBACK: the files end at seq {last}, but the HSM checkpoint of "
+                    f"{anchor.time} anchors seq {anchor.seq}: records were rolled back or cut"
+                )
+            _partial(
+                f"the HSM checkpoint's record seq {anchor.seq} is not in the files given",
+                allow_partial,
+                notes,
+            )
         if partial_start is not None:
             where, prev_file, seq = partial_start
             if (prev_file, seq) in retired:

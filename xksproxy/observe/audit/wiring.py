@@ -10,9 +10,11 @@ reports that the external key store failed, and the customer's operation fails c
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xksproxy.observe import metrics
+from xksproxy.observe.audit import anchor
 from xksproxy.observe.audit.chain import GAP_REASONS
 from xksproxy.observe.audit.writer import AuditLog, now_iso
 from xksproxy.observe.requestlog import RequestContext
@@ -44,6 +46,10 @@ def install(app: Any) -> AuditLog | None:
     cfg = app.config.audit
     if cfg.file is None or cfg.key is None:
         return None
+    scheduler = None
+    config_path = getattr(app.config, "path", None)
+    if cfg.anchor_hsm is not None and cfg.checkpoint_interval_s > 0 and config_path is not None:
+        scheduler = anchor.Scheduler(Path(config_path), cfg.file, cfg.checkpoint_interval_s)
     audit_log = AuditLog(
         cfg.file,
         cfg.key,
@@ -52,6 +58,7 @@ def install(app: Any) -> AuditLog | None:
         on_drop=metrics.audit_dropped,
         on_gap=metrics.audit_gap,
         on_lost=metrics.audit_lost,
+        on_batch=scheduler.after_batch if scheduler is not None else None,
     )
     worker = os.getpid()
 
@@ -96,6 +103,8 @@ def install(app: Any) -> AuditLog | None:
 
     async def stop() -> None:
         audit_log.close()
+        if scheduler is not None:
+            scheduler.close()
 
     def gauges() -> list[tuple[str, dict[str, str], float]]:
         # Runs in the metrics flusher thread, never on the event loop (statvfs may touch disk).

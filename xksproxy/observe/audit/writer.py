@@ -256,6 +256,7 @@ class AuditLog:
         on_drop: Callable[[int], None] | None = None,
         on_gap: Callable[[str], None] | None = None,
         on_lost: Callable[[int], None] | None = None,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         if len(key) < 32:
             raise ValueError("audit key must hold at least 32 bytes of key material")
@@ -275,6 +276,7 @@ class AuditLog:
         )
         self._on_gap = on_gap
         self._on_lost = on_lost
+        self._on_batch = on_batch  # after each written batch, outside the lock (checkpoints)
         self.written_total = 0
         self.last_seq = 0  # chain position after our last batch (exported as a metric)
         self.lost_total = 0  # records that could not be written (counted, carried onto the chain)
@@ -368,6 +370,13 @@ class AuditLog:
         self._open_lock()
         self._write_batch([rec], 0)
         return int(rec["seq"])
+
+    def record_gap(self, gap: Record) -> None:
+        """Put a gap found outside the writer (an HSM checkpoint the files no longer match) on
+        the chain now and raise the alarm; ``gap`` comes from :func:`gap_record`."""
+        self._open_lock()
+        self._pending_gaps.append(gap)
+        self._write_batch([], 0)
 
     def acknowledge(self, reason: str, operator: str) -> int | None:
         """Write an ``ack`` record for every gap so far and lift the alarm (under the lock).
@@ -549,6 +558,11 @@ class AuditLog:
                 self._write_locked(batch, dropped)
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        if self._on_batch is not None:
+            try:
+                self._on_batch()
+            except Exception:
+                log.exception("audit: after-batch hook failed")
 
     def _write_locked(self, batch: list[Record], dropped: int) -> None:
         dropped += self._dropped_carry
