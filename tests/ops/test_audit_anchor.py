@@ -37,9 +37,7 @@ def _write(cfg, start: int, n: int) -> None:
     log.close()
 
 
-def test_rollback_of_log_and_head_together_fails_verify_and_is_recorded(
-    anchored, tmp_path, capsys
-):
+def test_rollback_of_log_and_head_together_fails_verify_and_is_recorded(anchored, tmp_path, capsys):
     config, cfg = anchored
     log = cfg.audit.file
     _write(cfg, 0, 5)
@@ -101,3 +99,21 @@ def test_workers_schedule_checkpoints_in_a_child_process(anchored):
     sched2 = anchor_mod.Scheduler(config, cfg.audit.file, interval_s=3600)
     sched2.after_batch()  # the newest checkpoint is fresh: nothing started
     assert sched2._child is None and stamp.stat().st_mtime == before
+
+
+def test_doctor_warns_without_an_anchor_and_checks_the_checkpoint(anchored, tmp_path):
+    from xksproxy.admin import audit_doctor, doctor
+
+    config, cfg = anchored
+    report = doctor.Report()
+    audit_doctor.check_audit_anchor(report, cfg)
+    assert report.checks[-1].status == doctor.WARN and "--create-key" in report.checks[-1].fix
+    _write(cfg, 0, 2)
+    assert main_checkpoint(config_path=config, create_key=True) == 0
+    audit_doctor.check_audit_anchor(report, cfg)
+    assert report.checks[-1].status == doctor.OK and "seq 2" in report.checks[-1].detail
+    plain = tmp_path / "plain"
+    embedded.init(plain)  # file-key mode only: rollback undetectable, said so
+    audit_doctor.check_audit_anchor(report, load_config(plain / "xksproxy.toml"))
+    assert report.checks[-1].status == doctor.WARN
+    assert "rolled back together" in report.checks[-1].detail

@@ -63,3 +63,38 @@ def check_audit_disk(report: Report, config: Any) -> None:
         report.add("audit disk space", WARN, f"{detail} (< {warn_at // (1024 * 1024)} MiB)", fix)
     else:
         report.add("audit disk space", OK, detail)
+
+
+def check_audit_anchor(report: Report, config: Any) -> None:
+    """Without an HSM anchor (the file-key mode of older configs) a rollback of log and head
+    together verifies as intact; with one, the key must exist and checkpoints be recent."""
+    a = config.audit
+    if a.file is None:
+        return
+    if a.anchor_hsm is None:
+        report.add(
+            "audit anchor",
+            WARN,
+            "no HSM anchor: log and head rolled back together would verify as intact",
+            "set [audit] anchor_hsm = NAME, then xksproxy audit checkpoint --create-key",
+        )
+        return
+    from xksproxy.observe.audit import anchor
+
+    cp = anchor.newest(config)
+    if cp is None:
+        report.add(
+            "audit anchor",
+            WARN,
+            f"[[hsm]] {a.anchor_hsm}: no checkpoint yet",
+            "xksproxy audit checkpoint --create-key",
+        )
+    elif not cp.valid:
+        report.add(
+            "audit anchor",
+            FAIL,
+            f"[[hsm]] {a.anchor_hsm}: the newest checkpoint (seq {cp.seq}) has a wrong MAC",
+            "investigate: a checkpoint object on the token was forged",
+        )
+    else:
+        report.add("audit anchor", OK, f"[[hsm]] {a.anchor_hsm}: seq {cp.seq} at {cp.time}")

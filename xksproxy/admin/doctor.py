@@ -375,6 +375,8 @@ def run_checks(config_path: Path, *, hsm: bool = True) -> Report:
         audit_doctor.check_audit_disk,
     ]
     if hsm:
+        steps.append(audit_doctor.check_audit_anchor)
+    if hsm:
         steps.append(check_hsms)
     for step in steps:
         try:
