@@ -344,3 +344,19 @@ def test_doctor_reports_an_unacknowledged_gap_and_the_disk_space(tmp_path):
     warn_at = max(audit_doctor.DISK_WARN_BYTES, 2 * cfg.audit.rotate_bytes)
     assert space.status == (doctor.OK if free >= warn_at else doctor.WARN)
     assert "MiB free" in space.detail
+
+
+def test_a_failed_write_after_others_appended_is_not_mistaken_for_a_cut(path, monkeypatch):
+    a, b = _log(path), _log(path)
+    try:
+        _write(a, 0, 2)
+        _write(b, 2, 2)
+        _fail_writes(monkeypatch)
+        _write(a, 4, 1)  # a re-read b's tip, then its write failed
+        monkeypatch.undo()
+        _write(b, 5, 2)
+        _write(a, 7, 1)
+        assert [g["gapReason"] for g in _gaps(path)] == ["write-failed"]
+    finally:
+        a.close()
+        b.close()

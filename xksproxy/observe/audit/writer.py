@@ -182,6 +182,8 @@ def _read_head_line(fd: int) -> Record | None:
 
 def _ends_with_tip(fd: int, size: int, mac: str) -> bool:
     """Whether the file's bytes just before ``size`` are the end of the record with ``mac``."""
+    if size == 0:
+        return True  # nothing of ours was in the file: whatever is there now, others wrote
     tail = f',"mac":"{mac}"}}\n'.encode()
     if size < len(tail):
         return False
@@ -444,6 +446,7 @@ class AuditLog:
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._tip = _tip_of(_read_tail(self._fd))
         self._start = _read_head_line(self._fd)
+        self._remember()  # the tip just read belongs to this size: checked from here on
 
     def _cut(self, reason: str, detail: str) -> None:
         """The file is not what this writer left: record a gap, never continue silently."""
@@ -478,6 +481,7 @@ class AuditLog:
                 return size  # nobody else wrote since our last batch
             if st.st_size >= size and _ends_with_tip(self._fd, size, self._tip[1]):
                 self._tip = _tip_of(_read_tail(self._fd))  # another writer appended
+                self._remember()
             else:
                 self._cut("truncated", f"{self.path.name} has {st.st_size} bytes, had {size}")
         elif self._rotated_by_another(size):
