@@ -61,10 +61,13 @@ def _encrypt(live) -> httpx.Response:
 
 
 def _metric(srv, name: str) -> float | None:
-    for line in httpx.get(srv.metrics_url, timeout=5).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    """The family's value summed over its series (None when it is not exported)."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in httpx.get(srv.metrics_url, timeout=5).text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    ]
+    return sum(values) if values else None
 
 
 def _until(cond, timeout: float = 10.0):
@@ -86,6 +89,15 @@ def _lines(path: Path) -> list[bytes]:
 
 @pytest.mark.parametrize("attack", ["truncate_tail", "delete_file"])
 def test_cut_audit_log_is_recorded_refused_and_acknowledged(live, cli, attack):
+    _, config_path, cfg = live
+    try:
+        _attack_and_acknowledge(live, cli, attack)
+    finally:  # leave the shared server serving, whatever happened
+        if alarm_path(cfg.audit.file).exists():
+            _cli(cli, config_path, "acknowledge", "--reason", "test clean-up")
+
+
+def _attack_and_acknowledge(live, cli, attack: str) -> None:
     srv, config_path, cfg = live
     log = cfg.audit.file
     for _ in range(6):
