@@ -93,7 +93,10 @@ def key_exists(cfg: HsmConfig, label: str = KEY_LABEL) -> bool:
 def _mac(session: Any, label: str, payload: bytes) -> bytes:
     key = _find_key(session, label)
     if key is None:
-        raise HsmFailure(f"no audit anchor key {label!r} on the token: run xksproxy audit anchor")
+        raise HsmFailure(
+            f"no audit anchor key {label!r} on the token: generate it with "
+            "`xksproxy audit checkpoint --create-key`"
+        )
     try:
         return bytes(key.sign(payload, mechanism=Mechanism.SHA256_HMAC))
     except PKCS11Error as exc:

@@ -24,8 +24,9 @@ def anchored(tmp_path: Path):
     state = tmp_path / "state"
     embedded.init(state)
     config = state / "xksproxy.toml"
-    text = config.read_text().replace("[audit]\n", '[audit]\nanchor_hsm = "softhsm-0"\n', 1)
-    config.write_text(text)
+    text = config.read_text()
+    assert 'anchor_hsm = ""' in text  # the embedded default: file-key mode, no anchor
+    config.write_text(text.replace('anchor_hsm = ""', 'anchor_hsm = "softhsm-0"', 1))
     return config, load_config(config)
 
 

@@ -224,6 +224,7 @@ class Scheduler:
             age = float("inf")
         if age < self._interval_s:
             return
+        self._next_check = now + self._interval_s  # one attempt per interval, even if it fails
         self._child = subprocess.Popen(
             [sys.executable, "-m", "xksproxy.observe.audit.anchor", str(self._config_path)],
             stdin=subprocess.DEVNULL,
