@@ -118,3 +118,35 @@ def test_doctor_warns_without_an_anchor_and_checks_the_checkpoint(anchored, tmp_
     audit_doctor.check_audit_anchor(report, load_config(plain / "xksproxy.toml"))
     assert report.checks[-1].status == doctor.WARN
     assert "rolled back together" in report.checks[-1].detail
+
+
+def test_a_running_server_checkpoints_on_its_own(anchored):
+    import httpx
+    from ops_client import encrypt_body, signed
+    from ops_config import set_option
+    from ops_server import start
+
+    config, cfg = anchored
+    set_option(config, "audit", "checkpoint_interval_s", "1")
+    anchor_mod.ensure_key(cfg)
+    srv = start(config, workers=1)
+    try:
+        cred = cfg.keystores[0].credentials[0]
+        path = "/demo/kms/xks/v1/keys/demo/encrypt"
+        seen = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            body = encrypt_body(b"pt-anchor-live-5e2a")
+            r = httpx.post(
+                srv.base_url + path, content=body, headers=signed(path, body, cred, srv.host)
+            )
+            assert r.status_code == 200, r.text
+            cp = anchor_mod.newest(cfg)
+            seen = cp.seq if cp is not None and cp.valid else 0
+            if seen >= 2:  # the first batch's checkpoint, then one a second later
+                break
+            time.sleep(0.3)
+        assert seen >= 2, srv.output()[-2000:]
+    finally:
+        srv.stop()
+    assert main_verify([], config_path=config) == 0
