@@ -176,6 +176,7 @@ def test_a_fresh_writer_finds_a_cut_made_while_nobody_wrote(path):
 def test_events_are_checked_before_anything_is_written(path):
     for kind, fields in [
         ("gap", {}),  # the writer's own kinds
+        ("ack", {}),
         ("Bad Kind", {}),
         ("note", {"seq": 3}),  # a chain field
         ("note", {"nested": {"a": 1}}),
@@ -360,3 +361,21 @@ def test_a_failed_write_after_others_appended_is_not_mistaken_for_a_cut(path, mo
     finally:
         a.close()
         b.close()
+
+
+def test_a_gap_whose_alarm_was_removed_by_hand_can_still_be_acknowledged(path):
+    log = _log(path)
+    try:
+        _write(log, 0, 4)
+        _cut_tail(path, 1)
+        _write(log, 4, 1)
+        alarm_path(path).unlink()  # lifts the refusal, but the gap stays unacknowledged
+        assert _wait(lambda: log.integrity_ok)
+        assert verify_files([path], KEY).unacknowledged == 1
+        ack = AuditLog(path, KEY)
+        assert ack.acknowledge("alarm removed during the incident", "bob") is not None
+        assert ack.acknowledge("nothing left", "bob") is None  # idempotent: nothing to ack
+        ack.close()
+        assert verify_files([path], KEY).ok
+    finally:
+        log.close()

@@ -190,6 +190,15 @@ def _ends_with_tip(fd: int, size: int, mac: str) -> bool:
     return os.pread(fd, len(tail), size - len(tail)) == tail
 
 
+def _gap_after_last_ack(path: Path) -> bool:
+    """Whether the live log holds a gap record after its last ack (a byte search, no parse)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    return data.rfind(b'"event":"gap"') > data.rfind(b'"event":"ack"')
+
+
 def gap_record(
     reason: str,
     *,
@@ -215,14 +224,15 @@ def gap_record(
 _EVENT_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _EVENT_FIELD = re.compile(r"[a-zA-Z][a-zA-Z0-9]{0,39}")
 #: Kinds only the writer itself (gap, retire) or ``audit acknowledge`` (ack) may write.
-_RESERVED_KINDS = frozenset({GAP, RETIRE})
+_RESERVED_KINDS = frozenset({GAP, RETIRE, ACK})
 MAX_EVENT_TEXT = 1024
 
 
-def event_record(kind: str, fields: Mapping[str, object]) -> Record:
-    """Check and build an event record (see :meth:`AuditLog.append_event`)."""
-    if not _EVENT_KIND.fullmatch(kind) or kind in _RESERVED_KINDS:
-        raise ValueError(f"audit event kind {kind!r}: use a-z, 0-9 and '-', not gap/retire")
+def event_record(kind: str, fields: Mapping[str, object], *, reserved: bool = False) -> Record:
+    """Check and build an event record (see :meth:`AuditLog.append_event`); ``reserved`` lets
+    this package write its own kinds (ack)."""
+    if not _EVENT_KIND.fullmatch(kind) or (kind in _RESERVED_KINDS and not reserved):
+        raise ValueError(f"audit event kind {kind!r}: use a-z, 0-9 and '-', not gap/retire/ack")
     rec: Record = {"time": now_iso(), "event": kind, "worker": os.getpid()}
     for name, value in fields.items():
         if not _EVENT_FIELD.fullmatch(name) or name in CHAIN_FIELDS or name == "time":
@@ -362,7 +372,7 @@ class AuditLog:
     def append_event(self, kind: str, fields: Mapping[str, object]) -> int:
         """Write one event record now (any thread, any process) and return its ``seq``.
 
-        ``kind`` is a-z/0-9/'-' (``gap`` and ``retire`` are the writer's own); ``fields`` are
+        ``kind`` is a-z/0-9/'-' (``gap``, ``retire``, ``ack`` are reserved); ``fields`` are
         camelCase names with str (printable ASCII, at most 1024), int, float or bool values —
         never a secret. Raises ``ValueError`` for a bad kind or field and ``OSError`` when the
         record cannot be written (then nothing is on the chain). A cut this writer finds on the
@@ -390,18 +400,18 @@ class AuditLog:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 alarm = alarm_path(self.path)
-                if not alarm.exists():
+                if not alarm.exists() and not _gap_after_last_ack(self.path):
                     return None
                 try:
                     raised = orjson.loads(alarm.read_bytes())
-                except orjson.JSONDecodeError:
-                    raised = {}
+                except (OSError, orjson.JSONDecodeError):
+                    raised = {}  # removed by hand: the gap on the chain still needs its ack
                 fields = {"reason": reason, "operator": operator}
                 if isinstance(raised.get("gapSeq"), int):
                     fields["alarmGapSeq"] = raised["gapSeq"]
-                rec = event_record(ACK, fields)
+                rec = event_record(ACK, fields, reserved=True)
                 self._write_locked([rec], 0)  # acknowledges every gap before it on the chain
-                alarm.unlink()
+                alarm.unlink(missing_ok=True)
                 self._alarm = False
                 return int(rec["seq"])
             finally:
