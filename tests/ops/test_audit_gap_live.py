@@ -103,6 +103,7 @@ def _attack_and_acknowledge(live, cli, attack: str) -> None:
     for _ in range(6):
         assert _encrypt(live).status_code == 200
     assert _until(lambda: log.exists() and len(_lines(log)) >= 6)
+    before = max(orjson.loads(x)["seq"] for x in _lines(log))  # gaps of an earlier attack: older
     if attack == "truncate_tail":
         with log.open("r+b") as fh:  # same inode, the newest records cut off
             fh.truncate(sum(len(x) for x in _lines(log)[:-3]))
@@ -118,6 +119,7 @@ def _attack_and_acknowledge(live, cli, attack: str) -> None:
     assert health.status_code == 200  # KMS still sees the proxy; only crypto is refused
     assert alarm_path(log).exists()
     gaps = [orjson.loads(x) for x in _lines(log) if b'"event":"gap"' in x]
+    gaps = [g for g in gaps if g["seq"] > before]
     # a worker that wrote before the cut finds its own tip gone; one that had not written yet
     # finds the head naming records the file no longer holds
     reasons = {"truncated" if attack == "truncate_tail" else "missing", "cut-before-start"}
