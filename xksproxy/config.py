@@ -76,6 +76,15 @@ class AuditConfig:
     file: Path | None
     key: bytes | None = field(default=None, repr=False)
     rotate_bytes: int = 67108864
+    # Audit-trail hardening (issue 17): refuse Encrypt/Decrypt while a gap is unacknowledged;
+    # keep at most this many rotated files (0 = all).
+    refuse_on_gap: bool = True
+    keep_files: int = 16
+    # HSM anchor: the [[hsm]] holding the anchor key and checkpoints (None = no anchor), the
+    # key's label, and seconds between checkpoints (0 = only `xksproxy audit checkpoint`).
+    anchor_hsm: str | None = None
+    anchor_key_label: str = "xksproxy-audit-anchor"
+    checkpoint_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -325,13 +334,39 @@ def _audit(s: _Section, base: Path) -> AuditConfig:
     file = s.get("file", "audit/xksproxy-audit.log", str)
     key_ref = s.get("key", "file:secrets/audit.key", str)
     rotate = _positive_int(s, "rotate_bytes", 67108864, minimum=0)
+    hardening = _audit_hardening(s)
     s.finish()
     if not file:
-        return AuditConfig(file=None, key=None, rotate_bytes=rotate)
+        return AuditConfig(file=None, key=None, rotate_bytes=rotate, **hardening)
     key = resolve_secret(key_ref, s.name("key"), base).encode("utf-8")
     if len(key) < 32:
         raise ConfigError(f"{s.name('key')}: needs at least 32 bytes of key material")
-    return AuditConfig(file=_path(base, file), key=key, rotate_bytes=rotate)
+    return AuditConfig(file=_path(base, file), key=key, rotate_bytes=rotate, **hardening)
+
+
+def _audit_hardening(s: _Section) -> dict[str, Any]:
+    """``[audit] refuse_on_gap`` (default true) and ``keep_files`` (default 16, 0 = keep all)."""
+    interval = s.get("checkpoint_interval_s", 60, (int, float))
+    if isinstance(interval, bool) or not 0 <= interval <= 86400:
+        raise ConfigError(f"{s.name('checkpoint_interval_s')}: must be 0-86400 seconds")
+    label = s.get("anchor_key_label", "xksproxy-audit-anchor", str)
+    if not 0 < len(label.encode()) <= 64:
+        raise ConfigError(f"{s.name('anchor_key_label')}: must be 1-64 bytes")
+    return {
+        "refuse_on_gap": s.get("refuse_on_gap", True, bool),
+        "keep_files": _positive_int(s, "keep_files", 16, minimum=0),
+        "anchor_hsm": s.get("anchor_hsm", "", str) or None,
+        "anchor_key_label": label,
+        "checkpoint_interval_s": float(interval),
+    }
+
+
+def _check_audit_anchor(audit: AuditConfig, hsms: dict[str, HsmConfig]) -> None:
+    if audit.anchor_hsm is not None and audit.anchor_hsm not in hsms:
+        raise ConfigError(
+            f"audit.anchor_hsm: no [[hsm]] named {audit.anchor_hsm!r} "
+            f"(known: {', '.join(sorted(hsms))})"
+        )
 
 
 def _printable(s: _Section, key: str, default: str) -> str:
@@ -587,6 +622,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
             raise ConfigError(f"hsm[{i}].name: duplicate name {cfg.name!r}")
         hsms[cfg.name] = cfg
         models[cfg.name] = model
+    _check_audit_anchor(audit, hsms)
 
     store_list = root.get("keystore", [], list)
     if not store_list:

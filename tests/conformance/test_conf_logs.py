@@ -274,6 +274,9 @@ def test_audit_log_verifies_and_detects_tampering(traffic: Traffic, state, tmp_p
     assert len(lines) >= 3, "audit log suspiciously short"
     copy = tmp_path / victim.name
     shutil.copy2(victim, copy)
+    head = victim.with_name(victim.name + ".head")
+    if head.exists():  # a faithful copy of the live log carries its head (verify is strict)
+        shutil.copy2(head, copy.with_name(copy.name + ".head"))
     others = [str(p) for p in files if p != victim]
     done = run_cli("audit", "verify", "--config", config, *others, str(copy))
     assert done.returncode == 0, "control: an untouched copy must verify: " + done.stderr

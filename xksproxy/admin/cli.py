@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from hsm.types import USAGE_PRESETS
 from xksproxy import environment
-from xksproxy.admin import embedded
+from xksproxy.admin import audit_commands, embedded
 from xksproxy.admin.keystore_lookup import KeystoreNotFound, keystore_index
 from xksproxy.environment import DEFAULT_STATE_DIR_TEXT
 from xksproxy.xks.protocol import ordered_key_usage
@@ -365,14 +365,6 @@ def cmd_kms_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from xksproxy.observe.audit import main_verify
-
-    if args.config is None and args.state_dir is None:
-        return int(main_verify(list(args.files)))  # the audit module finds the key itself
-    return int(main_verify(list(args.files), config_path=_config_path(args)))
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     from xksproxy.admin import doctor
 
@@ -446,12 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-key-id", metavar="AKID", help="which credential (default: the newest)")
     p.set_defaults(func=cmd_kms_config)
 
-    audit = sub.add_parser("audit", help="audit log tools")
-    asub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    p = asub.add_parser("verify", help="verify the hash chain and HMAC of audit log files")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    _add_location(p)
-    p.set_defaults(func=cmd_audit_verify)
+    audit_commands.register(sub, _add_location, _config_path)
 
     p = sub.add_parser("doctor", help="check the configuration, HSM, keys and TLS")
     _add_location(p)

@@ -185,6 +185,11 @@ request_log = true
 file = {toml_str(str(audit_file))}
 key = {toml_str("file:" + str(audit_key_file))}
 rotate_bytes = 67108864
+refuse_on_gap = true
+keep_files = 16
+anchor_hsm = ""
+anchor_key_label = "xksproxy-audit-anchor"
+checkpoint_interval_s = 60
 
 [health]
 interval_s = 10

@@ -58,12 +58,47 @@ def head_mac(key: bytes, file_name: str, seq: int, mac: str) -> str:
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
+#: Chain fields a writer adds: never taken from a caller's record or event.
+CHAIN_FIELDS = frozenset({"seq", "prev", "mac", "prevFile", "droppedBefore", "event"})
+
+#: ``event`` of a record that says records were lost (see :func:`gap_fields`).
+GAP = "gap"
+#: ``event`` of an operator's acknowledgement of the gaps up to ``ackSeq``.
+ACK = "ack"
+#: ``event`` of a rotation that deleted the oldest files (``[audit] keep_files``).
+RETIRE = "retire"
+#: Why a gap record was written (``gapReason``).
+GAP_REASONS = frozenset(
+    {
+        "truncated",  # the file is shorter than what this writer wrote or verified
+        "missing",  # the file this writer appended to is gone
+        "replaced",  # another file (inode) sits at the path, and it is no rotation of ours
+        "cut-before-start",  # at start: the head names records the file no longer holds
+        "write-failed",  # records could not be written (ENOSPC, EIO): counted in lostCount
+        "rolled-back",  # the files end before (or differ at) the newest HSM checkpoint
+    }
+)
+
+
 def head_path(path: Path) -> Path:
     return path.with_name(path.name + ".head")
 
 
 def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
+
+
+def alarm_path(path: Path) -> Path:
+    """``<file>.alarm``: present while a gap is not acknowledged; every worker watches it."""
+    return path.with_name(path.name + ".alarm")
+
+
+def log_files(path: Path) -> list[Path]:
+    """The live log ``path`` and its rotated files (``<stem>-<UTC time><suffix>``), as present."""
+    found = [p for p in path.parent.glob(f"{path.stem}-*{path.suffix}") if p.is_file()]
+    if path.exists():
+        found.append(path)
+    return sorted(found)
 
 
 def parse_key_text(text: str) -> bytes:

@@ -1,16 +1,33 @@
-"""Wire the audit log into one worker's app: one record per finished request."""
+"""Wire the audit log into one worker's app: one record per finished request, and the refusal
+of Encrypt/Decrypt while the chain has an unacknowledged gap or cannot be written.
+
+Why 500 InternalException for the refusal: the XKS spec reserves 503 for a dependency that
+*timed out* (KMS retries it as transient); a broken or unwritable audit trail does not heal by
+retrying, it needs an operator, and "internal failure of the proxy" is what it is. KMS then
+reports that the external key store failed, and the customer's operation fails closed.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xksproxy.observe import metrics
+from xksproxy.observe.audit import anchor
+from xksproxy.observe.audit.chain import GAP_REASONS
 from xksproxy.observe.audit.writer import AuditLog, now_iso
 from xksproxy.observe.requestlog import RequestContext
+from xksproxy.xks.errors import InternalException
 
 if TYPE_CHECKING:
     from xksproxy.config import Config
+
+#: What KMS is told while the audit trail is broken (no detail: the log and metrics have it).
+REFUSAL_MESSAGE = (
+    "the proxy's audit trail has an unacknowledged gap or cannot be written; "
+    "an operator must run 'xksproxy audit acknowledge'"
+)
 
 _METADATA_FIELDS = {
     "kmsKeyArn": "kmsKeyArn",
@@ -29,7 +46,20 @@ def install(app: Any) -> AuditLog | None:
     cfg = app.config.audit
     if cfg.file is None or cfg.key is None:
         return None
-    audit_log = AuditLog(cfg.file, cfg.key, cfg.rotate_bytes, on_drop=metrics.audit_dropped)
+    scheduler = None
+    config_path = getattr(app.config, "path", None)
+    if cfg.anchor_hsm is not None and cfg.checkpoint_interval_s > 0 and config_path is not None:
+        scheduler = anchor.Scheduler(Path(config_path), cfg.file, cfg.checkpoint_interval_s)
+    audit_log = AuditLog(
+        cfg.file,
+        cfg.key,
+        cfg.rotate_bytes,
+        keep_files=cfg.keep_files,
+        on_drop=metrics.audit_dropped,
+        on_gap=metrics.audit_gap,
+        on_lost=metrics.audit_lost,
+        on_batch=scheduler.after_batch if scheduler is not None else None,
+    )
     worker = os.getpid()
 
     def token_for(store: str | None) -> str | None:
@@ -75,10 +105,35 @@ def install(app: Any) -> AuditLog | None:
 
     async def stop() -> None:
         audit_log.close()
+        if scheduler is not None:
+            scheduler.close()
 
-    metrics.REGISTRY.add_collector(
-        lambda: [("xksproxy_audit_last_seq", {}, float(audit_log.last_seq))]
-    )
+    def gauges() -> list[tuple[str, dict[str, str], float]]:
+        # Runs in the metrics flusher thread, never on the event loop (statvfs may touch disk).
+        out: list[tuple[str, dict[str, str], float]] = [
+            ("xksproxy_audit_last_seq", {}, float(audit_log.last_seq)),
+            ("xksproxy_audit_integrity_ok", {}, 1.0 if audit_log.integrity_ok else 0.0),
+        ]
+        try:
+            st = os.statvfs(audit_log.path.parent)
+            out.append(("xksproxy_audit_disk_free_bytes", {}, float(st.f_bavail * st.f_frsize)))
+        except OSError:
+            pass
+        return out
+
+    def refuse_unaudited(c: RequestContext) -> None:
+        """Encrypt/Decrypt only while every record can be kept (a flag read, no disk I/O)."""
+        if c.spec is not None and c.spec.audit_kind == "crypto" and not audit_log.integrity_ok:
+            c.extra["refused"] = "audit"
+            raise InternalException(REFUSAL_MESSAGE)
+
+    # Exported at 0 from the start: Prometheus' increase() misses a counter's first sample.
+    for reason in sorted(GAP_REASONS):
+        metrics.REGISTRY.inc("xksproxy_audit_gaps_total", {"reason": reason}, 0)
+    metrics.REGISTRY.inc("xksproxy_audit_lost_total", {}, 0)
+    metrics.REGISTRY.add_collector(gauges)
+    if cfg.refuse_on_gap:
+        app.before_dispatch.append(refuse_unaudited)
     # Started here, not in the lifespan: create_app runs in the worker after fork, and requests
     # answered before startup (404s, 401s) must be recorded too.
     audit_log.start()

@@ -23,6 +23,8 @@ from xksproxy.observe.metrics.listener import MetricsListener, exposition, start
 from xksproxy.observe.metrics.merge import Merged, collect_snapshots, merge
 from xksproxy.observe.metrics.record import (
     audit_dropped,
+    audit_gap,
+    audit_lost,
     config_reloaded,
     configure,
     hsm_keys,
@@ -56,6 +58,8 @@ __all__ = [
     "Registry",
     "SloTracker",
     "audit_dropped",
+    "audit_gap",
+    "audit_lost",
     "collect_snapshots",
     "config_reloaded",
     "configure",

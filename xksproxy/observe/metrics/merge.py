@@ -2,7 +2,8 @@
 
 Counters and histograms are summed over every snapshot (a worker that died keeps its counts, so
 counters never go backwards); gauges are merged over *live* workers only, summed or, for the
-names in :data:`~xksproxy.observe.metrics.series.MAX_GAUGES`, maxed.
+names in :data:`~xksproxy.observe.metrics.series.MAX_GAUGES`, maxed (in ``MIN_GAUGES``: the
+minimum, so one worker with a broken audit chain shows).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from xksproxy.observe.metrics.registry import REGISTRY, Labels, SeriesKey, Snapshot
-from xksproxy.observe.metrics.series import MAX_GAUGES
+from xksproxy.observe.metrics.series import MAX_GAUGES, MIN_GAUGES
 
 
 @dataclass
@@ -78,6 +79,8 @@ def merge(snaps: list[Snapshot]) -> Merged:
             k = _key(n, lb)
             if n in MAX_GAUGES:
                 out.gauges[k] = max(out.gauges.get(k, v), v)
+            elif n in MIN_GAUGES:
+                out.gauges[k] = min(out.gauges.get(k, v), v)
             else:
                 out.gauges[k] = out.gauges.get(k, 0.0) + v
     out.gauges[("xksproxy_workers", ())] = float(live)

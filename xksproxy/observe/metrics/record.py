@@ -103,6 +103,14 @@ def audit_dropped(n: int = 1) -> None:
     REGISTRY.inc("xksproxy_audit_dropped_total", {}, n)
 
 
+def audit_gap(reason: str) -> None:
+    REGISTRY.inc("xksproxy_audit_gaps_total", {"reason": reason})
+
+
+def audit_lost(n: int) -> None:
+    REGISTRY.inc("xksproxy_audit_lost_total", {}, n)
+
+
 def request_log_dropped(n: int = 1) -> None:
     REGISTRY.inc("xksproxy_request_log_dropped_total", {}, n)
 

@@ -53,6 +53,19 @@ HELP: dict[str, tuple[str, str]] = {
         "Sequence number of the newest audit record (an off-host truncation anchor).",
     ),
     "xksproxy_workers": ("gauge", "Worker processes reporting metrics."),
+    "xksproxy_audit_integrity_ok": (
+        "gauge",
+        "1 while the audit chain is whole and being written; 0 after a gap until acknowledged.",
+    ),
+    "xksproxy_audit_gaps_total": ("counter", "Gaps recorded on the audit chain, by reason."),
+    "xksproxy_audit_lost_total": (
+        "counter",
+        "Audit records that could not be written (disk full, I/O error).",
+    ),
+    "xksproxy_audit_disk_free_bytes": (
+        "gauge",
+        "Bytes free for unprivileged users on the audit log's file system.",
+    ),
 }
 
 #: Gauges merged with max instead of sum across workers.
@@ -61,8 +74,12 @@ MAX_GAUGES = frozenset(
         "xksproxy_token_health",
         "xksproxy_slo_latency_target_seconds",
         "xksproxy_audit_last_seq",
+        "xksproxy_audit_disk_free_bytes",
     }
 )
+
+#: Gauges merged with min across workers (one worker with a broken chain makes it 0).
+MIN_GAUGES = frozenset({"xksproxy_audit_integrity_ok"})
 
 #: The values of ``xksproxy_token_health``'s ``status`` label.
 HEALTH_STATES = ("ACTIVE", "DEGRADED", "UNAVAILABLE")
