@@ -26,7 +26,8 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.
 8. Request validation (the operation's parser in ``xksproxy.xks.protocol``), then deny rules
    (``xksproxy.keys.policy``; not health), then the before-dispatch hooks.
 9. Key resolution (``xksproxy.keys.resolver``: key not in the store -> 404 KeyNotFoundException,
-   disabled key on Encrypt/Decrypt -> 400 InvalidStateException), then the handler on the key's
+   disabled key on Encrypt/Decrypt -> 400 InvalidStateException, lifecycle state and version
+   from the HSM, cached <= 5 s), then the handler on the key's
    backend pool under the request deadline (``server.request_deadline_ms`` from arrival).
    Health answers from the cached probe results instead.
 
@@ -129,7 +130,7 @@ class XksApp:
 
     def __init__(self, config: Config, *, pool_factory: PoolFactory = open_hsm_pool) -> None:
         self.config = config
-        self.table = KeyStoreTable(config)
+        self.table = KeyStoreTable(config, self._read_custody)
         self.pools: dict[str, CryptoPool] = {}
         self.observers: list[Observer] = []
         self.admission: list[AdmissionHook] = []
@@ -197,7 +198,7 @@ class XksApp:
 
     def replace_keystores(self, config: Config) -> None:
         """Swap key stores (credentials, keys, policy) atomically for new requests."""
-        table = KeyStoreTable(config)
+        table = KeyStoreTable(config, self._read_custody)
         unknown = {s.resolver.backend for s in table.stores} - set(self._max_plaintext)
         if unknown:
             raise ValueError(f"new [[hsm]] tables need a restart: {sorted(unknown)}")
@@ -227,6 +228,10 @@ class XksApp:
         if pool is None:
             raise _unavailable(backend)
         return pool
+
+    async def _read_custody(self, backend: str, label: str, deadline: float) -> bytes | None:
+        """The resolvers' :data:`~xksproxy.keys.resolver.CustodySource`: the backend's pool."""
+        return await self.pool(backend).custody(label, deadline=deadline)
 
     def health_answer(self, store: KeyStore) -> dict[str, Any]:
         return self.health.answer([store.resolver.backend])

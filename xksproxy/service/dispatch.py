@@ -120,7 +120,9 @@ class KeyOperation(Generic[R]):
         policy.check(store.config.deny, req.metadata, key_id)
         app.run_before_dispatch(ctx)
         version = self.key_version(req) if self.key_version is not None else None
-        key = store.resolver.resolve(key_id, self.spec, version=version)
+        key = await store.resolver.lookup(key_id, self.spec, version=version, deadline=ctx.deadline)
+        if key.state != "active":
+            ctx.extra["keyState"] = key.state  # audit: e.g. a Decrypt with a compromised key
         return await self.handler(app.pool(key.backend), key, req, deadline=ctx.deadline)
 
 
