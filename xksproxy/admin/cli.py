@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from hsm.types import USAGE_PRESETS
 from xksproxy import environment
-from xksproxy.admin import embedded
+from xksproxy.admin import custody_cli, embedded
 from xksproxy.admin.keystore_lookup import KeystoreNotFound, keystore_index
 from xksproxy.environment import DEFAULT_STATE_DIR_TEXT
 from xksproxy.xks.protocol import ordered_key_usage
@@ -327,6 +327,15 @@ def cmd_keys_delete(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+@contextmanager
+def _custody_target(args: argparse.Namespace) -> Iterator[tuple[Config, HsmConfig]]:
+    """The configuration and token a custody command works on (see custody_cli)."""
+    config = _load(_config_path(args))
+    cfg = _hsm_config(config, args.hsm)
+    with _module_errors(cfg):
+        yield config, cfg
+
+
 def cmd_credentials_new(args: argparse.Namespace) -> int:
     import sigv4
 
@@ -409,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative, metavar="N", help="0 = one per CPU core")
     p.set_defaults(func=cmd_serve)
 
-    keys = sub.add_parser("keys", help="list, create or delete AES-256 keys on a token")
+    keys = sub.add_parser(
+        "keys", help="AES-256 keys on a token: create, list, delete, rotate, lifecycle states"
+    )
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     p = ksub.add_parser("list", help="list the keys on the token and what each may do")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -422,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--force", action="store_true", help="allow deleting the health test key")
     p.set_defaults(func=cmd_keys_delete)
+    custody_cli.register(ksub, _custody_target)  # rotate, versions, show, suspend, ... (#12)
     for p in ksub.choices.values():
         _add_location(p)
         p.add_argument("--hsm", metavar="NAME", help="[[hsm]] name (default: the first)")
