@@ -17,11 +17,13 @@ CKA_VALUE          the document (opaque bytes here; xksproxy.keys.custody_doc ow
 A key without a companion object has never been touched by ``xksproxy keys`` lifecycle commands;
 the service treats it as version 0, active.
 
-Replacing the document is atomic for readers: ``C_SetAttributeValue`` on ``CKA_VALUE`` (SoftHSMv2
-supports it; ``tests/custody/test_custody_hsm.py`` checks it), falling back to
-create-new-then-destroy-old on a module that refuses to modify the value.  During that fallback a
-reader may see two objects for a moment: :func:`read_companion` then raises ``HsmFailure`` (a
-transient 500), never returns a half-written or an arbitrary one.
+Replacing the document never shows a reader a half-written value: ``C_SetAttributeValue`` on
+``CKA_VALUE`` where the module allows it, else create-new-then-destroy-old.  SoftHSMv2 makes a
+data object's ``CKA_VALUE`` read-only after creation (measured: ``tests/custody/
+test_custody_hsm.py``), so there the second path runs, and for the moment between the create and
+the destroy a reader sees two objects: :func:`read_companion` then raises ``HsmFailure`` rather
+than pick one (the key resolver keeps its previous document for that read).  There is never a
+moment with *no* object, which would read as "version 0, active".
 
 Version key objects (version n >= 1) are new AES-256 keys generated inside the HSM with the same
 template as version 0 (sensitive, non-extractable, same usage); their labels are chosen by the

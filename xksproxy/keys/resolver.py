@@ -227,7 +227,14 @@ class KeyResolver:
         cached = self._cache.get(label)
         if cached is not None and now < cached[0]:
             return cached[1]
-        raw = await self._custody(self.backend, label, deadline)
+        try:
+            raw = await self._custody(self.backend, label, deadline)
+        except Exception:
+            # A read that failed (e.g. a document being replaced: two objects for a moment) keeps
+            # the previous document for at most one more TTL; without one the error stands.
+            if cached is not None and now < cached[0] + self._ttl_s:
+                return cached[1]
+            raise
         try:
             doc = default_document(label) if raw is None else parse_document(raw, label)
         except DocumentError as exc:
