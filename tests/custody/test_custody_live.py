@@ -192,7 +192,7 @@ def test_cli_state_change_reaches_every_worker(proxy):
     proxy.until(lambda: _status_is(proxy, key, "ENABLED"), "ENABLED after resume")
     shown = json.loads(proxy.keys("show", key, "--json").stdout)
     assert shown["state"] == "active" and shown["key_status"] == "ENABLED"
-    assert [(h["command"], h["reason"]) for h in shown["history"]] == [
+    assert [(h["command"], h["reason"]) for h in shown["history"]][-2:] == [
         ("suspend", "incident 42"),
         ("resume", "incident closed"),
     ]
@@ -286,3 +286,20 @@ def test_scheduled_destruction_removes_every_version_then_404(proxy, hsm_config)
     assert ("keys schedule-destruction", key) in events and ("keys destroy", key) in events
     result = verify_files([cfg.audit.file], cfg.audit.key)
     assert result.ok, result.message
+
+
+def test_maintenance_commands_exit_0_when_nothing_is_due(proxy):
+    # what the systemd timer / CronJob run (deploy/): a cryptoperiod not yet reached
+    r = proxy.keys("set-cryptoperiod", "custody-state", "--days", "90", "--reason", "policy")
+    assert r.returncode == 0, r.stderr
+    rotated = proxy.keys("rotate-due", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "custody-state" not in [k["id"] for k in json.loads(rotated.stdout)["rotated"]]
+    destroyed = proxy.keys("destroy-due", "--json")
+    assert (
+        destroyed.returncode == 0
+        and "custody-state" not in json.loads(destroyed.stdout)["destroyed"]
+    )
+    assert (
+        json.loads(proxy.keys("show", "custody-state", "--json").stdout)["rotate_after_days"] == 90
+    )
