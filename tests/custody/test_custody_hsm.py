@@ -55,3 +55,20 @@ def test_a_version_key_has_the_template_of_version_0(hsm_config, key):
     assert info.usage == frozenset({"DECRYPT"})
     assert custody.key_info(hsm_config, f"{key}#v1").usage == frozenset({"DECRYPT"})
     assert custody.destroy_keys(hsm_config, [f"{key}#v1", f"{key}#v7"]) == [f"{key}#v1"]
+
+
+def test_keys_delete_also_forgets_versions_and_state(hsm_config):
+    from xksproxy.admin.custody_ops import forget
+    from xksproxy.keys.custody_doc import CustodyDocument, Version
+
+    label = "custody-forget"
+    admin.create_key(hsm_config, label)
+    custody.create_version_key(hsm_config, f"{label}#v1", like=label)
+    versions = (Version(0, None, "retired"), Version(1, None, "active"))
+    custody.write_document(
+        hsm_config, label, CustodyDocument(key=label, versions=versions).to_bytes()
+    )
+    admin.delete_key(hsm_config, label)  # what `keys delete` does first
+    assert forget(hsm_config, label) == [f"{label}#v1"]
+    assert custody.read_document(hsm_config, label) is None
+    assert not [k for k in admin.list_keys(hsm_config) if k.label.startswith(label)]

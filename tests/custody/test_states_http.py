@@ -135,3 +135,32 @@ async def test_a_corrupt_document_is_refused_not_guessed(client, pool):
     pool.set_document("k", b"{not json")
     r = await client.encrypt("k")
     assert r.status_code == 500 and r.json()["errorName"] == "InternalException"
+
+
+async def test_decrypt_with_a_compromised_key_is_audited_as_such(tmp_path, pool):
+    import httpx
+    import orjson
+    from custody_http import HOST, Client, write_config
+
+    from xksproxy.config import load_config
+    from xksproxy.observe.audit import install
+    from xksproxy.service.app import XksApp
+
+    config = load_config(write_config(tmp_path, audit=True), env={})
+    app = XksApp(config, pool_factory=lambda c: pool)
+    app.observers.clear()
+    audit_log = install(app)
+    assert audit_log is not None
+    await app.startup()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{HOST}") as http:
+            client = Client(http)
+            sealed = (await client.encrypt("k", b"before the incident")).json()
+            pool.set_document("k", document("compromised"))
+            assert (await client.decrypt("k", sealed)).status_code == 200
+    finally:
+        await app.shutdown()
+    records = [orjson.loads(line) for line in config.audit.file.read_bytes().splitlines()]
+    assert [r.get("keyState") for r in records] == [None, "compromised"]
+    assert records[-1]["kmsOperation"] == "Decrypt" and records[-1]["outcome"] == "ok"

@@ -323,7 +323,12 @@ def cmd_keys_delete(args: argparse.Namespace) -> int:
         if not any(k.label == args.id for k in admin.list_keys(cfg)):
             _fail(f"no key labelled {args.id!r} on token {cfg.token_label!r}", EXIT_FAILURE)
         admin.delete_key(cfg, args.id)
+        from xksproxy.admin import custody_ops
+
+        versions = custody_ops.forget(cfg, args.id)  # its versions and lifecycle object too
         _out(f"deleted key {args.id} from {cfg.name}")
+        if versions:
+            _out(f"deleted its other versions: {', '.join(versions)}")
         return EXIT_OK
 
 

@@ -200,6 +200,22 @@ def destroy(ctx: Context, key_id: str, doc: CustodyDocument, *, reason: str) -> 
     _audit(ctx, key_id, "destroy", before, "destroyed", reason)
 
 
+def forget(cfg: HsmConfig, key_id: str) -> list[str]:
+    """After ``keys delete ID``: remove the key's other version objects and its companion object,
+    so a later key created with the same label does not inherit old versions or state.  Returns
+    the version labels removed."""
+    raw = custody.read_document(cfg, key_id)
+    if raw is None:
+        return []
+    try:
+        numbers = [v.version for v in parse_document(raw, key_id).versions]
+    except DocumentError:
+        numbers = []
+    removed = custody.destroy_keys(cfg, [version_label(key_id, n) for n in numbers if n])
+    custody.delete_document(cfg, key_id)
+    return removed
+
+
 def _due_documents(ctx: Context) -> list[CustodyDocument]:
     docs = []
     for label, raw in sorted(custody.list_documents(ctx.hsm).items()):
