@@ -46,12 +46,7 @@ from typing import Final, Literal
 
 from xksproxy.config import KeystoreConfig, valid_key_id
 from xksproxy.keys import lifecycle
-from xksproxy.keys.custody_doc import (
-    CustodyDocument,
-    DocumentError,
-    default_document,
-    parse_document,
-)
+from xksproxy.keys.custody_doc import CustodyDocument, DocumentError, parse_document
 from xksproxy.xks.errors import (
     InternalException,
     InvalidCiphertextException,
@@ -109,6 +104,34 @@ class KeyRef:
         return lifecycle.ANSWERS[self.state].decrypt_only
 
 
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What the hot path needs of a document, computed once when it is read (not per request)."""
+
+    doc: CustodyDocument | None
+    state: str
+    """The stored state (the effective one too unless ``dated``)."""
+    dated: bool
+    """Activation or expiry date set: the effective state depends on the clock."""
+    versions: frozenset[int]
+    encrypt_version: int | None
+    newest: int
+
+    @staticmethod
+    def of(doc: CustodyDocument) -> _View:
+        active = doc.newest_active
+        return _View(
+            doc,
+            doc.state,
+            doc.activation_date is not None or doc.expiry_date is not None,
+            frozenset(v.version for v in doc.versions),
+            None if active is None else active.version,
+            doc.newest.version,
+        )
+
+
+_DEFAULT_VIEW: Final = _View(None, "active", False, frozenset({0}), 0, 0)
+"""A key without a lifecycle document: version 0, active."""
 _CACHE_MAX: Final = 10000
 _OUTCOME_ERRORS: dict[str, type[XksError]] = {
     "InvalidStateException": InvalidStateException,
@@ -153,15 +176,15 @@ class KeyResolver:
         self._custody = custody
         self._ttl_s = ttl_s
         self._clock = clock
-        self._cache: dict[str, tuple[float, CustodyDocument]] = {}
+        self._cache: dict[str, tuple[float, _View]] = {}
 
     async def lookup(
         self, key_id: str, operation: OperationSpec, *, version: int | None = None, deadline: float
     ) -> KeyRef:
         """:meth:`resolve` with the key's lifecycle document (cached, else read from the HSM)."""
         label = self._label(key_id)
-        document = await self._doc(label, deadline)
-        return self.resolve(key_id, operation, version=version, document=document)
+        view = _DEFAULT_VIEW if self._custody is None else await self._view(label, deadline)
+        return self._apply(key_id, label, operation, version, view, None)
 
     def resolve(
         self,
@@ -175,11 +198,26 @@ class KeyResolver:
         """The key ``key_id`` names for ``operation``, or the XKS error that refuses it.
 
         ``version``: the key version a Decrypt's ``ciphertextMetadata`` names (None: absent);
-        ``document``: the key's lifecycle document (None: version 0, active).
+        ``document``: the key's lifecycle document (None: version 0, active); ``now``: the time
+        its dates are compared with (default: the current time).
         """
         label = self._label(key_id)
-        doc = document if document is not None else default_document(label)
-        state = lifecycle.effective_state(doc, now or datetime.now(UTC))
+        view = _DEFAULT_VIEW if document is None else _View.of(document)
+        return self._apply(key_id, label, operation, version, view, now)
+
+    def _apply(
+        self,
+        key_id: str,
+        label: str,
+        operation: OperationSpec,
+        version: int | None,
+        view: _View,
+        now: datetime | None,
+    ) -> KeyRef:
+        state = view.state
+        if view.dated:  # only a document with dates needs the clock
+            assert view.doc is not None
+            state = lifecycle.effective_state(view.doc, now or datetime.now(UTC))
         answer = lifecycle.ANSWERS[state]
         if answer.key_status is None:
             raise KeyNotFoundException(f"external key {key_id} was destroyed")
@@ -188,41 +226,35 @@ class KeyResolver:
             status = "DISABLED"
             if operation.uses_key:
                 raise InvalidStateException(f"external key {key_id} is disabled")
-        outcome = (
-            answer.encrypt
-            if operation.key_usage == "ENCRYPT"
-            else answer.decrypt
-            if operation.key_usage == "DECRYPT"
-            else "ok"
-        )
-        if outcome != "ok":
-            raise _OUTCOME_ERRORS[outcome](f"external key {key_id} is {state}")
-        if operation.key_usage == "DECRYPT":
+        usage = operation.key_usage
+        if usage == "DECRYPT":
+            if answer.decrypt != "ok":
+                raise _OUTCOME_ERRORS[answer.decrypt](f"external key {key_id} is {state}")
             number = 0 if version is None else version
-            if doc.version(number) is None:
+            if number not in view.versions:
                 raise InvalidCiphertextException(
                     "ciphertextMetadata names a key version this key does not have"
                 )
-        elif operation.key_usage == "ENCRYPT":
-            active = doc.newest_active
-            if active is None:  # not reachable through the CLI; refuse rather than guess
+        elif usage == "ENCRYPT":
+            if answer.encrypt != "ok":
+                raise _OUTCOME_ERRORS[answer.encrypt](f"external key {key_id} is {state}")
+            if view.encrypt_version is None:  # not reachable through the CLI; refuse, never guess
                 raise InvalidStateException(f"external key {key_id} has no active version")
-            number = active.version
+            number = view.encrypt_version
         else:
-            number = doc.newest.version
+            number = view.newest
         return KeyRef(
             self._config.name,
             key_id,
             self.backend,
-            version_label(label, number),
+            label if number == 0 else version_label(label, number),
             number,
             status,
             state,
         )
 
-    async def _doc(self, label: str, deadline: float) -> CustodyDocument | None:
-        if self._custody is None:
-            return None
+    async def _view(self, label: str, deadline: float) -> _View:
+        assert self._custody is not None
         now = self._clock()
         cached = self._cache.get(label)
         if cached is not None and now < cached[0]:
@@ -236,7 +268,7 @@ class KeyResolver:
                 return cached[1]
             raise
         try:
-            doc = default_document(label) if raw is None else parse_document(raw, label)
+            view = _DEFAULT_VIEW if raw is None else _View.of(parse_document(raw, label))
         except DocumentError as exc:
             raise InternalException(
                 f"the lifecycle object of key {label} in the HSM is not valid: {exc}"
@@ -246,8 +278,8 @@ class KeyResolver:
                 self._cache = {k: v for k, v in self._cache.items() if now < v[0]}
                 if len(self._cache) >= _CACHE_MAX:
                     self._cache.clear()
-            self._cache[label] = (now + self._ttl_s, doc)
-        return doc
+            self._cache[label] = (now + self._ttl_s, view)
+        return view
 
     def _label(self, key_id: str) -> str:
         label = self._config.key_labels.get(key_id, key_id)
