@@ -258,6 +258,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         _out(f"{'ID':<{width}}  USAGE")
         for k in keys:
             note = "  (health test key)" if k.label == cfg.health_key_label else ""
+            base, _, version = k.label.partition("#v")  # resolver.version_label's form
+            if version.isdigit():
+                note = f"  (version {version} of {base})"
             _out(f"{k.label:<{width}}  {embedded.usage_text(k.usage)}{note}")
         return EXIT_OK
 
