@@ -10,7 +10,11 @@ from xksproxy.config import KeystoreConfig
 from xksproxy.keys.custody_doc import CustodyDocument
 from xksproxy.keys.resolver import KeyResolver, version_label
 from xksproxy.xks import operations
-from xksproxy.xks.errors import InvalidStateException, KeyNotFoundException
+from xksproxy.xks.errors import (
+    InvalidCiphertextException,
+    InvalidStateException,
+    KeyNotFoundException,
+)
 
 STORE = KeystoreConfig(
     name="s", path_prefix="/s", hsm="h", regions=frozenset(), keys=frozenset({"k", "*"}),
@@ -84,3 +88,25 @@ async def test_ids_or_labels_naming_version_objects_are_not_found(resolver, sour
             await resolver.lookup(key_id, operations.METADATA, deadline=1e12)
     assert source.reads == 0
     assert version_label("k", 0) == "k" and version_label("k", 3) == "k#v3"
+
+
+async def test_decrypt_with_a_version_not_yet_seen_rereads_once(resolver, source, clock):
+    from xksproxy.keys.custody_doc import Version
+
+    await lookup(resolver, operations.DECRYPT)  # caches "version 0 only"
+    # another worker rotated: its ciphertext names version 1 before our cache expired
+    versions = (Version(0, None, "retired"), Version(1, None))
+    source.doc = CustodyDocument(key="k", versions=versions).to_bytes()
+    clock[0] += 1
+    ref = await resolver.lookup("k", operations.DECRYPT, version=1, deadline=1e12)
+    assert (ref.version, ref.label) == (1, "k#v1")
+    assert source.reads == 2
+    # a version that does not exist is refused; a re-read happens at most every 0.5 s
+    for _ in range(3):
+        with pytest.raises(InvalidCiphertextException):
+            await resolver.lookup("k", operations.DECRYPT, version=9, deadline=1e12)
+    assert source.reads == 2
+    clock[0] += 0.6
+    with pytest.raises(InvalidCiphertextException):
+        await resolver.lookup("k", operations.DECRYPT, version=9, deadline=1e12)
+    assert source.reads == 3

@@ -22,8 +22,9 @@ Rules (in order):
    InvalidStateException);
 5. the version: Encrypt takes the newest *active* version, Decrypt the one its
    ``ciphertextMetadata`` names (``version=``; absent metadata = version 0) -- a version the key
-   does not have -> 400 InvalidCiphertextException without an HSM call -- and GetKeyMetadata
-   the newest.  Version ``n`` lives in the HSM object :func:`version_label` ``(label, n)``.
+   does not have -> 400 InvalidCiphertextException without an HSM decrypt (the document is
+   re-read first if the cached one is older than ``REFRESH_MIN_AGE_S``: right after a rotation
+   another worker may already have written that version) -- and GetKeyMetadata the newest.  Version ``n`` lives in the HSM object :func:`version_label` ``(label, n)``.
 
 So a transition made with ``xksproxy keys ...`` is in force on every worker of every proxy within
 ``ttl_s``, with no restart and no reload signal, and no HSM call per request for it.
@@ -66,6 +67,9 @@ CustodySource = Callable[[str, str, float], Awaitable[bytes | None]]
 
 MAX_STATE_CACHE_S: Final = 5.0
 """The longest a key's lifecycle state may be cached (a CLI change is in force within it)."""
+
+REFRESH_MIN_AGE_S: Final = 0.5
+"""A Decrypt naming a version the cached document lacks re-reads it if the entry is this old."""
 
 VERSION_SEPARATOR: Final = "#"
 """Separates a label from its version suffix; never valid in an external key id."""
@@ -183,7 +187,15 @@ class KeyResolver:
     ) -> KeyRef:
         """:meth:`resolve` with the key's lifecycle document (cached, else read from the HSM)."""
         label = self._label(key_id)
-        view = _DEFAULT_VIEW if self._custody is None else await self._view(label, deadline)
+        if self._custody is None:
+            return self._apply(key_id, label, operation, version, _DEFAULT_VIEW, None)
+        view = await self._view(label, deadline)
+        if operation.key_usage == "DECRYPT" and (version or 0) not in view.versions:
+            # Ciphertext from a version this worker has not seen yet: another worker or proxy
+            # may already encrypt with a version rotated in less than a TTL ago.  Read again
+            # (at most once per REFRESH_MIN_AGE_S per key, so bogus metadata cannot make every
+            # request an HSM read) before refusing.
+            view = await self._view(label, deadline, max_age=REFRESH_MIN_AGE_S)
         return self._apply(key_id, label, operation, version, view, None)
 
     def resolve(
@@ -253,12 +265,18 @@ class KeyResolver:
             state,
         )
 
-    async def _view(self, label: str, deadline: float) -> _View:
+    async def _view(self, label: str, deadline: float, max_age: float | None = None) -> _View:
+        """The key's view from the cache, or read from the HSM when the entry expired (or, with
+        ``max_age``, is older than that)."""
         assert self._custody is not None
         now = self._clock()
         cached = self._cache.get(label)
-        if cached is not None and now < cached[0]:
-            return cached[1]
+        if cached is not None:
+            expires = cached[0]
+            if max_age is not None:  # the entry was loaded at expires - ttl
+                expires = min(expires, expires - self._ttl_s + max_age)
+            if now < expires:
+                return cached[1]
         try:
             raw = await self._custody(self.backend, label, deadline)
         except Exception:
