@@ -24,7 +24,8 @@ Rules (in order):
    ``ciphertextMetadata`` names (``version=``; absent metadata = version 0) -- a version the key
    does not have -> 400 InvalidCiphertextException without an HSM decrypt (the document is
    re-read first if the cached one is older than ``REFRESH_MIN_AGE_S``: right after a rotation
-   another worker may already have written that version) -- and GetKeyMetadata the newest.  Version ``n`` lives in the HSM object :func:`version_label` ``(label, n)``.
+   another worker may already have written that version) -- and GetKeyMetadata the newest.
+   Version ``n`` lives in the HSM object :func:`version_label` ``(label, n)``.
 
 So a transition made with ``xksproxy keys ...`` is in force on every worker of every proxy within
 ``ttl_s``, with no restart and no reload signal, and no HSM call per request for it.
