@@ -39,6 +39,13 @@ class CryptoPool(Protocol):
     ) -> bytes:
         """AES-GCM decrypt inside the HSM (``InvalidCiphertext`` on any authentication failure)."""
 
+    async def custody(self, label: str, *, deadline: float) -> bytes | None:
+        """The key's lifecycle companion document (``hsm.custody``), None when it has none.
+
+        One read of a ``CKO_DATA`` object on a session of the pool; the key resolver caches the
+        answer for a few seconds, so this is not called per request.
+        """
+
     async def probe(self) -> ProbeResult:
         """One encrypt+decrypt round trip with the backend's health test key (never raises)."""
 

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from . import module, startup
+from . import custody, module, startup
 from .classify import AMBIGUOUS_DECRYPT_RVS, CkError, Fault
 from .errors import (
     HsmError,
@@ -207,6 +207,9 @@ class HsmPool:
         return await self._submit(
             lambda s: self._decrypt(s, label, iv, ciphertext, tag, aad), deadline
         )
+
+    async def custody(self, label: str, *, deadline: float) -> bytes | None:
+        return await self._submit(lambda s: self._custody(s, label), deadline)
 
     async def probe(self) -> ProbeResult:
         """Encrypt+decrypt round trip with the health test key; never raises."""
@@ -497,6 +500,10 @@ class HsmPool:
     def _key(self, sess: _Session, label: str) -> ResolvedKey:
         assert self._module is not None and sess.handle is not None
         return self._keys.get(self._module.functions, sess.handle, label)
+
+    def _custody(self, sess: _Session, label: str) -> bytes | None:
+        assert self._module is not None and sess.handle is not None
+        return custody.read_companion(self._module.functions, sess.handle, label)
 
     def _encrypt(self, sess: _Session, label: str, plaintext: bytes, aad: bytes) -> GcmResult:
         key = self._key(sess, label)

@@ -39,7 +39,7 @@ from .errors import (
 from .interface import CryptoPool
 from .types import GcmResult, KeyInfo, PoolStats, ProbeResult
 
-Operation = Literal["start", "key_info", "encrypt", "decrypt", "probe"]
+Operation = Literal["start", "key_info", "encrypt", "decrypt", "custody", "probe"]
 """The operations a fault or a delay can be set for (and that :attr:`MemoryPool.calls` counts)."""
 
 ENCRYPT_DECRYPT = frozenset({"ENCRYPT", "DECRYPT"})
@@ -79,6 +79,8 @@ class MemoryPool:
         self.faults: dict[str, HsmError] = {}
         """An exception to raise per :data:`Operation` instead of doing it."""
         self._keys: dict[str, _Key] = {}
+        self.documents: dict[str, bytes] = {}
+        """Companion (lifecycle) documents by key label, as ``hsm.custody`` keeps them."""
         self._state = "stopped"
         self._slots = asyncio.Semaphore(sessions)
         self._in_use = 0
@@ -103,6 +105,13 @@ class MemoryPool:
 
     def remove_key(self, label: str) -> None:
         self._keys.pop(label, None)
+
+    def set_document(self, label: str, document: bytes | None) -> None:
+        """Store (or with ``None`` remove) the companion document of ``label``."""
+        if document is None:
+            self.documents.pop(label, None)
+        else:
+            self.documents[label] = document
 
     def fail(self, operation: Operation, error: HsmError | None) -> None:
         """Make ``operation`` raise ``error`` from now on (``None``: work again)."""
@@ -161,6 +170,14 @@ class MemoryPool:
         await self._enter("decrypt", deadline)
         try:
             return self._decrypt(label, iv, ciphertext, tag, aad)
+        finally:
+            self._leave()
+
+    async def custody(self, label: str, *, deadline: float) -> bytes | None:
+        self.calls["custody"] += 1
+        await self._enter("custody", deadline)
+        try:
+            return self.documents.get(label)
         finally:
             self._leave()
 

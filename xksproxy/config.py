@@ -103,6 +103,13 @@ DENY_FIELDS = frozenset(
 
 
 @dataclass(frozen=True)
+class CustodyConfig:
+    """[custody]: how long a worker may cache a key's lifecycle state read from the HSM."""
+
+    state_cache_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class DenyRule:
     name: str
     fields: dict[str, str]
@@ -144,6 +151,7 @@ class Config:
     keystores: list[KeystoreConfig]
     # [[hsm]].model per token name (reported in ekmFleetDetails); not part of hsm.HsmConfig.
     hsm_models: dict[str, str] = field(default_factory=dict)
+    custody: CustodyConfig = field(default_factory=CustodyConfig)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -398,6 +406,17 @@ def _health(s: _Section) -> HealthConfig:
     return cfg
 
 
+def _custody(s: _Section) -> CustodyConfig:
+    ttl = s.get("state_cache_s", 5.0, (int, float))
+    if not 0 <= ttl <= 5:
+        raise ConfigError(
+            f"{s.name('state_cache_s')}: must be 0..5 (a key state change made with "
+            "`xksproxy keys` must be in force within 5 s)"
+        )
+    s.finish()
+    return CustodyConfig(state_cache_s=float(ttl))
+
+
 def _hsm(s: _Section, base: Path) -> tuple[HsmConfig, str]:
     name = s.get("name", None, str)
     if not name:
@@ -608,6 +627,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     logging_cfg = _logging(root.sub("logging"))
     audit = _audit(root.sub("audit"), base)
     health = _health(root.sub("health"))
+    custody = _custody(root.sub("custody"))
 
     hsm_list = root.get("hsm", [], list)
     if not hsm_list:
@@ -651,4 +671,5 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         hsms=list(hsms.values()),
         keystores=stores,
         hsm_models=models,
+        custody=custody,
     )

@@ -229,9 +229,9 @@ def test_network_policy_opens_only_the_xks_and_metrics_ports():
     assert "namespaceSelector" in peer and "podSelector" in peer
 
 
-def test_key_maintenance_cronjob_is_a_suspended_skeleton():
+def test_key_maintenance_cronjob_runs_both_commands():
     (cj,) = [d for d in BASE if d["kind"] == "CronJob"]
-    assert cj["spec"]["suspend"] is True  # commands come with another issue
+    assert cj["spec"]["suspend"] is False  # the commands exist (issue 12)
     script = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert script.index("keys rotate-due") < script.index("keys destroy-due")
 

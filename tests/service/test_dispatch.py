@@ -228,6 +228,9 @@ async def test_guarded_pool_forwards_every_method(monkeypatch):
         "k", iv=sealed.iv, ciphertext=sealed.ciphertext, tag=sealed.tag, aad=b"a", deadline=deadline
     )
     probe = await guarded.probe()
+    inner.set_document("k", b"{}")
+    assert await guarded.custody("k", deadline=deadline) == b"{}"
+    assert await guarded.custody("other", deadline=deadline) is None
     stats = guarded.stats()
     assert guarded.queue_state() == (4, 0, 0)
     await guarded.close()
@@ -241,9 +244,11 @@ async def test_guarded_pool_forwards_every_method(monkeypatch):
         "decrypt": 1,
         "probe": 1,
     }
-    # the three request operations were measured (and fed the admission estimate); probe not
+    assert inner.calls["custody"] == 2
+    # the three request operations were measured (and fed the admission estimate); probe and
+    # the (cached, resolver-side) custody reads not
     assert len(measured) == 3 and adm.call_ewma_s < 1.0
-    called = {"start", "key_info", "encrypt", "decrypt", "probe", "stats", "close"}
+    called = {"start", "key_info", "encrypt", "decrypt", "custody", "probe", "stats", "close"}
     assert called == set(_protocol_methods())  # this test covers every Protocol method
 
 

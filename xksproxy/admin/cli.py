@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from hsm.types import USAGE_PRESETS
 from xksproxy import environment
-from xksproxy.admin import audit_commands, embedded
+from xksproxy.admin import audit_commands, custody_cli, embedded
 from xksproxy.admin.keystore_lookup import KeystoreNotFound, keystore_index
 from xksproxy.environment import DEFAULT_STATE_DIR_TEXT
 from xksproxy.xks.protocol import ordered_key_usage
@@ -258,6 +258,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         _out(f"{'ID':<{width}}  USAGE")
         for k in keys:
             note = "  (health test key)" if k.label == cfg.health_key_label else ""
+            base, _, version = k.label.partition("#v")  # resolver.version_label's form
+            if version.isdigit():
+                note = f"  (version {version} of {base})"
             _out(f"{k.label:<{width}}  {embedded.usage_text(k.usage)}{note}")
         return EXIT_OK
 
@@ -323,8 +326,22 @@ def cmd_keys_delete(args: argparse.Namespace) -> int:
         if not any(k.label == args.id for k in admin.list_keys(cfg)):
             _fail(f"no key labelled {args.id!r} on token {cfg.token_label!r}", EXIT_FAILURE)
         admin.delete_key(cfg, args.id)
+        from xksproxy.admin import custody_ops
+
+        versions = custody_ops.forget(cfg, args.id)  # its versions and lifecycle object too
         _out(f"deleted key {args.id} from {cfg.name}")
+        if versions:
+            _out(f"deleted its other versions: {', '.join(versions)}")
         return EXIT_OK
+
+
+@contextmanager
+def _custody_target(args: argparse.Namespace) -> Iterator[tuple[Config, HsmConfig]]:
+    """The configuration and token a custody command works on (see custody_cli)."""
+    config = _load(_config_path(args))
+    cfg = _hsm_config(config, args.hsm)
+    with _module_errors(cfg):
+        yield config, cfg
 
 
 def cmd_credentials_new(args: argparse.Namespace) -> int:
@@ -401,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative, metavar="N", help="0 = one per CPU core")
     p.set_defaults(func=cmd_serve)
 
-    keys = sub.add_parser("keys", help="list, create or delete AES-256 keys on a token")
+    keys = sub.add_parser(
+        "keys", help="AES-256 keys on a token: create, list, delete, rotate, lifecycle states"
+    )
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     p = ksub.add_parser("list", help="list the keys on the token and what each may do")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -414,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--force", action="store_true", help="allow deleting the health test key")
     p.set_defaults(func=cmd_keys_delete)
+    custody_cli.register(ksub, _custody_target)  # rotate, versions, show, suspend, ... (#12)
     for p in ksub.choices.values():
         _add_location(p)
         p.add_argument("--hsm", metavar="NAME", help="[[hsm]] name (default: the first)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from sigv4 import Credential
 from xksproxy.config import Config, KeystoreConfig
 from xksproxy.keys.policy import StorePolicy
-from xksproxy.keys.resolver import KeyResolver
+from xksproxy.keys.resolver import CustodySource, KeyResolver
 from xksproxy.xks.errors import InvalidStateException
 from xksproxy.xks.uri import base_path
 
@@ -57,9 +57,14 @@ class KeyStore:
 class KeyStoreTable:
     """All key stores, indexed by their base path (:func:`xksproxy.xks.uri.base_path`)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, custody: CustodySource | None = None) -> None:
+        """``custody``: where the resolvers read keys' lifecycle documents (the app's pools)."""
         health_labels = {h.name: h.health_key_label for h in config.hsms}
-        self.stores = [KeyStore(ks, KeyResolver(ks, health_labels)) for ks in config.keystores]
+        ttl = config.custody.state_cache_s
+        self.stores = [
+            KeyStore(ks, KeyResolver(ks, health_labels, custody, ttl_s=ttl))
+            for ks in config.keystores
+        ]
         self.by_base_path = {s.base_path: s for s in self.stores}
 
     def for_base_path(self, base_path: str) -> KeyStore | None:

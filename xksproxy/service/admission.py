@@ -183,6 +183,11 @@ class GuardedPool:
     def queue_state(self) -> tuple[int, int, int]:
         return self._pool.queue_state()
 
+    async def custody(self, label: str, *, deadline: float) -> bytes | None:
+        # Not admitted: the resolver reads it at most once per key per cache period, and refusing
+        # it would turn a short session queue into errors for every key whose cache expired.
+        return await self._pool.custody(label, deadline=deadline)
+
     # -- admitted and measured: the request's HSM work -------------------------------------------
     async def key_info(self, label: str, *, deadline: float) -> KeyInfo:
         return await self._guard(

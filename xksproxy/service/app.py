@@ -25,7 +25,8 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.
    caller learns nothing); store disabled -> 400 InvalidStateException (not health).
 8. Request validation (the operation's parser in ``xksproxy.xks.protocol``), then key
    resolution (``xksproxy.keys.resolver``: key not in the store -> 404 KeyNotFoundException,
-   disabled key on Encrypt/Decrypt -> 400 InvalidStateException).
+   a key whose lifecycle state refuses the operation -> 400 InvalidStateException or
+   InvalidKeyUsageException; lifecycle state and version from the HSM, cached <= 5 s).
 9. The store's Cedar policy, if it has one (``xksproxy.keys.policy``; it sees the resolved
    key's state, so it runs after resolution: an unknown key is 404 and a refused key state 400
    whoever asks) -> 403 AccessDeniedException; then the before-dispatch hooks; then the handler
@@ -132,7 +133,7 @@ class XksApp:
 
     def __init__(self, config: Config, *, pool_factory: PoolFactory = open_hsm_pool) -> None:
         self.config = config
-        self.table = KeyStoreTable(config)
+        self.table = KeyStoreTable(config, self._read_custody)
         self.pools: dict[str, CryptoPool] = {}
         self.observers: list[Observer] = []
         self.admission: list[AdmissionHook] = []
@@ -200,7 +201,7 @@ class XksApp:
 
     def replace_keystores(self, config: Config) -> None:
         """Swap key stores (credentials, keys, policy) atomically for new requests."""
-        table = KeyStoreTable(config)
+        table = KeyStoreTable(config, self._read_custody)
         unknown = {s.resolver.backend for s in table.stores} - set(self._max_plaintext)
         if unknown:
             raise ValueError(f"new [[hsm]] tables need a restart: {sorted(unknown)}")
@@ -230,6 +231,10 @@ class XksApp:
         if pool is None:
             raise _unavailable(backend)
         return pool
+
+    async def _read_custody(self, backend: str, label: str, deadline: float) -> bytes | None:
+        """The resolvers' :data:`~xksproxy.keys.resolver.CustodySource`: the backend's pool."""
+        return await self.pool(backend).custody(label, deadline=deadline)
 
     def health_answer(self, store: KeyStore) -> dict[str, Any]:
         return self.health.answer([store.resolver.backend])

@@ -118,7 +118,9 @@ class KeyOperation(Generic[R]):
         store.check_enabled()
         req = self.parse(doc, app.max_plaintext_bytes(store))
         version = self.key_version(req) if self.key_version is not None else None
-        key = store.resolver.resolve(key_id, self.spec, version=version)
+        key = await store.resolver.lookup(key_id, self.spec, version=version, deadline=ctx.deadline)
+        if key.state != "active":
+            ctx.extra["keyState"] = key.state  # audit: e.g. a Decrypt with a compromised key
         if store.policy is not None:
             store.policy.check(key, self.spec, req.metadata, ctx.region)
         app.run_before_dispatch(ctx)

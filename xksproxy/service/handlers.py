@@ -8,6 +8,10 @@ errors propagate and are mapped in ``xksproxy.xks.errors``.  GetHealthStatus nee
 pool: it is answered from :class:`xksproxy.keys.health.HealthMonitor` (see
 :mod:`xksproxy.service.dispatch`).
 
+Key versions: Encrypt writes ``key.version`` into ``ciphertextMetadata``
+(:func:`xksproxy.xks.framing.metadata_for`); Decrypt gets the version its metadata names already
+resolved into ``key.label``.  A deactivated or compromised key reports ``keyUsage`` DECRYPT only.
+
 Key usage rules (spec "Keys that may do only part of the work"):
 - Encrypt needs ENCRYPT (the HSM refuses otherwise -> InvalidKeyUsageException);
 - Encrypt *with* a CDIV also needs DECRYPT, because the result is verified by one HSM decrypt
@@ -23,7 +27,7 @@ from typing import Any
 from hsm.interface import CryptoPool
 from xksproxy.keys.resolver import KeyRef
 from xksproxy.xks.errors import InternalException, InvalidKeyUsageException, to_xks_error
-from xksproxy.xks.framing import CURRENT_METADATA, cdiv, hsm_aad, parse_metadata
+from xksproxy.xks.framing import cdiv, hsm_aad, metadata_for, parse_metadata
 from xksproxy.xks.protocol import (
     DecryptRequest,
     EncryptRequest,
@@ -32,16 +36,21 @@ from xksproxy.xks.protocol import (
     ordered_key_usage,
 )
 
-_CURRENT_METADATA_B64 = b64encode(CURRENT_METADATA)  # the same for every Encrypt answer
+_METADATA_B64 = [b64encode(metadata_for(v)) for v in range(256)]  # versions 0..255, built once
+
+
+def _metadata_b64(version: int, meta: bytes) -> str:
+    return _METADATA_B64[version] if version < 256 else b64encode(meta)
 
 
 async def get_key_metadata(
     pool: CryptoPool, key: KeyRef, req: MetadataRequest, *, deadline: float
 ) -> dict[str, Any]:
     info = await pool.key_info(key.label, deadline=deadline)
+    usage = info.usage & {"DECRYPT"} if key.decrypt_only else info.usage
     return {
         "keySpec": "AES_256",
-        "keyUsage": ordered_key_usage(info.usage),
+        "keyUsage": ordered_key_usage(usage),
         "keyStatus": key.status,
     }
 
@@ -56,14 +65,14 @@ async def encrypt(
             raise InvalidKeyUsageException(
                 "a ciphertext integrity value needs a key allowed to encrypt and decrypt"
             )
-    meta = CURRENT_METADATA
+    meta = metadata_for(key.version)
     framed = hsm_aad(req.aad, meta)
     result = await pool.encrypt(label, req.plaintext, framed, deadline=deadline)
     body: dict[str, Any] = {
         "authenticationTag": b64encode(result.tag),
         "ciphertext": b64encode(result.ciphertext),
         "initializationVector": b64encode(result.iv),
-        "ciphertextMetadata": _CURRENT_METADATA_B64,
+        "ciphertextMetadata": _metadata_b64(key.version, meta),
     }
     if req.want_cdiv:
         # Spec order: encrypt, compute the CDIV, then prove the output decrypts before returning.

@@ -5,17 +5,25 @@ HSM AAD (spec): ``len(aad) as 2-byte big-endian || aad || len(meta) as 1 byte ||
 
 ``ciphertextMetadata`` (ours to define, at most 20 bytes, covered by the GCM tag through the AAD):
 
-=========  ==============================================================================
-byte 0     format.  ``0x01`` = AAD framed as above (the only format so far).
-byte 1     key version, ``0x00`` today (room for key rotation: a later version may select
-           another HSM object for the same external key id).
-=========  ==============================================================================
+==============  ==========================================================================
+byte 0          format.  ``0x01`` = AAD framed as above (the only format so far).
+bytes 1..19     the key version that encrypted, unsigned big-endian, *minimal length*: 1 byte
+                for 0..255 (``01 00`` = version 0, what this proxy wrote before versions
+                existed), 2 bytes for 256..65535, ... up to 19 bytes (versions < 2**152).  A
+                leading ``0x00`` byte in a version field longer than one byte is not minimal
+                and is refused, so each version has exactly one encoding.
+==============  ==========================================================================
 
-Encrypt always returns format 1.  Decrypt accepts: no metadata at all (ciphertext from a proxy
-that returned none, framed with a zero metadata length) and every format listed in
-``_KNOWN_FORMATS``; anything else is InvalidCiphertextException without touching the HSM.  New
-formats must be *added* there so old ciphertext stays decryptable.  A changed metadata either fails
-this parse or fails the GCM tag check in the HSM, both InvalidCiphertextException.
+So the metadata is 2..20 bytes.  The key resolver turns the version into the HSM object
+(:mod:`xksproxy.keys.resolver`); a version the key does not have is InvalidCiphertextException
+without an HSM call.
+
+Encrypt always returns format 1 with the version it used.  Decrypt accepts: no metadata at all
+(ciphertext from a proxy that returned none, framed with a zero metadata length; version 0) and
+every format listed in ``_KNOWN_FORMATS``; anything else is InvalidCiphertextException without
+touching the HSM.  New formats must be *added* there so old ciphertext stays decryptable.  A
+changed metadata either fails this parse, names a version the key lacks, or fails the GCM tag check
+in the HSM: InvalidCiphertextException in every case.
 
 CDIV: ``base64(SHA-256(aad || ciphertextMetadata || iv || ciphertext || tag))`` over the raw
 (request) AAD, absent fields as empty.
@@ -32,14 +40,39 @@ from xksproxy.xks.protocol import b64encode
 FORMAT_V1 = 0x01
 KEY_VERSION_0 = 0x00
 CURRENT_METADATA = bytes((FORMAT_V1, KEY_VERSION_0))
+"""The metadata of version 0 (``01 00``)."""
+MAX_METADATA_BYTES = 20
+"""The XKS limit on ``ciphertextMetadata``."""
+MAX_KEY_VERSION = (1 << (8 * (MAX_METADATA_BYTES - 1))) - 1
+"""The largest version the format can name (19 bytes)."""
 
-_KNOWN_FORMATS: dict[int, int] = {FORMAT_V1: 2}  # format byte -> exact metadata length
+_KNOWN_FORMATS: dict[int, tuple[int, int]] = {FORMAT_V1: (2, MAX_METADATA_BYTES)}
+"""format byte -> (shortest, longest) metadata length."""
 
 
 @dataclass(frozen=True, slots=True)
 class MetadataInfo:
     format: int
     key_version: int
+
+
+def metadata_for(version: int) -> bytes:
+    """The ``ciphertextMetadata`` Encrypt returns for key ``version`` (format 1)."""
+    if not 0 <= version <= MAX_KEY_VERSION:
+        raise ValueError(f"key version {version} does not fit the metadata")
+    size = max(1, (version.bit_length() + 7) // 8)
+    return bytes((FORMAT_V1,)) + version.to_bytes(size, "big")
+
+
+def _version_of(metadata: bytes) -> int | None:
+    """The version field of well-formed format-1 metadata, else None."""
+    bounds = _KNOWN_FORMATS.get(metadata[0])
+    if bounds is None or not bounds[0] <= len(metadata) <= bounds[1]:
+        return None
+    field = metadata[1:]
+    if len(field) > 1 and field[0] == 0:
+        return None  # not minimal: another encoding of a shorter version
+    return int.from_bytes(field, "big")
 
 
 def hsm_aad(aad: bytes | None, metadata: bytes | None) -> bytes:
@@ -58,10 +91,10 @@ def parse_metadata(metadata: bytes | None) -> MetadataInfo | None:
         return None
     if not metadata:
         raise InvalidCiphertextException("ciphertextMetadata is empty")
-    expected_len = _KNOWN_FORMATS.get(metadata[0])
-    if expected_len is None or len(metadata) != expected_len:
+    version = _version_of(metadata)
+    if version is None:
         raise InvalidCiphertextException("ciphertextMetadata was not produced by this proxy")
-    return MetadataInfo(format=metadata[0], key_version=metadata[1])
+    return MetadataInfo(format=metadata[0], key_version=version)
 
 
 def peek_key_version(metadata: bytes | None) -> int | None:
@@ -71,9 +104,9 @@ def peek_key_version(metadata: bytes | None) -> int | None:
     whatever its metadata), so it needs the version without the check; :func:`parse_metadata`
     then refuses metadata that is not ours.
     """
-    if metadata is None or not metadata or _KNOWN_FORMATS.get(metadata[0]) != len(metadata):
+    if not metadata:
         return None
-    return metadata[1]
+    return _version_of(metadata)
 
 
 def cdiv(

@@ -36,6 +36,15 @@ FIELDS = (
     "latencyMs",
     "token",
     "worker",
+    # key custody (issue 12): the key's lifecycle state on a request that used a key not
+    # "active" (e.g. Decrypt with a compromised key), and `xksproxy keys` transitions.
+    "keyState",
+    "keyVersion",
+    "event",
+    "fromState",
+    "toState",
+    "reason",
+    "operator",
 )
 #: Size of the space-padded head record (rewritten in place; longer only for very long names).
 HEAD_BYTES = 512

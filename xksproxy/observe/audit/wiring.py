@@ -97,6 +97,9 @@ def install(app: Any) -> AuditLog | None:
             rec["denyRule"] = c.deny_rule  # the policy that decided (never in the caller's message)
         rec["status"] = int(c.status)
         rec["latencyMs"] = float(c.latency_ms)
+        key_state = c.extra.get("keyState")
+        if type(key_state) is str:
+            rec["keyState"] = key_state  # a key not "active" (e.g. compromised)
         token = token_for(c.store)
         if token is not None:
             rec["token"] = token
