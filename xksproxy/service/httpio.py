@@ -24,12 +24,12 @@ class Disconnected(Exception):
 class BodyLimit:
     """Size cap and time bound for reading one request body.
 
-    The time bound matters: admission counts a request in before its body is read, so a client
-    trickling its body (slowloris) would otherwise hold an in-flight slot forever and a few
-    hundred of them lock every caller out with 429. It is counted from the start of the read,
-    not from arrival: when a worker is starved of CPU the request deadline can pass before the
-    read even starts, and a body already sitting in the buffer must not then be blamed on the
-    client (the handler answers 503 past the deadline).
+    The time bound matters: a request holds an unauthenticated slot (:mod:`.preauth`) while its
+    body is read, so a client trickling its body (slowloris) would otherwise hold it forever and
+    a few hundred of them lock every other caller out with 429. It is counted from the start of
+    the read, not from arrival: when a worker is starved of CPU the request deadline can pass
+    before the read even starts, and a body already sitting in the buffer must not then be
+    blamed on the client (the handler answers 503 past the deadline).
     """
 
     __slots__ = ("cap", "timeout_s")
