@@ -12,6 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from xksproxy.xks.errors import ValidationException
 
+#: The most header bytes a request may carry, on both servers and both protocols: the HTTP/1.1
+#: header section (request line and header lines) and the HTTP/2 header list (what SETTINGS
+#: advertises as MAX_HEADER_LIST_SIZE). KMS sends well under 8 KiB; the servers' defaults
+#: (granian: 16 MiB on HTTP/2, ~400 KiB on HTTP/1.1) let one small compressed stream cost
+#: megabytes of decoding. Over it: 431 (HTTP/1.1) or the stream/connection is refused (HTTP/2).
+MAX_HEADER_BYTES = 16384
+
 Headers = list[tuple[str, str]]
 #: ``respond(status, body, extra_headers)``: send one JSON answer.
 Respond = Callable[[int, bytes, "Headers | None"], Awaitable[None]]
