@@ -205,7 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = _config_path(args)
     else:
         result = _run_init(args.state_dir)
-        _out(embedded.summary(result))
+        # stdout is also the request log (journald under systemd): the secret only on a terminal
+        _out(embedded.summary(result, show_secret=sys.stdout.isatty()))
         path = result.config_path
     config = _load(path)  # precise config errors (exit 2) before the server starts any worker
     for h in config.hsms:  # a missing module would otherwise surface as a worker crash loop
