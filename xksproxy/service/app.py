@@ -20,11 +20,12 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.
 5. Body read with a hard cap (``server.max_body_bytes``) and a short time bound (a trickled body
    holds only an unauthenticated slot, and not for long) -> 400 ValidationException.
 6. SigV4 against *this* store's credentials and regions -> 401 AuthenticationFailedException
-   (the cause goes to the request log as ``authFailure``). Then the admission hooks
+   (the cause goes to the request log as ``authFailure``).
+7. JSON decode (malformed -> 400 ValidationException), then the admission hooks
    (``XksApp.admission``: in-flight gate, the store's quota) may refuse (429): only authenticated
-   requests are charged to them, so anonymous traffic cannot use up KMS's budget.
-7. JSON decode; route the operation through its row of the dispatch table
-   (:mod:`xksproxy.service.dispatch`, operations as data in :mod:`xksproxy.xks.operations`).
+   requests are charged to them, so anonymous traffic cannot use up KMS's budget. Then route
+   the operation through its row of the dispatch table (:mod:`xksproxy.service.dispatch`,
+   operations as data in :mod:`xksproxy.xks.operations`).
    For a key operation: an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
    ValidationException (an invalid input parameter; checked after authentication so an anonymous
    caller learns nothing); store disabled -> 400 InvalidStateException (not health).
@@ -403,13 +404,14 @@ class XksApp:
             finally:
                 _release(unauthenticated)
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
-            _run_hooks(self.admission, ctx, releases)
             doc = decode_json(body)
             meta = logged_metadata(doc)  # bounded, for the logs (ARNs, VPC ids; no secrets)
             ctx.kms_request_id = meta.get("kmsRequestId")
             ctx.kms_operation = meta.get("kmsOperation")
             ctx.principal = meta.get("awsPrincipalArn")
             ctx.extra["metadata"] = meta
+            # after the metadata: a throttled request's log line carries its kmsRequestId
+            _run_hooks(self.admission, ctx, releases)
             result = await binding.run(self, store, key_id, doc, ctx)
             status, payload = 200, orjson.dumps(result)
             ctx.finish(200, None)
