@@ -48,15 +48,32 @@ def forks_seen() -> int:
 
 
 def lock_path(config: HsmConfig) -> str:
-    """The lock file of this (module, token, environment), in the temp directory.
+    """The lock file of this (module, token, environment).
 
-    Named by a digest so that unrelated tokens never wait on each other.
+    Named by a digest so that unrelated tokens never wait on each other. It lives with the
+    token when there is a token directory to live in, so it goes away with it and never piles
+    up in a shared directory (one file per token ever used): beside the SoftHSMv2 configuration
+    (``SOFTHSM2_CONF`` of the pool, else of the process; for the embedded default that is the
+    state directory), else in ``$XDG_RUNTIME_DIR`` (per user, emptied at logout; systemd's
+    ``RuntimeDirectory=``), else in the temp directory as a last resort.
     """
     ident = "\0".join(
         [config.module, config.token_label, *(f"{k}={v}" for k, v in sorted(config.env.items()))]
     )
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"xksproxy-hsm-start-{digest}.lock")
+    return os.path.join(_lock_dir(config), f"xksproxy-hsm-start-{digest}.lock")
+
+
+def _lock_dir(config: HsmConfig) -> str:
+    softhsm_conf = config.env.get("SOFTHSM2_CONF") or os.environ.get("SOFTHSM2_CONF")
+    candidates = [
+        os.path.dirname(os.path.abspath(softhsm_conf)) if softhsm_conf else "",
+        os.environ.get("XDG_RUNTIME_DIR", ""),
+    ]
+    for directory in candidates:
+        if directory and os.path.isdir(directory) and os.access(directory, os.W_OK):
+            return directory
+    return tempfile.gettempdir()
 
 
 @contextlib.contextmanager

@@ -118,3 +118,36 @@ def fault_shim(tmp_path: Path) -> Iterator[FaultShim]:
     shim = FaultShim.create(tmp_path)
     yield shim
     shim.set("ok")
+
+
+# -- nothing left behind in /tmp (issue 17 item 14) ------------------------------------------------
+_TMP_PATTERN = "xksproxy-*"
+_tmp_before: set[str] = set()
+
+
+def _tmp_entries() -> set[str]:
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).glob(_TMP_PATTERN)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _tmp_before.update(_tmp_entries())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a run that left new ``/tmp/xksproxy-*`` entries (lock files, shim caches, state):
+    they pile up on every developer machine and CI runner (45 lock files after one run, once).
+    Runtime files belong in the state/token directory or ``$XDG_RUNTIME_DIR``, test files in
+    ``tmp_path``. Another test run on the same machine at the same time could be blamed for its
+    own entries: the message lists them, so that is quick to tell."""
+    left = sorted(_tmp_entries() - _tmp_before)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = "the test run left these behind in the temp directory: " + ", ".join(left)
+    if reporter is not None:
+        reporter.write_sep("=", "leftover temp files", red=True)
+        reporter.write_line(message)
+    if session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -50,6 +50,10 @@ class ServerConfig:
     max_body_bytes: int = 262144
     request_deadline_ms: int = 150
     max_in_flight: int = 256
+    # Budget for work done before SigV4 succeeds (body read + verify), per worker process:
+    # separate from max_in_flight so unauthenticated callers cannot take KMS's slots.
+    max_unauthenticated: int = 128
+    max_unauthenticated_per_client: int = 32
 
 
 @dataclass(frozen=True)
@@ -274,6 +278,8 @@ def _server(s: _Section) -> ServerConfig:
         max_body_bytes=_positive_int(s, "max_body_bytes", 262144, minimum=16384),
         request_deadline_ms=_positive_int(s, "request_deadline_ms", 150),
         max_in_flight=_positive_int(s, "max_in_flight", 256),
+        max_unauthenticated=_positive_int(s, "max_unauthenticated", 128),
+        max_unauthenticated_per_client=_positive_int(s, "max_unauthenticated_per_client", 32),
     )
     if cfg.server not in ("granian", "hypercorn"):
         raise ConfigError(f'{s.name("server")}: must be "granian" or "hypercorn"')

@@ -65,6 +65,9 @@ def test_doctor_checks_a_fresh_embedded_default(initialised, cli):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "configuration" in r.stdout
     assert "Traceback" not in r.stderr
+    # issue 17 item 11: the demo keys restricted on purpose are expected, not warnings
+    assert "0 failed, 0 warnings" in r.stdout, r.stdout
+    assert r.stdout.count("(demo key, as intended)") == 3, r.stdout
 
 
 def test_audit_verify_reports_a_missing_file_cleanly(initialised, cli):

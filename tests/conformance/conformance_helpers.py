@@ -4,7 +4,7 @@ Everything here talks to a *running* proxy over a loopback socket, the way AWS K
 checker do. Nothing imports the product: signing is done by three independent SigV4 implementations
 (botocore, aws-requests-auth, curl) so that a bug shared by our signer and our verifier cannot hide.
 
-Request bodies are built from the public XKS spec (../shared/xks-spec.md). Every plaintext and
+Request bodies are built from the public XKS spec (docs/xks-contract.md). Every plaintext and
 AAD the suite sends is recorded in ``SENSITIVE`` so that the log test at the end of the session can
 prove none of them (nor any secret) reached a log file.
 """

@@ -22,3 +22,21 @@ async def test_wrong_pin_fails_once_and_says_what_to_fix(tmp_path, fault_shim, c
     assert "wrong user PIN" in str(info.value)
     assert "0000-not-the-pin" not in str(info.value)
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_start_lock_lives_with_the_token_not_in_tmp(hsm_config, monkeypatch, tmp_path):
+    """Issue 17 item 14: one lock file per token used to pile up in /tmp (45 after one run)."""
+    import os
+    import tempfile
+
+    from hsm.startup import lock_path
+
+    conf_dir = os.path.dirname(hsm_config.env["SOFTHSM2_CONF"])
+    assert os.path.dirname(lock_path(hsm_config)) == conf_dir
+    # no SoftHSMv2 configuration to sit beside: the per-user runtime directory, else tmp
+    bare = dataclasses.replace(hsm_config, env={})
+    monkeypatch.delenv("SOFTHSM2_CONF", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert os.path.dirname(lock_path(bare)) == str(tmp_path)
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert os.path.dirname(lock_path(bare)) == tempfile.gettempdir()

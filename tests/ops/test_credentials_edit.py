@@ -125,3 +125,24 @@ secret = "file:secrets/other-1.secret"
     assert loaded.keystores[1].quota_rate == 10
     assert "# Secondary authorization (optional)" in cfg.read_text()  # comments survive
     shutil.rmtree(d)
+
+
+def test_remove_rewrites_the_console_file_that_held_the_removed_secret(config_path):
+    """Issue 17 item 9: kms-console.json kept a removed credential's secret on disk."""
+    console = config_path.parent / "kms-console.json"
+    old = json.loads(console.read_text())["XksProxyAuthenticationCredential"]
+    _, new = credentials_ops.add(config_path, "demo")
+    credentials_ops.remove(config_path, "demo", old["AccessKeyId"])
+    text = console.read_text()
+    assert old["RawSecretAccessKey"] not in text and old["AccessKeyId"] not in text
+    doc = json.loads(text)
+    assert doc["XksProxyUriPath"] == "/demo/kms/xks/v1"
+    assert doc["XksProxyAuthenticationCredential"] == {
+        "AccessKeyId": new.access_key_id,
+        "RawSecretAccessKey": new.secret,
+    }
+    assert stat.S_IMODE(console.stat().st_mode) == 0o600
+    # removing a credential the console file does not name leaves it as it is
+    _, third = credentials_ops.add(config_path, "demo")
+    credentials_ops.remove(config_path, "demo", third.access_key_id)
+    assert console.read_text() == text

@@ -119,3 +119,44 @@ def _write_expired_cert(cert_path, key_path) -> None:
         )
     )
     os.chmod(key_path, 0o600)
+
+
+def test_doctor_table_keeps_the_fix_column_aligned():
+    """Issue 17 item 11: a long DETAIL used to push FIX to the right on its row."""
+    from xksproxy.admin.doctor import COLUMN_CAPS, WARN, Report
+
+    report = Report()
+    report.add("short", "OK", "fine")
+    long_detail = "/very/long/path/" + "x" * 90 + " and some more words after it"
+    report.add("a check with a long detail", WARN, long_detail, "do this")
+    report.add("another " * 8, WARN, "short detail", "do that")
+    lines = report.render().splitlines()
+    fix_col = lines[0].index("FIX")
+    assert fix_col == sum(COLUMN_CAPS) + 6  # three capped columns, two spaces after each
+    table = lines[: lines.index("")]
+    fixes = [line[fix_col:] for line in table if line[fix_col - 2 : fix_col] == "  "]
+    assert fixes == ["FIX", "-", "do this", "do that"]  # FIX always starts in its column
+    assert long_detail.split()[0] in report.render()  # the long path is whole, never cut
+    assert len(table) > 4  # the long cells took continuation lines
+
+
+def test_doctor_warns_when_a_wildcard_store_shares_its_token(config_path):
+    """Issue 17 item 9: keys = ["*"] on a token another store uses reaches that store's keys."""
+    from ops_config import add_store
+
+    from xksproxy.admin.doctor import WARN, Report, check_shared_tokens
+
+    add_store(config_path, "tenant-b", "/tenant-b", rate=0, burst=0)
+    cfg = load_config(config_path)
+    report = Report()
+    check_shared_tokens(report, cfg)
+    assert report.checks == []  # two stores on one token, both with explicit keys: fine
+    text = config_path.read_text()
+    text = text.replace('keys = ["demo"', 'keys = ["*"] #', 1)
+    config_path.write_text(text)
+    cfg = load_config(config_path)
+    assert "*" in cfg.keystores[0].keys
+    check_shared_tokens(report, cfg)
+    (check,) = report.checks
+    assert check.status == WARN and "tenant-b" in check.detail and '["*"]' in check.detail
+    assert "own token" in check.fix

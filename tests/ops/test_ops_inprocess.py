@@ -138,3 +138,22 @@ async def test_invalid_reload_keeps_running_config(ops_app, config_path, caplog)
     assert "max_body_bytes" in (app.operations.reloader.last_error or "")
     r = await _post(http, "/demo/kms/xks/v1/keys/demo/encrypt", encrypt_body(b"k"), demo)
     assert r.status_code == 200
+
+
+async def test_slo_counts_authenticated_requests_only(ops_app, config_path):
+    """Issue 17 item 5: an anonymous 401 used to count as a good request (and a slow-body 400
+    against the budget); only what KMS sends, authenticated, is the SLO's."""
+    _app, http, _other = ops_app
+    path = "/demo/kms/xks/v1/keys/demo/encrypt"
+
+    def slo_total() -> float:
+        counters = metrics.REGISTRY.counters.items()
+        return sum(v for (n, _), v in counters if n == "xksproxy_slo_requests_total")
+
+    before = slo_total()
+    for _ in range(5):
+        assert (await http.post(path, content=b"{}")).status_code == 401
+    assert slo_total() == before
+    r = await _post(http, path, encrypt_body(b"x"), demo_credential(config_path))
+    assert r.status_code == 200
+    assert slo_total() == before + 1

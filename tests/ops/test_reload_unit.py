@@ -48,3 +48,19 @@ def test_describe_changes_names_credentials_only(config_path, state):
     _, cred = credentials_ops.add(config_path, "demo")
     after = load_config(config_path)
     assert describe_changes(before, after) == {"demo": {"credentialsAdded": [cred.access_key_id]}}
+
+
+def test_logging_changes_are_reported_as_needing_a_restart(config_path, caplog):
+    """Issue 17 item 7: a changed [logging] section used to be "reloaded" without effect."""
+    from ops_config import set_option
+
+    r = Reloader(config_path, load_config(config_path), lambda new: None)
+    set_option(config_path, "logging", "level", '"debug"')
+    set_option(config_path, "logging", "request_log", "false")
+    with caplog.at_level(logging.INFO, logger="xksproxy.reload"):
+        assert r.check() is True
+    reloaded = next(rec for rec in caplog.records if rec.getMessage() == "configuration reloaded")
+    assert "logging" in reloaded.fields["needsRestart"]
+    warning = next(rec for rec in caplog.records if rec.levelno == logging.WARNING)
+    assert "after a restart" in warning.getMessage()
+    assert "logging" in warning.fields["sections"]

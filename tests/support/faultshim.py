@@ -23,20 +23,23 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from hsm import HsmConfig
 
 SOURCE = Path(__file__).with_name("faultshim.c")
+REPO = Path(__file__).resolve().parents[2]
 REAL_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 Mode = Literal["ok", "device_error", "delay"]
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or tempfile.gettempdir()
-    path = Path(base) / f"xksproxy-faultshim-{os.getuid()}"
+    """The compiled shim is cached across runs (compiling costs a second), in the checkout's
+    pytest cache (git-ignored) or ``$XDG_CACHE_HOME``: never in /tmp, where it outlived every
+    run (the session-end check in tests/conftest.py fails a run that leaves /tmp/xksproxy-*)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or REPO / ".pytest_cache")
+    path = base / f"xksproxy-faultshim-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 

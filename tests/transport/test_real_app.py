@@ -120,11 +120,11 @@ def round_trip(client: httpx.Client, base: str, state) -> None:
     assert bad.status_code == 401
 
 
-def _serve(state, tmp_path, *args: str) -> Served:
+def _serve(state, tmp_path, *args: str, env: dict[str, str] | None = None) -> Served:
     """``xksproxy serve`` of the module's state dir on a free loopback port."""
     return Served(
         ["--config", str(state["config"]), "--bind", "127.0.0.1:0", *args],
-        serve_env(probe=False),
+        serve_env(probe=False, extra=env),
         tmp_path,
     )
 
@@ -259,7 +259,14 @@ def _alive(pid: int) -> bool:
 def test_workers_end_when_the_launcher_is_killed(state, tmp_path, server):
     """kill -9 of `serve` (OOM killer, a crashed supervisor) must not leave workers answering
     on the port with a configuration nobody can reload any more."""
-    s = _serve(state, tmp_path, "--server", server, "--workers", "2", "--plain-http")
+    # A launcher killed by SIGKILL cannot remove its reload trigger file and metrics directory:
+    # give it the test's own temp directory, so nothing is left in /tmp.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    s = _serve(
+        state, tmp_path, "--server", server, "--workers", "2", "--plain-http",
+        env={"TMPDIR": str(tmp)},
+    )  # fmt: skip
     workers = _workers(s.proc.pid)
     try:
         assert len(workers) == 2, workers

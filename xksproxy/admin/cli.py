@@ -205,7 +205,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = _config_path(args)
     else:
         result = _run_init(args.state_dir)
-        _out(embedded.summary(result))
+        # stdout is also the request log (journald under systemd): the secret only on a terminal
+        _out(embedded.summary(result, show_secret=sys.stdout.isatty()))
         path = result.config_path
     config = _load(path)  # precise config errors (exit 2) before the server starts any worker
     for h in config.hsms:  # a missing module would otherwise surface as a worker crash loop
@@ -412,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the proxy (runs init first unless --config is given)")
     _add_location(p)
-    p.add_argument("--bind", metavar="HOST:PORT", help="override [server] bind")
+    p.add_argument("--bind", type=_bind_arg, metavar="HOST:PORT", help="override [server] bind")
     p.add_argument("--plain-http", action="store_true", help="no TLS (behind a trusted TLS LB)")
     p.add_argument("--server", choices=["granian", "hypercorn"], help="override [server] server")
     p.add_argument("--workers", type=_non_negative, metavar="N", help="0 = one per CPU core")
@@ -427,7 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys_list)
     p = ksub.add_parser("create", help="create an AES-256 key labelled ID")
     p.add_argument("id", metavar="ID", help="external key id (= HSM key label)")
-    p.add_argument("--usage", choices=list(USAGE_PRESETS), default="encrypt-decrypt")
+    p.add_argument(
+        "--usage",
+        choices=list(USAGE_PRESETS),
+        default="encrypt-decrypt",
+        help="what the key may do: encrypt-decrypt (what KMS needs), encrypt, decrypt or none "
+        "(default: %(default)s)",
+    )
     p.set_defaults(func=cmd_keys_create)
     p = ksub.add_parser("delete", help="destroy the key labelled ID (irreversible)")
     p.add_argument("id", metavar="ID")
@@ -472,7 +479,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a local AWS KMS endpoint whose external key stores call XKS proxies "
         "(see `xksproxy kms-emulator --help`)",
     )
+    _errors_in_own_usage(parser)
     return parser
+
+
+def _errors_in_own_usage(parser: argparse.ArgumentParser) -> None:
+    """Record in each (sub)command's defaults which parser it is, so :func:`main` can report a
+    mistyped option (``keys list --jsno``) with that command's usage, not the top level's."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _errors_in_own_usage(child)
+
+
+def _bind_arg(text: str) -> str:
+    """``--bind``: checked by the one bind parser, so the error names the flag once."""
+    from xksproxy.bind import parse_bind
+
+    try:
+        parse_bind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _version() -> str:
@@ -506,7 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kmsemu.cli import main as kmsemu_main
 
         return kmsemu_main(words[1:], prog=f"xksproxy {KMS_EMULATOR}")
-    args = build_parser().parse_args(words)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(words)
+    if unknown:  # argparse would blame the top level; the command that got them says it
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args))
     except CliError as exc:

@@ -10,7 +10,8 @@ Safety:
   the running proxy's reload poller see the old or the new file, never a mix);
 - an exclusive lock on ``<config>.lock`` serialises concurrent edits;
 - a new secret goes to a fresh 0600 file beside the store's other secret files (never into the
-  config); the secret of a removed credential is deleted once nothing references it.
+  config); the secret of a removed credential is deleted once nothing references it, and the
+  KMS console file (``kms-console.json``) is rewritten if it held that credential.
 
 A running proxy notices the change within about a second (see :mod:`xksproxy.runtime.reload`): a new
 credential starts working and a removed one stops working without a restart.
@@ -206,7 +207,18 @@ def remove(config_path: Path, keystore: str, access_key_id: str) -> tuple[str, l
         _commit(config_path, "".join(new_lines))
         _delete_unreferenced_secret(config_path, removed_ref, "".join(new_lines))
         remaining = [a for a in akids if a != access_key_id]
+        _forget_in_console(config_path, store.get("name", ""), access_key_id)
         return base_path(store.get("path_prefix", "")), remaining
+
+
+def _forget_in_console(config_path: Path, keystore: str, removed: str) -> None:
+    """``kms-console.json`` must not keep a removed credential's secret: point it at the store's
+    newest remaining credential (when it named the removed one)."""
+    cfg = load_config(config_path, env={})
+    store = next(s for s in cfg.keystores if s.name == keystore)
+    embedded.rewrite_console_if_it_names(
+        config_path, removed, store.uri_path, store.credentials[-1]
+    )
 
 
 def _credential_table(lines: list[str], block: _Block, akid: str) -> tuple[int, int]:

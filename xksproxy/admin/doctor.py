@@ -15,6 +15,7 @@ import asyncio
 import os
 import stat
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from xksproxy.keys.resolver import KeyResolver
 from xksproxy.xks.operations import METADATA
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
+#: widest CHECK, STATUS and DETAIL cells before they wrap
+COLUMN_CAPS = (34, 6, 60)
 KMS_TIMEOUT_MS = 250
 CERT_WARN_DAYS = 30
 
@@ -50,13 +53,27 @@ class Report:
         return any(c.status == FAIL for c in self.checks)
 
     def render(self) -> str:
+        """The table. A CHECK or DETAIL longer than its column wraps at spaces onto
+        continuation lines, and FIX always starts in its own column: on the row's first line
+        that leaves room for it. Nothing is cut (a path in DETAIL is what the operator needs,
+        whole, to copy), so a single word longer than its column overflows it, and that row's
+        FIX moves down a line instead of out of line."""
         rows = [("CHECK", "STATUS", "DETAIL", "FIX")]
         rows += [(c.name, c.status, c.detail, c.fix or "-") for c in self.checks]
-        widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in enumerate((34, 6, 60))]
+        widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in enumerate(COLUMN_CAPS)]
+        fix_col = sum(widths) + 2 * len(widths)
         lines = []
         for r in rows:
-            cells = [r[i].ljust(widths[i])[: max(widths[i], len(r[i]))] for i in range(3)]
-            lines.append("  ".join(cells) + "  " + r[3])
+            cols = [_wrap(r[i], widths[i]) for i in range(3)]
+            fix: str | None = r[3]
+            for n in range(max(len(c) for c in cols)):
+                cells = [(c[n] if n < len(c) else "").ljust(widths[i]) for i, c in enumerate(cols)]
+                prefix = "  ".join(cells).rstrip()
+                if fix is not None and len(prefix) <= fix_col - 2:
+                    prefix, fix = prefix.ljust(fix_col) + fix, None
+                lines.append(prefix)
+            if fix is not None:
+                lines.append(" " * fix_col + fix)
         n_fail = sum(c.status == FAIL for c in self.checks)
         n_warn = sum(c.status == WARN for c in self.checks)
         lines.append("")
@@ -65,6 +82,12 @@ class Report:
             + ("" if n_fail else " - ready to serve")
         )
         return "\n".join(lines)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken at spaces only (a word
+    longer than ``width`` keeps its own, longer line)."""
+    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False) or [""]
 
 
 # -- individual checks -----------------------------------------------------------------------------
@@ -334,6 +357,9 @@ async def _check_store_keys(report: Report, pool: Any, store: Any, resolver: Key
         state = "" if key.enabled else f"{key.status} "
         if usage == {"ENCRYPT", "DECRYPT"}:
             report.add(check, OK, f"{state}AES key {label!r}: ENCRYPT, DECRYPT")
+        elif _restricted_demo_key(store.name, key_id, usage):
+            what = ", ".join(sorted(usage)) or "no usage"
+            report.add(check, OK, f"{state}AES key {label!r}: {what} (demo key, as intended)")
         elif usage:
             report.add(
                 check,
@@ -348,6 +374,38 @@ async def _check_store_keys(report: Report, pool: Any, store: Any, resolver: Key
                 f"{state}AES key {label!r}: may neither encrypt nor decrypt",
                 "recreate it with encrypt-decrypt usage if KMS should use it",
             )
+
+
+def _restricted_demo_key(store: str, key_id: str, usage: set[str]) -> bool:
+    """One of `init`'s demo keys, restricted on purpose (to try KMS's usage errors), and still
+    exactly as `init` made it: expected, not a warning."""
+    from xksproxy.admin.embedded import DEMO_KEYS, DEMO_KEYSTORE
+
+    expected = DEMO_KEYS.get(key_id)
+    return store == DEMO_KEYSTORE and expected is not None and usage == set(expected)
+
+
+def check_shared_tokens(report: Report, config: Any) -> None:
+    """``keys = ["*"]`` lets a store use every key on its token: with another store on the same
+    token, that includes the other store's keys (one tenant could decrypt another's data)."""
+    by_token: dict[tuple[str, str], list[Any]] = {}
+    hsms = {h.name: h for h in config.hsms}
+    for store in config.keystores:
+        h = hsms.get(store.hsm)
+        token = (h.module, h.token_label) if h is not None else (store.hsm, "")
+        by_token.setdefault(token, []).append(store)
+    for (_module, label), stores in sorted(by_token.items()):
+        wild = [s.name for s in stores if "*" in s.keys]
+        if len(stores) < 2 or not wild:
+            continue
+        others = ", ".join(s.name for s in stores if s.name not in wild) or "each other"
+        report.add(
+            "key isolation",
+            WARN,
+            f'keystore {", ".join(wild)} uses keys = ["*"] on token {label!r}, shared with '
+            f"keystore {others}: it can use their keys too",
+            "list the store's keys explicitly, or give each store its own token",
+        )
 
 
 def _safe(exc: BaseException) -> str:
@@ -381,6 +439,7 @@ def run_checks(config_path: Path, *, hsm: bool = True) -> Report:
         check_policies,
         audit_doctor.check_audit_integrity,
         audit_doctor.check_audit_disk,
+        check_shared_tokens,
     ]
     if hsm:
         steps.append(audit_doctor.check_audit_anchor)

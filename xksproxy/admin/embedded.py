@@ -167,6 +167,8 @@ plain_http = false
 max_body_bytes = 262144
 request_deadline_ms = 150
 max_in_flight = 256
+max_unauthenticated = 128
+max_unauthenticated_per_client = 32
 
 [tls]
 cert_file = {toml_str(str(cert_file))}
@@ -406,8 +408,10 @@ def usage_text(usage: Iterable[str]) -> str:
     return ", ".join(ordered_key_usage(usage)) or "none"
 
 
-def summary(result: InitResult) -> str:
-    """Text for the terminal. The secret appears only on the first run, by design."""
+def summary(result: InitResult, *, show_secret: bool = True) -> str:
+    """Text for the terminal. The secret appears only on the first run, by design, and only
+    when ``show_secret``: `serve` passes ``sys.stdout.isatty()``, because its stdout is also the
+    JSON request log (journald under systemd) and a secret must never land in a log."""
     if not result.first:
         return (
             f"xksproxy: already initialised: {result.state_dir}\n"
@@ -425,6 +429,35 @@ xksproxy: initialised {result.state_dir}
   URI path:          {result.uri_path}
   external keys (id, usage):
 {keys}
+{_credential_lines(result, show_secret)}"""
+
+
+def _credential_lines(result: InitResult, show_secret: bool) -> str:
+    if not show_secret:
+        return (
+            f"  demo credential:   AccessKeyId {result.credential.access_key_id}; its secret is in "
+            f"{result.console_path} (owner-only), not printed: stdout is not a terminal"
+        )
+    return f"""\
   demo credential (printed once; kept in the KMS console file):
     AccessKeyId:        {result.credential.access_key_id}
     RawSecretAccessKey: {result.credential.secret}"""
+
+
+def rewrite_console_if_it_names(
+    config_path: Path, removed_access_key_id: str, uri_path: str, credential: sigv4.Credential
+) -> bool:
+    """After a credential was removed: if the KMS console file beside ``config_path`` still
+    holds it (its secret included), rewrite it atomically for ``credential`` (the store's newest
+    remaining one). True if it was rewritten. A console file naming another credential, or none
+    at all, is left alone."""
+    console = config_path.parent / CONSOLE_NAME
+    try:
+        doc = json.loads(console.read_text(encoding="utf-8"))
+        named = doc["XksProxyAuthenticationCredential"]["AccessKeyId"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if named != removed_access_key_id:
+        return False
+    atomic_write(console, console_json(uri_path, credential), 0o600)
+    return True

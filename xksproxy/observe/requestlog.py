@@ -46,6 +46,7 @@ class RequestContext:
     spec: OperationSpec | None = None  # the operation's row (xksproxy.xks.operations), once routed
     store: str | None = None  # key store name
     key_id: str | None = None  # external key id (from the path)
+    client: str | None = None  # the peer's address (host), keys the unauthenticated budget
     access_key_id: str | None = None  # authenticated SigV4 access key id
     region: str | None = None  # SigV4 scope region
     kms_request_id: str | None = None
@@ -170,6 +171,9 @@ class RequestLog:
         }
         if ctx.deny_rule is not None:
             record["denyRule"] = ctx.deny_rule
+        auth_failure = ctx.extra.get("authFailure")
+        if auth_failure is not None:  # why a 401 was answered (the answer does not say)
+            record["authFailure"] = auth_failure
         with contextlib.suppress(OSError, ValueError):  # a closed stdout must not fail a request
             self._sink(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 

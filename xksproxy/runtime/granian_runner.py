@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from xksproxy.runtime import patches
 from xksproxy.runtime.plan import Plan
+from xksproxy.service.httpio import MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
     from granian.log import LogLevels
@@ -31,6 +32,7 @@ def run_granian(p: Plan, target: str, interface: str) -> int:
     status of ``serve``."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+    from granian.http import HTTP1Settings, HTTP2Settings
 
     # Workers start from a fresh interpreter ("spawn"), never a fork of this process: it runs
     # threads (start-up watcher, metrics listener) whose locks a fork could copy mid-use, and
@@ -44,6 +46,10 @@ def run_granian(p: Plan, target: str, interface: str) -> int:
         factory=True,
         workers=p.workers,
         http=HTTPModes.auto,
+        # Header caps (issue 17 item 6): hyper's read buffer bounds the HTTP/1.1 header section
+        # (8 KiB is its floor), the HTTP/2 header list is advertised and enforced.
+        http1_settings=HTTP1Settings(max_buffer_size=MAX_HEADER_BYTES),
+        http2_settings=HTTP2Settings(max_headers_size=MAX_HEADER_BYTES),
         loop=Loops.uvloop,
         websockets=False,
         log_level=_level(p.log_level),

@@ -24,6 +24,7 @@ from xksproxy.runtime import patches, reload, tls
 from xksproxy.runtime.announce import say
 from xksproxy.runtime.plan import Plan
 from xksproxy.runtime.stoplatch import StopLatch
+from xksproxy.service.httpio import MAX_HEADER_BYTES
 
 # A worker that dies is replaced (like granian's respawn); more than this many deaths within the
 # window is a crash loop (e.g. the HSM is unreachable at start) and stops the server with status 1.
@@ -60,6 +61,10 @@ def run_hypercorn(p: Plan, app_factory: str) -> int:
     cfg.workers = p.workers
     cfg.worker_class = "uvloop"
     cfg.keep_alive_timeout = 75.0
+    # Header caps (issue 17 item 6): h11 refuses a header section over this (431); h2 advertises
+    # and enforces the header list size.
+    cfg.h11_max_incomplete_size = MAX_HEADER_BYTES
+    cfg.h2_max_header_list_size = MAX_HEADER_BYTES
     cfg.loglevel = "DEBUG" if p.log_level == "debug" else "WARNING"
     if not p.plain_http:
         cfg.certfile = str(p.cert_file)

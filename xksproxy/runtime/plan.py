@@ -60,7 +60,7 @@ def plan(
     try:
         host, port = parse_bind(bind or config.server.bind)
     except ValueError as exc:
-        raise ConfigError(f"[server] bind: {exc}") from None
+        raise ConfigError(f"{'--bind' if bind else '[server] bind'}: {exc}") from None
     if port == 0:
         port = _free_port(host)
     plain = config.server.plain_http if plain_http is None else plain_http

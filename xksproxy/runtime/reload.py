@@ -17,9 +17,10 @@ well under 5 s, and a new one starts working as fast.
 
 A reload with an invalid file keeps the running configuration and logs the loader's message
 (it names the option and what is wrong, never a secret value) once per distinct change. Changes
-to sections that cannot be applied in place (``[server]``, ``[tls]``, ``[metrics]``, ``[audit]``,
-``[health]``, ``[[hsm]]``) are logged as "needs a restart" and otherwise ignored; a key store that
-names an ``[[hsm]]`` this process has no pool for is refused the same way as an invalid file.
+to sections that cannot be applied in place (``[server]``, ``[tls]``, ``[metrics]``,
+``[logging]``, ``[audit]``, ``[health]``, ``[[hsm]]``) are logged as "needs a restart" and
+otherwise ignored; a key store that names an ``[[hsm]]`` this process has no pool for is refused
+the same way as an invalid file.
 
 SIGHUP to the launcher: the launcher calls :func:`prepare_parent` before starting workers (it
 exports ``$XKSPROXY_RELOAD_FILE``) and routes its own SIGHUP to :func:`request_reload`, which
@@ -49,7 +50,10 @@ log = logging.getLogger("xksproxy.reload")
 
 _FILE_REF = re.compile(r"""["']file:([^"'\n]+)["']""")
 _POLICY_REF = re.compile(r"""^\s*policy\s*=\s*["']([^"'\n]+)["']""", re.MULTILINE)
-_RESTART_SECTIONS = ("server", "tls", "metrics", "audit", "health", "hsms")
+#: Config sections a worker cannot apply in place. ``logging`` is among them: the log level and
+#: handlers and the request-log observer are set up once at start (and granian's own log level by
+#: the launcher), so a reload that said "reloaded" for them would be claiming what it did not do.
+_RESTART_SECTIONS = ("server", "tls", "metrics", "logging", "audit", "health", "hsms")
 
 
 def _stat_sig(path: Path) -> tuple[int, ...] | None:

@@ -125,8 +125,24 @@ async def handle(app: XksApp, scope: Scope, protocol: HTTPProtocol) -> None:
         protocol.response_bytes(status, response_headers(body, extra), body)
 
     await app.handle(
-        scope.method, wire_path(scope.path), scope.query_string, headers, read, respond
+        scope.method,
+        wire_path(scope.path),
+        scope.query_string,
+        headers,
+        read,
+        respond,
+        client=client_host(scope.client),
     )
+
+
+def client_host(peer: str) -> str | None:
+    """The host part of RSGI's ``scope.client`` (``"host:port"``, IPv6 maybe bracketed)."""
+    if not peer:
+        return None
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return host.strip("[]")
 
 
 def init(app: XksApp, loop: asyncio.AbstractEventLoop) -> None:

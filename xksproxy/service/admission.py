@@ -7,8 +7,9 @@ finish in time, and the proxy recovers as soon as load drops (nothing is left qu
 
 Two gates, both O(1):
 
-1. **In flight** (``[server] max_in_flight``, per worker): at most that many requests are being
-   processed; the next one is refused immediately.
+1. **In flight** (``[server] max_in_flight``, per worker): at most that many authenticated
+   requests are being processed; the next one is refused immediately. It is charged after SigV4
+   (as are the per-store quotas): work before that has its own budget, :mod:`.preauth`.
 2. **Session queue vs budget**: before waiting for an HSM session the handler asks whether the
    expected wait fits in the time left. The expected wait is estimated from the pool's queue
    (``waiting`` requests ahead of us, ``sessions`` serving them) and a moving average of recent
@@ -29,6 +30,7 @@ from hsm.interface import CryptoPool
 from hsm.types import GcmResult, KeyInfo, PoolStats, ProbeResult
 from xksproxy.observe import metrics
 from xksproxy.observe.requestlog import RequestContext
+from xksproxy.service import preauth
 from xksproxy.xks.errors import ThrottlingException
 from xksproxy.xks.operations import HEALTH
 
@@ -256,8 +258,10 @@ def _noop() -> None:
 
 
 def install(app: XksApp, *, quotas: Quotas | None = None) -> Admission:
-    """Add the in-flight gate and per-store quotas as an app admission hook, and guard the HSM
-    pools (session-queue gate, latency metrics) once they are started."""
+    """Add the in-flight gate and per-store quotas as an app admission hook (run after SigV4:
+    only authenticated requests are charged), the unauthenticated budget as the pre-auth hook
+    (:mod:`xksproxy.service.preauth`), and guard the HSM pools (session-queue gate, latency
+    metrics) once they are started."""
     admission = Admission(app.config.server.max_in_flight)
 
     def hook(ctx: RequestContext) -> Callable[[], None]:
@@ -290,6 +294,7 @@ def install(app: XksApp, *, quotas: Quotas | None = None) -> Admission:
         app.pools = guarded
 
     app.admission.append(hook)
+    preauth.install(app)
     app.on_startup.append(guard_pools)
     metrics.register_in_flight(lambda: admission.in_flight)
     return admission

@@ -14,12 +14,18 @@ One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.
 2. Route ``<prefix>/kms/xks/v1/health`` or ``.../keys/<id>/{metadata,encrypt,decrypt}``; anything
    else, or a URI path over 256 characters -> 404 InvalidUriPathException.
 3. Non-POST on an API path -> 405 (``Allow: POST``), JSON body.
-4. Admission hooks (``XksApp.admission``) may refuse (e.g. 429) before the body is read.
-5. Body read with a hard cap (``server.max_body_bytes``), and complete by the request deadline
-   (a trickled body must not hold an admission slot) -> 400 ValidationException.
-6. SigV4 against *this* store's credentials and regions -> 401 AuthenticationFailedException.
-7. JSON decode; route the operation through its row of the dispatch table
-   (:mod:`xksproxy.service.dispatch`, operations as data in :mod:`xksproxy.xks.operations`).
+4. Pre-authentication hooks (``XksApp.pre_auth``: the unauthenticated budget per worker and
+   per client address, :mod:`xksproxy.service.preauth`) may refuse (429) before the body is read;
+   what they hold is released as soon as the signature has been checked.
+5. Body read with a hard cap (``server.max_body_bytes``) and a short time bound (a trickled body
+   holds only an unauthenticated slot, and not for long) -> 400 ValidationException.
+6. SigV4 against *this* store's credentials and regions -> 401 AuthenticationFailedException
+   (the cause goes to the request log as ``authFailure``).
+7. JSON decode (malformed -> 400 ValidationException), then the admission hooks
+   (``XksApp.admission``: in-flight gate, the store's quota) may refuse (429): only authenticated
+   requests are charged to them, so anonymous traffic cannot use up KMS's budget. Then route
+   the operation through its row of the dispatch table (:mod:`xksproxy.service.dispatch`,
+   operations as data in :mod:`xksproxy.xks.operations`).
    For a key operation: an invalid ``externalKeyId`` (not 1..128 of ``A-Za-z0-9._-``) -> 400
    ValidationException (an invalid input parameter; checked after authentication so an anonymous
    caller learns nothing); store disabled -> 400 InvalidStateException (not health).
@@ -41,7 +47,10 @@ InternalException, the ``HsmUnavailable`` mapping) and GetHealthStatus with ever
 UNAVAILABLE (no probe result yet).
 
 Seams for operations code (their types are in :mod:`xksproxy.service.hooks`):
-- ``app.admission``: callables ``(ctx) -> release | None`` run before the body is read; raise an
+- ``app.pre_auth``: callables ``(ctx) -> release | None`` run before the body is read (ctx has
+  the store, operation, key id and ``client`` address); raise an ``XksError`` to refuse; a
+  returned ``release()`` is called once the signature has been checked (or the request failed).
+- ``app.admission``: callables ``(ctx) -> release | None`` run after authentication; raise an
   ``XksError`` to refuse; a returned ``release()`` is called once the response is sent.
 - ``app.before_dispatch``: callables ``(ctx)`` run after authentication, validation and policy,
   just before the HSM work (ctx then has the key store, key id, access key id and metadata);
@@ -63,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +146,7 @@ class XksApp:
         self.table = KeyStoreTable(config, self._read_custody)
         self.pools: dict[str, CryptoPool] = {}
         self.observers: list[Observer] = []
+        self.pre_auth: list[AdmissionHook] = []
         self.admission: list[AdmissionHook] = []
         self.before_dispatch: list[BeforeDispatchHook] = []
         self.on_startup: list[LifecycleHook] = []
@@ -332,6 +343,7 @@ class XksApp:
             scope["headers"],
             read_body,
             respond,
+            client=asgi_client(scope),
         )
 
     async def _ping(self, method: str, respond: Respond) -> None:
@@ -353,8 +365,13 @@ class XksApp:
         headers: RequestHeaders,
         read_body: ReadBody,
         respond: Respond,
+        *,
+        client: str | None = None,
     ) -> None:
         """Serve one HTTP request, whatever the server interface (ASGI or RSGI).
+
+        ``client`` is the peer's address (host only), the key of the per-client unauthenticated
+        budget; ``None`` when the server does not know it (all such requests share one budget).
 
         ``path`` and ``query`` are as on the wire (percent-encoded); ``headers`` are (name, value)
         pairs, lower-case names, str or bytes. ``read_body`` returns the whole body within
@@ -365,7 +382,7 @@ class XksApp:
         if path == "/ping":
             await self._ping(method, respond)
             return
-        ctx = RequestContext(started=started, deadline=started + self._deadline_s)
+        ctx = RequestContext(started=started, deadline=started + self._deadline_s, client=client)
         releases: list[Release] = []
         extra: Headers | None = None
         try:
@@ -375,21 +392,25 @@ class XksApp:
             if method != "POST":
                 extra = [("allow", "POST")]
                 raise MethodNotAllowed()
-            for hook in self.admission:
-                release = hook(ctx)
-                if release is not None:
-                    releases.append(release)
-            body = await read_body()
-            verified = sigv4.verify(
-                method=method,
-                path=path,
-                query=query,
-                headers=headers,
-                body=body,
-                lookup=store.lookup,
-                now=time.time(),
-                regions=store.regions,
-            )
+            unauthenticated: list[Release] = []
+            try:
+                _run_hooks(self.pre_auth, ctx, unauthenticated)
+                body = await read_body()
+                verified = sigv4.verify(
+                    method=method,
+                    path=path,
+                    query=query,
+                    headers=headers,
+                    body=body,
+                    lookup=store.lookup,
+                    now=time.time(),
+                    regions=store.regions,
+                )
+            except sigv4.SigV4Error as exc:
+                ctx.extra["authFailure"] = _auth_cause(exc)  # the log says why; the answer not
+                raise
+            finally:
+                _release(unauthenticated)
             ctx.access_key_id, ctx.region = verified.access_key_id, verified.region
             doc = decode_json(body)
             meta = logged_metadata(doc)  # bounded, for the logs (ARNs, VPC ids; no secrets)
@@ -397,6 +418,8 @@ class XksApp:
             ctx.kms_operation = meta.get("kmsOperation")
             ctx.principal = meta.get("awsPrincipalArn")
             ctx.extra["metadata"] = meta
+            # after the metadata: a throttled request's log line carries its kmsRequestId
+            _run_hooks(self.admission, ctx, releases)
             result = await binding.run(self, store, key_id, doc, ctx)
             status, payload = 200, orjson.dumps(result)
             ctx.finish(200, None)
@@ -432,13 +455,39 @@ class XksApp:
             self._notify(ctx, releases)
 
     def _notify(self, ctx: RequestContext, releases: list[Release]) -> None:
-        for release in releases:
-            try:
-                release()
-            except Exception:
-                log.exception("admission release failed")
+        _release(releases)
         for observer in self.observers:
             try:
                 observer(ctx)
             except Exception:
                 log.exception("request observer failed")
+
+
+def _run_hooks(hooks: list[AdmissionHook], ctx: RequestContext, releases: list[Release]) -> None:
+    """Run admission-style hooks in order; each release is kept as soon as it is granted, so a
+    later hook's refusal still lets the caller release what the earlier ones hold."""
+    for hook in hooks:
+        release = hook(ctx)
+        if release is not None:
+            releases.append(release)
+
+
+def _release(releases: list[Release]) -> None:
+    for release in releases:
+        try:
+            release()
+        except Exception:
+            log.exception("admission release failed")
+    releases.clear()
+
+
+def asgi_client(scope: dict[str, Any]) -> str | None:
+    """The peer's host from an ASGI scope (``client`` is ``[host, port]`` or absent)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _auth_cause(exc: sigv4.SigV4Error) -> str:
+    """A SigV4 failure's cause for the request log: its class as ``snake_case``
+    (``UnknownAccessKey`` -> ``unknown_access_key``)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()

@@ -21,8 +21,10 @@ Release = Callable[[], None]
 """Called once when the response to an admitted request has been sent."""
 
 AdmissionHook = Callable[[RequestContext], "Release | None"]
-"""Runs before the body is read (ctx has the store, operation and key id); raises an
-``XksError`` to refuse (e.g. 429); may return a :data:`Release`."""
+"""As ``app.pre_auth``: runs before the body is read (ctx has the store, operation, key id and
+client address), its release runs once the signature is checked. As ``app.admission``: runs
+after authentication, its release once the response is sent. Raises an ``XksError`` to refuse
+(e.g. 429); may return a :data:`Release`."""
 
 BeforeDispatchHook = Callable[[RequestContext], None]
 """Runs after authentication, validation and policy, just before the HSM work (ctx then has the
@@ -61,8 +63,11 @@ class ServedApp(Protocol):
         headers: RequestHeaders,
         read_body: ReadBody,
         respond: Respond,
+        *,
+        client: str | None = None,
     ) -> None:
-        """Serve one request; ``path`` and ``query`` as on the wire (percent-encoded)."""
+        """Serve one request; ``path`` and ``query`` as on the wire (percent-encoded);
+        ``client`` the peer's host (the key of the per-client unauthenticated budget)."""
         ...
 
     async def startup(self) -> None:

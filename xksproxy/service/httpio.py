@@ -12,6 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from xksproxy.xks.errors import ValidationException
 
+#: The most header bytes a request may carry, on both servers and both protocols: the HTTP/1.1
+#: header section (request line and header lines) and the HTTP/2 header list (what SETTINGS
+#: advertises as MAX_HEADER_LIST_SIZE). KMS sends well under 8 KiB; the servers' defaults
+#: (granian: 16 MiB on HTTP/2, ~400 KiB on HTTP/1.1) let one small compressed stream cost
+#: megabytes of decoding. Over it: 431 (HTTP/1.1) or the stream/connection is refused (HTTP/2).
+MAX_HEADER_BYTES = 16384
+
 Headers = list[tuple[str, str]]
 #: ``respond(status, body, extra_headers)``: send one JSON answer.
 Respond = Callable[[int, bytes, "Headers | None"], Awaitable[None]]
@@ -24,12 +31,12 @@ class Disconnected(Exception):
 class BodyLimit:
     """Size cap and time bound for reading one request body.
 
-    The time bound matters: admission counts a request in before its body is read, so a client
-    trickling its body (slowloris) would otherwise hold an in-flight slot forever and a few
-    hundred of them lock every caller out with 429. It is counted from the start of the read,
-    not from arrival: when a worker is starved of CPU the request deadline can pass before the
-    read even starts, and a body already sitting in the buffer must not then be blamed on the
-    client (the handler answers 503 past the deadline).
+    The time bound matters: a request holds an unauthenticated slot (:mod:`.preauth`) while its
+    body is read, so a client trickling its body (slowloris) would otherwise hold it forever and
+    a few hundred of them lock every other caller out with 429. It is counted from the start of
+    the read, not from arrival: when a worker is starved of CPU the request deadline can pass
+    before the read even starts, and a body already sitting in the buffer must not then be
+    blamed on the client (the handler answers 503 past the deadline).
     """
 
     __slots__ = ("cap", "timeout_s")

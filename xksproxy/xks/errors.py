@@ -11,7 +11,8 @@ contents.
 
 Domain mapping (:func:`to_xks_error`), decided from the public spec's error table:
 
-- any ``sigv4.SigV4Error`` -> 401 AuthenticationFailedException
+- any ``sigv4.SigV4Error`` -> 401 AuthenticationFailedException (an unknown access key id and a
+  wrong signature get the same message, :data:`CREDENTIAL_NOT_ACCEPTED`)
 - ``hsm.errors.KeyNotFound`` -> 404 KeyNotFoundException
 - ``hsm.errors.KeyUsageNotPermitted`` -> 400 InvalidKeyUsageException
 - ``hsm.errors.InvalidCiphertext`` -> 400 InvalidCiphertextException
@@ -176,6 +177,11 @@ _SAFE_DOMAIN_MESSAGES: dict[type[XksError], str] = {
     InternalException: "the HSM failed to process the request",
 }
 
+#: One answer for "no such access key id" and "wrong signature": distinct messages would let an
+#: anonymous caller enumerate the configured access key ids. The request log keeps the cause
+#: (``authFailure``).
+CREDENTIAL_NOT_ACCEPTED = "the access key id or the signature is not valid for this key store"
+
 
 def to_xks_error(exc: BaseException) -> XksError | None:
     """Map a sigv4/hsm domain error to its XKS error, or ``None`` if it is not one of them.
@@ -188,6 +194,10 @@ def to_xks_error(exc: BaseException) -> XksError | None:
     for domain_type, xks_type in _domain_map():
         if isinstance(exc, domain_type):
             if xks_type is AuthenticationFailedException:
+                from sigv4 import SignatureMismatch, UnknownAccessKey
+
+                if isinstance(exc, (UnknownAccessKey, SignatureMismatch)):
+                    return xks_type(CREDENTIAL_NOT_ACCEPTED)
                 return xks_type(str(getattr(exc, "message", "")) or None)
             return xks_type(_SAFE_DOMAIN_MESSAGES.get(xks_type))
     return None

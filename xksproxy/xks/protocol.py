@@ -1,6 +1,6 @@
 """XKS request parsing and validation: JSON bytes -> typed, checked requests.
 
-Rules (public XKS API spec v1.0.3, where ../shared/xks-spec.md is silent the spec decides):
+Rules (public XKS API spec v1.0.3, summarised in docs/xks-contract.md; the spec decides):
 
 - The body must be a JSON object with a ``requestMetadata`` object, else 400 ValidationException
   (also for GetHealthStatus: the reference implementation and the public test client do this).

@@ -108,7 +108,13 @@ def start_listener(bind: str, *, multiprocess: bool = True) -> MetricsListener:
             return
 
     server_cls = _V6Server if ":" in host else ThreadingHTTPServer
-    server = server_cls((host, port), Handler)
+    try:
+        server = server_cls((host, port), Handler)
+    except BaseException:  # port taken: the directory made for this listener must not linger
+        if owns and directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+            os.environ.pop(environment.METRICS_DIR.name, None)
+        raise
     server.daemon_threads = True
     listener = MetricsListener(server, directory, owns)
     holder["l"] = listener

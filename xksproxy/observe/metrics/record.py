@@ -29,17 +29,20 @@ def observe_request(
     error_name: str | None,
     seconds: float,
     shed: bool = False,
+    slo: bool = True,
 ) -> None:
-    """One answered XKS request (any outcome)."""
+    """One answered XKS request (any outcome); it counts for the SLO only when ``slo`` (the
+    request was authenticated)."""
     keys = _request_keys(operation, keystore, error_name)
     reg = REGISTRY
     reg.inc_key(keys[0])
     reg.observe_key(keys[1], seconds)
     if error_name:
         reg.inc_key(keys[2])
-    reg.inc_key(keys[3])
-    if status < 500 and not shed and seconds <= reg.deadline_s:
-        reg.inc_key(keys[4])
+    if slo:
+        reg.inc_key(keys[3])
+        if status < 500 and not shed and seconds <= reg.deadline_s:
+            reg.inc_key(keys[4])
     if not FLUSHER.running:
         FLUSHER.ensure()
 

@@ -1,6 +1,7 @@
 """The SLO figures computed at scrape time: share of good requests and error-budget burn rates.
 
-A request is *good* when it was answered before its deadline (``[server] request_deadline_ms``)
+Only authenticated requests count (an unsigned flood or a slow body is not KMS's traffic). One
+is *good* when it was answered before its deadline (``[server] request_deadline_ms``)
 with a status below 500 and was not shed by admission control (counted by
 :func:`~xksproxy.observe.metrics.record.observe_request`). The listener exposes the cumulative
 share of good requests and the burn rate over sliding windows for :data:`SLO_OBJECTIVE`;

@@ -29,6 +29,9 @@ def install(app: Any) -> None:
             error_name=ctx.error_name,
             seconds=ctx.latency_ms / 1000.0,
             shed=throttled is not None and throttled != "quota",
+            # only authenticated requests are KMS's: an anonymous 401 or a slow-body 400 must
+            # neither count as good nor burn the error budget
+            slo=ctx.access_key_id is not None,
         )
 
     def health_gauges() -> Iterable[Sample]:
