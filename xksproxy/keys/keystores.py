@@ -54,6 +54,8 @@ class KeyStoreTable:
 
     def __init__(self, config: Config) -> None:
         health_labels = {h.name: h.health_key_label for h in config.hsms}
+        # a backend's members share one health key label (checked by the config loader)
+        health_labels.update({b: config.members(b)[0].health_key_label for b in config.backends})
         self.stores = [KeyStore(ks, KeyResolver(ks, health_labels)) for ks in config.keystores]
         self.by_base_path = {s.base_path: s for s in self.stores}
 
