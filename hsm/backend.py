@@ -270,7 +270,7 @@ class MemberSet:
         if good:
             return ProbeResult(True, min(r.latency_s for r in good), None)
         errors = "; ".join(
-            f"{m.name}: {r.error or m.state}" for m, r in zip(self._members, results)
+            f"{m.name}: {r.error or m.state}" for m, r in zip(self._members, results, strict=True)
         )
         return ProbeResult(False, time.perf_counter() - started, errors[:300])
 

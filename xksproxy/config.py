@@ -631,11 +631,10 @@ def _member_options(table: Any, where: str) -> tuple[Any, str | None, str | None
     so_pin = rest.pop("so_pin", None)
     if backend is not None and (not isinstance(backend, str) or not valid_key_id(backend)):
         raise ConfigError(f"{where}.backend: must be 1-128 of A-Za-z0-9._-")
-    if so_pin is not None:
-        if not isinstance(so_pin, str) or not so_pin.startswith(("file:", "env:")):
-            raise ConfigError(
-                f'{where}.so_pin: must be a secret reference ("file:PATH" or "env:NAME")'
-            )
+    if so_pin is not None and (
+        not isinstance(so_pin, str) or not so_pin.startswith(("file:", "env:"))
+    ):
+        raise ConfigError(f'{where}.so_pin: must be a secret reference ("file:PATH" or "env:NAME")')
     return rest, backend, so_pin
 
 

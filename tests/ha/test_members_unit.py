@@ -37,7 +37,7 @@ async def test_calls_spread_over_members() -> None:
 
 
 async def test_device_error_fails_over_and_member_comes_back_after_probe() -> None:
-    ms, a, b = _pair()
+    ms, a, _b = _pair()
     await ms.start()
     try:
         a.fail("encrypt", HsmUnavailable("module down"))

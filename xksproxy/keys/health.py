@@ -34,9 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from xksproxy.config import HealthConfig
-
 from hsm.backend import MemberSet
+from xksproxy.config import HealthConfig
 
 if TYPE_CHECKING:
     from hsm.interface import CryptoPool
