@@ -37,7 +37,7 @@ def _refused(base: Path) -> None:
         code = (
             "import socket,sys\n"
             "s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\n"
-            's.sendall(b\'{"command": "status"}\\n\');print(s.recv(4096).decode())\n'
+            "print(s.recv(4096).decode())\n"  # refused before any request is read
         )
         res = subprocess.run(
             [CLIENT_PYTHON, "-c", code, str(server.paths.socket)],
