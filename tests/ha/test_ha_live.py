@@ -153,3 +153,38 @@ def test_control_socket_is_owner_only(ha_proxy, member: str) -> None:
     assert sock.exists()
     assert (sock.stat().st_mode & 0o777) == 0o600
     assert (sock.parent.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.slow
+def test_repeated_drains_under_heavier_load_lose_no_request(ha_proxy) -> None:
+    stop = threading.Event()
+    failed: list[str] = []
+    done = [0]
+
+    def worker() -> None:
+        client = ha_proxy.client()
+        try:
+            while not stop.is_set():
+                status, enc = client.encrypt("demo", os.urandom(256))
+                if status == 200:
+                    status, enc = client.decrypt("demo", enc)
+                if status != 200:
+                    failed.append(f"{status} {enc.get('errorName')}")
+                done[0] += 1
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(5):
+            for member in ("softhsm-0", "softhsm-1"):
+                assert ha_proxy.cli("hsm", "drain", member).returncode == 0
+                assert ha_proxy.cli("hsm", "undrain", member).returncode == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not [f for f in failed if not f.startswith("429")], failed  # shedding is not loss
+    assert done[0] > 0

@@ -137,3 +137,32 @@ def test_device_fault_classification() -> None:
     assert is_device_fault(HsmFailure("C_Encrypt failed: CKR_DEVICE_ERROR", 0x30))
     assert not is_device_fault(HsmFailure("C_Encrypt failed: CKR_MECHANISM_INVALID", 0x70))
     assert not is_device_fault(InvalidCiphertext("tag"))
+
+
+async def test_member_metrics_count_calls_errors_failovers_and_state() -> None:
+    from xksproxy.observe.metrics import REGISTRY
+    from xksproxy.observe.metrics import members as member_metrics
+
+    REGISTRY.reset()
+    ms, a, _ = _pair()
+    await ms.start()
+    try:
+        member_metrics.install({"main": ms})
+        a.fail("encrypt", HsmUnavailable("down"))
+        a.fail("probe", HsmUnavailable("down"))
+        for _ in range(4):
+            await ms.encrypt("k", b"x", b"", deadline=_deadline())
+        snap = REGISTRY.snapshot()
+        counters = {(n, tuple(map(tuple, lb))): v for n, lb, v in snap["counters"]}
+        gauges = {(n, tuple(map(tuple, lb))): v for n, lb, v in snap["gauges"]}
+        a_lb = (("backend", "main"), ("member", "a"))
+        assert counters[("xksproxy_hsm_member_failovers_total", a_lb)] == 1
+        assert counters[("xksproxy_hsm_member_errors_total", a_lb)] == 1
+        b_calls = ("xksproxy_hsm_member_calls_total",
+                   (("backend", "main"), ("member", "b"), ("operation", "encrypt")))  # fmt: skip
+        assert counters[b_calls] == 4
+        assert gauges[("xksproxy_hsm_member_state", (*a_lb, ("state", "failed")))] == 1.0
+        assert any(n == "xksproxy_hsm_member_call_duration_seconds" for n, _, _ in snap["hists"])
+    finally:
+        await ms.close()
+        REGISTRY.reset()
