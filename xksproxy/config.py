@@ -137,6 +137,9 @@ class Config:
     # [[hsm]].so_pin secret references by member name, resolved only by the replication
     # ceremony (never by serve): the Security Officer PIN marks a transport key trusted.
     so_pin_refs: dict[str, str] = field(default_factory=dict)
+    # [control] dir: the running proxy's maintenance channel (xksproxy/runtime/control.py);
+    # None = "control" next to the config file.
+    control_dir: Path | None = None
 
     def members(self, backend: str) -> list[HsmConfig]:
         """The [[hsm]] members of ``backend`` (a one-member backend is named after its member)."""
@@ -561,6 +564,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     server = _env_overrides(_server(root.sub("server")), env)
     tls = _tls(root.sub("tls"), base)
     metrics = _metrics(root.sub("metrics"))
+    control_dir = _control(root.sub("control"), base)
     logging_cfg = _logging(root.sub("logging"))
     audit = _audit(root.sub("audit"), base)
     health = _health(root.sub("health"))
@@ -616,7 +620,17 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         hsm_models=models,
         backends=backends,
         so_pin_refs=so_pins,
+        control_dir=control_dir,
     )
+
+
+def _control(s: _Section, base: Path) -> Path:
+    """[control] dir: where the launcher's socket and the drain/status files live."""
+    value = s.get("dir", "control", str)
+    if not value:
+        raise ConfigError(f"{s.name('dir')}: must not be empty")
+    s.finish()
+    return _path(base, value)
 
 
 # --------------------------------------------------------------------------- HSM backends

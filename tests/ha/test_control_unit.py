@@ -60,9 +60,10 @@ def test_owner_gets_an_answer_and_a_stale_socket_is_replaced(tmp_path) -> None:
     server = ControlServer(tmp_path / "xksproxy.toml")
     server.start()
     try:
-        from xksproxy.runtime import control
-
-        reply = control.request(tmp_path / "xksproxy.toml", {"command": "status"})
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(server.paths.socket))
+            conn.sendall(b'{"command": "status"}\n')
+            reply = json.loads(conn.makefile().readline())
         assert reply["ok"] is False and "ConfigError" in reply["error"]  # no config file here
         assert (server.paths.socket.stat().st_mode & 0o777) == 0o600
     finally:

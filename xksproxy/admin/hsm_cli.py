@@ -53,13 +53,17 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _ask(args: argparse.Namespace, message: dict[str, Any]) -> dict[str, Any] | None:
+    from xksproxy.config import ConfigError, load_config
     from xksproxy.runtime import control
 
     path = _config_path(args)
     try:
         return control.request(path, message)
+    except ConfigError as exc:
+        print(f"xksproxy: error: {path}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     except OSError as exc:
-        sock = control.ControlPaths.for_config(path).socket
+        sock = control.ControlPaths.of(load_config(path)).socket
         print(
             f"xksproxy: error: no running proxy answers on {sock} ({exc.strerror or exc}); "
             "start it with `xksproxy serve` using the same --config/--state-dir",

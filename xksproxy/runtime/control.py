@@ -53,9 +53,14 @@ class ControlPaths:
     members: Path
 
     @classmethod
-    def for_config(cls, config_path: Path) -> ControlPaths:
-        d = Path(config_path).resolve().parent / CONTROL_DIR
+    def for_config(cls, config_path: Path, control_dir: Path | None = None) -> ControlPaths:
+        """``[control] dir`` of the config (default ``control`` next to the config file)."""
+        d = control_dir or Path(config_path).resolve().parent / CONTROL_DIR
         return cls(d, d / "control.sock", d / "drains.json", d / "members")
+
+    @classmethod
+    def of(cls, config: Config) -> ControlPaths:
+        return cls.for_config(config.path, config.control_dir)
 
     def prepare(self) -> None:
         """Create the private directories (0700), also when they already exist."""
@@ -124,9 +129,9 @@ def live_worker_status(paths: ControlPaths) -> list[dict[str, Any]]:
 class ControlServer:
     """The launcher's socket thread; :meth:`close` at exit."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, control_dir: Path | None = None) -> None:
         self.config_path = Path(config_path)
-        self.paths = ControlPaths.for_config(self.config_path)
+        self.paths = ControlPaths.for_config(self.config_path, control_dir)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -306,7 +311,11 @@ def _audit(config: Config, command: str, member: str, uid: int, ok: bool) -> Non
 
 def start_launcher(config_path: Path) -> ControlServer | None:
     """Start the control socket for ``config_path``; None (and a warning) if it cannot be."""
-    server = ControlServer(config_path)
+    try:
+        control_dir = load_config(config_path).control_dir
+    except Exception:  # serve already loaded it once; a broken edit since then: default dir
+        control_dir = None
+    server = ControlServer(config_path, control_dir)
     try:
         server.start()
     except OSError as exc:
@@ -334,7 +343,7 @@ def peer_uid(conn: socket.socket) -> int:
 
 def request(config_path: Path, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to the proxy serving ``config_path``; raises OSError if none answers."""
-    path = ControlPaths.for_config(config_path).socket
+    path = ControlPaths.of(load_config(config_path)).socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         conn.connect(str(path))

@@ -93,7 +93,14 @@ class MemberSync:
                 log.exception("member sync failed")
 
     async def start(self) -> None:
-        self.paths.prepare()
+        try:
+            self.paths.prepare()
+        except OSError as exc:  # serving KMS matters more than the maintenance channel
+            log.warning(
+                "control directory unusable; `xksproxy hsm` commands will not reach this worker",
+                extra={"fields": {"dir": str(self.paths.dir), "error": exc.strerror or str(exc)}},
+            )
+            return
         await self.apply()
         self._task = asyncio.create_task(self._run(), name="xksproxy-member-sync")
 
@@ -112,7 +119,8 @@ def install(app: Any) -> MemberSync | None:
     config_path = getattr(app.config, "path", None)
     if config_path is None:
         return None
-    sync = MemberSync(app, ControlPaths.for_config(Path(config_path)))
+    control_dir = getattr(app.config, "control_dir", None)
+    sync = MemberSync(app, ControlPaths.for_config(Path(config_path), control_dir))
     app.on_startup.append(sync.start)
     app.on_shutdown.append(sync.stop)
     return sync
