@@ -166,3 +166,27 @@ async def test_member_metrics_count_calls_errors_failovers_and_state() -> None:
     finally:
         await ms.close()
         REGISTRY.reset()
+
+
+async def test_a_member_answering_wrongly_is_an_error_not_a_silent_switch() -> None:
+    a, b = MemoryPool("a"), MemoryPool("b")
+    a.add_key("k", material=KEY)
+    b.add_key("k", material=bytes(32))  # drift: same label, other key material
+    ms = MemberSet("main", [("a", a), ("b", b)])
+    await ms.start()
+    try:
+        ct = await a.encrypt("k", b"only a can read this", b"", deadline=_deadline())
+        outcomes = []
+        for _ in range(4):
+            try:
+                await ms.decrypt(
+                    "k", iv=ct.iv, ciphertext=ct.ciphertext, tag=ct.tag, aad=b"",
+                    deadline=_deadline(),
+                )  # fmt: skip
+                outcomes.append("ok")
+            except InvalidCiphertext:
+                outcomes.append("InvalidCiphertext")
+        assert sorted(outcomes) == ["InvalidCiphertext"] * 2 + ["ok"] * 2
+        assert b.calls["decrypt"] == 2 and a.calls["decrypt"] == 2  # b's answers never retried
+    finally:
+        await ms.close()
