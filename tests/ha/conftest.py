@@ -81,6 +81,9 @@ def start_proxy(state_dir: Path, shim: FaultShim, workers: int = 2) -> HaProxy:
     text = text.replace('bind = "127.0.0.1:9464"', 'bind = ""')
     text = text.replace("request_log = true", "request_log = false")
     text = text.replace("interval_s = 10", "interval_s = 1")
+    # a loaded 2-core CI machine misses a 150 ms deadline now and then; these tests are about
+    # losing requests to drains and faults, not about latency (loadtest/ha_faults.py is)
+    text = text.replace("request_deadline_ms = 150", "request_deadline_ms = 2000")
     text = re.sub(r"^keys = \[.*\]$", 'keys = ["*"]', text, count=1, flags=re.M)
     config.write_text(_member_on_shim(text, shim, "softhsm-1"))
     console = json.loads((state_dir / "kms-console.json").read_text())

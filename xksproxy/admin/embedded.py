@@ -180,6 +180,9 @@ allowed_client_subjects = []
 [metrics]
 bind = "127.0.0.1:9464"
 
+[control]
+dir = "control"
+
 [logging]
 level = "info"
 request_log = true
