@@ -80,7 +80,7 @@ def _session(cfg: HsmConfig) -> Iterator[tuple[module.Module, Any]]:
         module.release(mod)
 
 
-def _template(label: str, usage: frozenset[str]) -> dict[Attribute, Any]:
+def _template(label: str, usage: frozenset[str], replicable: bool = False) -> dict[Attribute, Any]:
     template: dict[Attribute, Any] = {
         Attribute.TOKEN: True,
         Attribute.PRIVATE: True,
@@ -90,6 +90,9 @@ def _template(label: str, usage: frozenset[str]) -> dict[Attribute, Any]:
         Attribute.LABEL: label,
         Attribute.ID: os.urandom(16),
     }
+    if replicable:  # leaves the HSM only wrapped under an SO-trusted key (hsm/replicate.py)
+        template[Attribute.EXTRACTABLE] = True
+        template[Attribute.WRAP_WITH_TRUSTED] = True
     for name, attr in _USAGE_ATTRIBUTES.items():
         template[attr] = name in usage
     return template
@@ -103,10 +106,16 @@ def _exists(mod: module.Module, session: Any, label: str) -> bool:
 
 
 def create_key(
-    cfg: HsmConfig, label: str, usage: str | Collection[str] = "encrypt-decrypt"
+    cfg: HsmConfig,
+    label: str,
+    usage: str | Collection[str] = "encrypt-decrypt",
+    *,
+    replicable: bool = False,
 ) -> KeyInfo:
     """Generate an AES-256 key inside the HSM. ``usage``: a preset name (encrypt-decrypt,
-    encrypt, decrypt, none) or a set of usage names. Refuses a label that is already taken."""
+    encrypt, decrypt, none) or a set of usage names. Refuses a label that is already taken.
+    ``replicable``: sensitive but wrappable under a trusted key only (CKA_WRAP_WITH_TRUSTED),
+    for the members of a multi-member backend (:mod:`hsm.replicate`)."""
     wanted = _usage(usage)
     if not label or len(label.encode()) > MAX_KEY_LABEL_BYTES:
         raise ValueError(f"key label must be 1..{MAX_KEY_LABEL_BYTES} bytes")
@@ -115,7 +124,10 @@ def create_key(
             raise ValueError(f"a key labelled {label!r} already exists")
         try:
             session.generate_key(
-                KeyType.AES, AES_KEY_BYTES * 8, store=True, template=_template(label, wanted)
+                KeyType.AES,
+                AES_KEY_BYTES * 8,
+                store=True,
+                template=_template(label, wanted, replicable),
             )
         except PKCS11Error as exc:
             raise HsmFailure(f"key generation failed: {type(exc).__name__}") from None

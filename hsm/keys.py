@@ -125,6 +125,10 @@ def read_id(fl: _ck.FunctionList, session: int, handle: int) -> bytes:
     return buf.raw[: attr[0].ulValueLen]
 
 
+#: What SoftHSMv2 2.6 reports as CKA_VALUE_LEN of an unwrapped secret key (see resolve).
+UNWRAPPED_VALUE_LEN = 0
+
+
 def resolve(fl: _ck.FunctionList, session: int, label: str) -> ResolvedKey:
     """Find the one 32-byte AES secret key labelled ``label`` or raise KeyNotFound."""
     handles = find_handles(fl, session, label)
@@ -139,7 +143,13 @@ def resolve(fl: _ck.FunctionList, session: int, label: str) -> ResolvedKey:
         )
     handle = handles[0]
     attrs = _read_attributes(fl, session, handle)
-    if attrs.get(_ck.CKA_KEY_TYPE) != _ck.CKK_AES or attrs.get(_ck.CKA_VALUE_LEN) != AES_KEY_BYTES:
+    # CKA_VALUE_LEN 0: SoftHSMv2 2.6 stores 0 on every key made by C_UnwrapKey (and refuses the
+    # attribute in the unwrap template), so a member's replicated key says 0; the replication
+    # ceremony (hsm/replicate.py) compared its check value with the 32-byte source key.
+    if attrs.get(_ck.CKA_KEY_TYPE) != _ck.CKK_AES or attrs.get(_ck.CKA_VALUE_LEN) not in (
+        AES_KEY_BYTES,
+        UNWRAPPED_VALUE_LEN,
+    ):
         raise KeyNotFound(f"key {label!r} is not a 32-byte AES secret key")
     usage = frozenset(name for name, cka in _USAGE_ATTRS if attrs[cka])
     key_id = read_id(fl, session, handle)

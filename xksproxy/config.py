@@ -156,6 +156,25 @@ class Config:
     # [[hsm]].model per token name (reported in ekmFleetDetails); not part of hsm.HsmConfig.
     hsm_models: dict[str, str] = field(default_factory=dict)
     custody: CustodyConfig = field(default_factory=CustodyConfig)
+    # Backend name -> its members' [[hsm]] names, in file order (see _backends).
+    backends: dict[str, list[str]] = field(default_factory=dict)
+    # [[hsm]].so_pin secret references by member name, resolved only by the replication
+    # ceremony (never by serve): the Security Officer PIN marks a transport key trusted.
+    so_pin_refs: dict[str, str] = field(default_factory=dict)
+    # [control] dir: the running proxy's maintenance channel (xksproxy/runtime/control.py);
+    # None = "control" next to the config file.
+    control_dir: Path | None = None
+
+    def members(self, backend: str) -> list[HsmConfig]:
+        """The [[hsm]] members of ``backend`` (a one-member backend is named after its member)."""
+        names = self.backends.get(backend, [backend])
+        return [h for h in self.hsms if h.name in names]
+
+    def backend_of(self, member: str) -> str:
+        for backend, names in self.backends.items():
+            if member in names:
+                return backend
+        return member
 
 
 # --------------------------------------------------------------------------- helpers
@@ -553,7 +572,10 @@ def _keystore(s: _Section, base: Path, hsms: dict[str, HsmConfig]) -> KeystoreCo
             raise ConfigError(f"{s.name('hsm')}: is required when there are several [[hsm]]")
         hsm_name = next(iter(hsms))
     if hsm_name not in hsms:
-        raise ConfigError(f"{s.name('hsm')}: no [[hsm]] named {hsm_name!r}")
+        raise ConfigError(
+            f"{s.name('hsm')}: no [[hsm]] backend named {hsm_name!r} (name a backend: "
+            f"{', '.join(sorted(hsms))})"
+        )
     health_label = hsms[hsm_name].health_key_label
 
     keys = s.strings("keys", [])
@@ -630,6 +652,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     server = _env_overrides(_server(root.sub("server")), env)
     tls = _tls(root.sub("tls"), base)
     metrics = _metrics(root.sub("metrics"))
+    control_dir = _control(root.sub("control"), base)
     logging_cfg = _logging(root.sub("logging"))
     audit = _audit(root.sub("audit"), base)
     health = _health(root.sub("health"))
@@ -642,12 +665,20 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError("hsm: at most 10 [[hsm]] tables (GetHealthStatus reports <= 10)")
     hsms: dict[str, HsmConfig] = {}
     models: dict[str, str] = {}
+    member_of: dict[str, str] = {}
+    so_pins: dict[str, str] = {}
     for i, table in enumerate(hsm_list):
+        table, backend, so_pin = _member_options(table, f"hsm[{i}]")
         cfg, model = _hsm(_Section(table, f"hsm[{i}]"), base)
         if cfg.name in hsms:
             raise ConfigError(f"hsm[{i}].name: duplicate name {cfg.name!r}")
         hsms[cfg.name] = cfg
         models[cfg.name] = model
+        member_of[cfg.name] = backend or cfg.name
+        if so_pin:
+            so_pins[cfg.name] = so_pin
+    backends = _backends(hsms, member_of)
+    targets = {b: hsms[names[0]] for b, names in backends.items()}
     _check_audit_anchor(audit, hsms)
 
     store_list = root.get("keystore", [], list)
@@ -655,7 +686,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError("keystore: at least one [[keystore]] table is required")
     stores: list[KeystoreConfig] = []
     for i, table in enumerate(store_list):
-        store = _keystore(_Section(table, f"keystore[{i}]"), base, hsms)
+        store = _keystore(_Section(table, f"keystore[{i}]"), base, targets)
         for other in stores:
             if other.name == store.name:
                 raise ConfigError(f"keystore[{i}].name: duplicate name {store.name!r}")
@@ -678,4 +709,63 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         keystores=stores,
         hsm_models=models,
         custody=custody,
+        backends=backends,
+        so_pin_refs=so_pins,
+        control_dir=control_dir,
     )
+
+
+def _control(s: _Section, base: Path) -> Path:
+    """[control] dir: where the launcher's socket and the drain/status files live."""
+    value = s.get("dir", "control", str)
+    if not value:
+        raise ConfigError(f"{s.name('dir')}: must not be empty")
+    s.finish()
+    return _path(base, value)
+
+
+# --------------------------------------------------------------------------- HSM backends
+
+
+def _member_options(table: Any, where: str) -> tuple[Any, str | None, str | None]:
+    """Take ``backend`` and ``so_pin`` out of one [[hsm]] table (the rest goes to _hsm)."""
+    if not isinstance(table, dict):
+        return table, None, None
+    rest = dict(table)
+    backend = rest.pop("backend", None)
+    so_pin = rest.pop("so_pin", None)
+    if backend is not None and (not isinstance(backend, str) or not valid_key_id(backend)):
+        raise ConfigError(f"{where}.backend: must be 1-128 of A-Za-z0-9._-")
+    if so_pin is not None and (
+        not isinstance(so_pin, str) or not so_pin.startswith(("file:", "env:"))
+    ):
+        raise ConfigError(f'{where}.so_pin: must be a secret reference ("file:PATH" or "env:NAME")')
+    return rest, backend, so_pin
+
+
+def _backends(hsms: Mapping[str, HsmConfig], member_of: Mapping[str, str]) -> dict[str, list[str]]:
+    """Group [[hsm]] members into backends and check that members can stand in for each other.
+
+    A plain [[hsm]] is a one-member backend named after itself, so every older config keeps
+    its meaning. Members of one backend hold the same keys, so they must share the health test
+    key label and the plaintext limit; a backend name must not be another member's name.
+    """
+    backends: dict[str, list[str]] = {}
+    for name, backend in member_of.items():
+        backends.setdefault(backend, []).append(name)
+    for backend, names in backends.items():
+        if backend in hsms and backend not in names:
+            raise ConfigError(
+                f"hsm: backend {backend!r} is also the name of [[hsm]] {backend!r} "
+                f"of backend {member_of[backend]!r}; give it another name"
+            )
+        first = hsms[names[0]]
+        for name in names[1:]:
+            other = hsms[name]
+            for option in ("health_key_label", "max_plaintext_bytes"):
+                if getattr(other, option) != getattr(first, option):
+                    raise ConfigError(
+                        f"hsm: [[hsm]] {name!r} and {first.name!r} are members of backend "
+                        f"{backend!r} but differ in {option}; members must be interchangeable"
+                    )
+    return backends

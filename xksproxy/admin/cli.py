@@ -172,16 +172,16 @@ def _find_keystore(config: Config, wanted: str | None) -> KeystoreConfig:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    result = _run_init(args.state_dir)
+    result = _run_init(args.state_dir, getattr(args, "hsm_members", 1))
     _out(embedded.summary(result))
     if result.first:
         _out(f"  start it with:     xksproxy serve --state-dir {result.state_dir}")
     return EXIT_OK
 
 
-def _run_init(state_dir: Path | None) -> embedded.InitResult:
+def _run_init(state_dir: Path | None, members: int = 1) -> embedded.InitResult:
     try:
-        return embedded.init(state_dir)
+        return embedded.init(state_dir, members=members)
     except embedded.InitConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
     except embedded.InitError as exc:
@@ -268,6 +268,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     config = _load(_config_path(args))
+    from xksproxy.admin import replicate_cli
+
+    backend = replicate_cli.multi_member(config, args.hsm)
+    if backend is not None:  # several members: create on one, replicate to the rest
+        _check_key_id(args.id)
+        return replicate_cli.create_on_backend(config, backend, args.id, USAGE_PRESETS[args.usage])
     cfg = _hsm_config(config, args.hsm)
     from hsm import admin
 
@@ -409,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"default: {DEFAULT_STATE_DIR_TEXT}",
     )
+    p.add_argument(
+        "--hsm-members",
+        type=_members_count,
+        default=1,
+        metavar="N",
+        help="SoftHSMv2 tokens in one backend, keys replicated (1-10; try failover locally)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("serve", help="run the proxy (runs init first unless --config is given)")
@@ -471,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_location(p)
     p.set_defaults(func=cmd_doctor)
 
+    from xksproxy.admin import hsm_cli, replicate_cli  # HSM members (issue 13)
+
+    hsm_cli.register(sub, _add_location)
+    replicate_cli.register(ksub, _add_location)
+
     # Listed here for the overview; main() hands everything after the word to kmsemu's own
     # parser, so `xksproxy kms-emulator --help` is the emulator's complete help.
     sub.add_parser(
@@ -520,6 +538,13 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if n < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
+    return n
+
+
+def _members_count(text: str) -> int:
+    n = _non_negative(text)
+    if not 1 <= n <= 10:
+        raise argparse.ArgumentTypeError("must be 1 to 10 (GetHealthStatus lists at most 10)")
     return n
 
 

@@ -443,8 +443,9 @@ def run_checks(config_path: Path, *, hsm: bool = True) -> Report:
     ]
     if hsm:
         steps.append(audit_doctor.check_audit_anchor)
-    if hsm:
-        steps.append(check_hsms)
+        from xksproxy.admin.member_drift import check_member_drift  # issue 13
+
+        steps += [check_hsms, check_member_drift]
     for step in steps:
         try:
             step(report, config)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sigv4
+from xksproxy.admin import members_init
 from xksproxy.environment import default_state_dir
 from xksproxy.xks.protocol import ordered_key_usage
 from xksproxy.xks.uri import base_path
@@ -148,6 +149,8 @@ def render_config(
     audit_key_file: Path,
     access_key_id: str,
     secret_file: Path,
+    hsm_block: str = "",
+    backend: str = HSM_NAME,
 ) -> str:
     """The embedded default as a complete config (same schema as conf/xksproxy.toml).
 
@@ -179,6 +182,9 @@ allowed_client_subjects = []
 [metrics]
 bind = "127.0.0.1:9464"
 
+[control]
+dir = "control"
+
 [logging]
 level = "info"
 request_log = true
@@ -201,6 +207,29 @@ xks_proxy_model = "xksproxy 0.1"
 ekm_vendor = "SoftHSMv2"
 fleet_size = 1
 
+{hsm_block or _single_hsm(module, pin_file, softhsm_conf)}
+[[keystore]]
+name = {toml_str(DEMO_KEYSTORE)}
+path_prefix = {toml_str(DEMO_PREFIX)}
+hsm = {toml_str(backend)}
+regions = []
+keys = {toml_list(DEMO_KEYS)}
+disabled_keys = []
+enabled = true
+[keystore.key_labels]
+[keystore.quota]
+rate = 0
+burst = 0
+
+[[keystore.credentials]]
+access_key_id = {toml_str(access_key_id)}
+secret = {toml_str("file:" + str(secret_file))}
+"""
+
+
+def _single_hsm(module: Path, pin_file: Path, softhsm_conf: Path) -> str:
+    """The one [[hsm]] table of the default (``init --hsm-members N`` writes N instead)."""
+    return f"""\
 [[hsm]]
 name = {toml_str(HSM_NAME)}
 model = "SoftHSMv2"
@@ -214,23 +243,6 @@ health_key_label = {toml_str(HEALTH_KEY_LABEL)}
 max_plaintext_bytes = 65536
 [hsm.env]
 SOFTHSM2_CONF = {toml_str(str(softhsm_conf))}
-
-[[keystore]]
-name = {toml_str(DEMO_KEYSTORE)}
-path_prefix = {toml_str(DEMO_PREFIX)}
-hsm = {toml_str(HSM_NAME)}
-regions = []
-keys = {toml_list(DEMO_KEYS)}
-disabled_keys = []
-enabled = true
-[keystore.key_labels]
-[keystore.quota]
-rate = 0
-burst = 0
-
-[[keystore.credentials]]
-access_key_id = {toml_str(access_key_id)}
-secret = {toml_str("file:" + str(secret_file))}
 """
 
 
@@ -277,7 +289,9 @@ def _provision(state_dir: Path) -> ProvisionedToken:
     return token
 
 
-def _ensure_keys(cfg: HsmConfig, *, demo: bool) -> tuple[dict[str, frozenset[str]], list[str]]:
+def _ensure_keys(
+    cfg: HsmConfig, *, demo: bool, replicable: bool = False
+) -> tuple[dict[str, frozenset[str]], list[str]]:
     """The health key always; the demo keys only while the embedded default is being set up.
 
     Once the config exists, a demo key the operator deleted stays deleted: recreating it would
@@ -291,10 +305,37 @@ def _ensure_keys(cfg: HsmConfig, *, demo: bool) -> tuple[dict[str, frozenset[str
     created: list[str] = []
     for label, usage in DEMO_KEYS.items():
         if demo and label not in existing:
-            admin.create_key(cfg, label, usage)
+            admin.create_key(cfg, label, usage, replicable=replicable)
             existing[label] = usage
             created.append(label)
     return {label: existing[label] for label in DEMO_KEYS if label in existing}, created
+
+
+def _provision_members(
+    state_dir: Path, first: ProvisionedToken, members: int, created: list[str]
+) -> str:
+    """Members 1..N-1 (see :mod:`members_init`): tokens, health keys, replicated demo keys."""
+    from hsm import admin, softhsm
+    from hsm.replicate import replicate
+
+    tokens, modules = [first], [first.module_path]
+    source = first.hsm_config(HSM_NAME, health_key_label=HEALTH_KEY_LABEL)
+    for i in range(1, members):
+        tok = softhsm.provision(state_dir, token_label=members_init.token_label(i, TOKEN_LABEL))
+        module = members_init.module_copy(state_dir, first.module_path, i)
+        cfg = tok.hsm_config(
+            members_init.member_name(i), module=module, health_key_label=HEALTH_KEY_LABEL
+        )
+        admin.ensure_health_key(cfg)
+        if created:
+            report = replicate(
+                source, cfg, source_so_pin=first.so_pin_file.read_text().strip(), ids=created
+            )
+            if not report.ok:
+                raise InitError("replicating the demo keys failed: " + "; ".join(report.problems))
+        tokens.append(tok)
+        modules.append(module)
+    return members_init.hsm_tables(tokens, modules, HEALTH_KEY_LABEL, first.so_pin_file)
 
 
 def _existing_credential(config_path: Path) -> tuple[str, str, sigv4.Credential]:
@@ -325,7 +366,7 @@ def _existing_credential(config_path: Path) -> tuple[str, str, sigv4.Credential]
         ) from exc
 
 
-def init(state_dir: Path | None = None) -> InitResult:
+def init(state_dir: Path | None = None, *, members: int = 1) -> InitResult:
     """Bring `state_dir` to the embedded default; see the module docstring for the rules.
 
     Two inits on one directory at once (say, two `serve` started together) take turns on a lock
@@ -337,12 +378,12 @@ def init(state_dir: Path | None = None) -> InitResult:
     fd = os.open(state_dir / ".init.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        return _init_locked(state_dir)
+        return _init_locked(state_dir, members)
     finally:
         os.close(fd)  # releases the lock
 
 
-def _init_locked(state_dir: Path) -> InitResult:
+def _init_locked(state_dir: Path, members: int = 1) -> InitResult:
     secrets_dir = private_dir(state_dir / "secrets")
     tls_dir = private_dir(state_dir / "tls")
     audit_dir = private_dir(state_dir / "audit")
@@ -350,10 +391,21 @@ def _init_locked(state_dir: Path) -> InitResult:
     console_path = state_dir / CONSOLE_NAME
 
     first = not config_path.exists()
+    if not first and members > 1 and members_init.existing_members(config_path) != members:
+        raise InitConfigError(
+            f"{config_path} exists with another number of [[hsm]] members; "
+            f"use a new --state-dir for --hsm-members {members}"
+        )
     token = _provision(state_dir)
     keys, created_keys = _ensure_keys(
-        token.hsm_config(HSM_NAME, health_key_label=HEALTH_KEY_LABEL), demo=first
+        token.hsm_config(HSM_NAME, health_key_label=HEALTH_KEY_LABEL),
+        demo=first,
+        replicable=members > 1,
     )
+    hsm_block, backend = "", HSM_NAME
+    if members > 1:
+        hsm_block = _provision_members(state_dir, token, members, created_keys)
+        backend = members_init.BACKEND
 
     audit_key = secrets_dir / "audit.key"
     if not audit_key.exists():
@@ -382,6 +434,8 @@ def _init_locked(state_dir: Path) -> InitResult:
             audit_key_file=audit_key,
             access_key_id=credential.access_key_id,
             secret_file=secret_file,
+            hsm_block=hsm_block,
+            backend=backend,
         )
         tomllib.loads(text)  # never write a config we could not read back ourselves
         atomic_write(config_path, text.encode("utf-8"), 0o600)

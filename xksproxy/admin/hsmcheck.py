@@ -5,8 +5,11 @@ workers afterwards (a module initialised before ``fork`` is unusable in the chil
 runs this module first so that a wrong PIN or token label becomes one line naming the [[hsm]]
 and the cause instead of a crash loop of workers.
 
-Output contract (read by :func:`xksproxy.admin.cli`): exit 0 when every [[hsm]] started; else
-exit 1 with a line ``[[hsm]] NAME: ErrorType: message`` (at most 400 characters) on stderr.
+Output contract (read by :func:`xksproxy.admin.cli`): exit 0 when every backend can serve (a
+backend of several members needs one member that starts: the others are taken out and come back
+when their probe passes, see hsm/backend.py); else exit 1 with a line ``[[hsm]] NAME:
+ErrorType: message`` (at most 400 characters) on stderr, for the first member of the first
+backend none of whose members started.
 """
 
 from __future__ import annotations
@@ -27,13 +30,24 @@ async def check(config_path: Path) -> str | None:
     from hsm import HsmPool
     from xksproxy.config import load_config
 
-    for h in load_config(config_path).hsms:
-        pool = HsmPool(h)
-        try:
-            await pool.start()
-        except Exception as exc:  # any start-up failure is reported the same way: one line
-            return f"{PROBLEM_PREFIX} {h.name}: {type(exc).__name__}: {exc}"[:_MAX_LINE]
-        await pool.close()
+    config = load_config(config_path)
+    for backend in config.backends or {h.name: [h.name] for h in config.hsms}:
+        first_problem: str | None = None
+        for h in config.members(backend):
+            pool = HsmPool(h)
+            try:
+                await pool.start()
+            except Exception as exc:  # any start-up failure is reported the same way: one line
+                first_problem = (
+                    first_problem
+                    or (f"{PROBLEM_PREFIX} {h.name}: {type(exc).__name__}: {exc}"[:_MAX_LINE])
+                )
+                continue
+            await pool.close()
+            first_problem = None
+            break
+        if first_problem is not None:
+            return first_problem
     return None
 
 

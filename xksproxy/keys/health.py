@@ -15,6 +15,13 @@ Status rules for one token (``ekmFleetDetails`` entry, ``id`` = ``[[hsm]].name``
 - ACTIVE: the probe succeeded within ``degraded_ms`` and the pool is ready.
 
 A key store's answer lists the token its keys live on.
+
+HSM members (a backend of several ``[[hsm]]``, ``hsm.backend.MemberSet``): the answer lists every
+member of the store's backend, each with the status of its *own* deep probe (the member set
+probes each member when the health task probes the backend). A member out of service is never
+ACTIVE: taken out after a fault -> UNAVAILABLE; drained by the operator -> DEGRADED while its
+probe passes (it works, but serves nothing), UNAVAILABLE otherwise. The proxy is healthy while
+each key store's backend has at least one ACTIVE member (:meth:`HealthMonitor.healthy`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hsm.backend import MemberSet
 from xksproxy.config import HealthConfig
 
 if TYPE_CHECKING:
@@ -93,6 +101,33 @@ class HealthMonitor:
                 await self._task
             self._task = None
 
+    def _member_set(self, name: str) -> MemberSet | None:
+        pool = self._pools.get(name)
+        return pool if isinstance(pool, MemberSet) else None
+
+    def members(self, backend: str) -> list[str]:
+        """The names GetHealthStatus lists for ``backend``: its members, or itself."""
+        member_set = self._member_set(backend)
+        return [backend] if member_set is None else member_set.member_names
+
+    def member_status(self, backend: str, member: str, now: float | None = None) -> str:
+        """ACTIVE / DEGRADED / UNAVAILABLE for one member, from its own last probe."""
+        member_set = self._member_set(backend)
+        if member_set is None or len(member_set.member_names) == 1:
+            return self.status(backend, now)  # one member: the backend's probe is its probe
+        now = time.monotonic() if now is None else now
+        view = next(v for v in member_set.views() if v.name == member)
+        if not view.probe_ok or now - view.probed_at > MAX_AGE_S or view.state == "failed":
+            return UNAVAILABLE
+        slow = view.probe_latency_s * 1000.0 > self._config.degraded_ms
+        if view.state == "drained" or view.pool_state != "ready" or slow:
+            return DEGRADED
+        return ACTIVE
+
+    def healthy(self, backend: str) -> bool:
+        """At least one member of ``backend`` is ACTIVE."""
+        return any(self.member_status(backend, m) == ACTIVE for m in self.members(backend))
+
     def status(self, hsm_name: str, now: float | None = None) -> str:
         record = self._records.get(hsm_name)
         now = time.monotonic() if now is None else now
@@ -119,10 +154,11 @@ class HealthMonitor:
             "ekmVendor": cfg.ekm_vendor,
             "ekmFleetDetails": [
                 {
-                    "id": name,
-                    "model": self._models.get(name, cfg.ekm_vendor),
-                    "healthStatus": self.status(name),
+                    "id": member,
+                    "model": self._models.get(member, cfg.ekm_vendor),
+                    "healthStatus": self.member_status(name, member),
                 }
-                for name in hsm_names[:10]
-            ],
+                for name in hsm_names
+                for member in self.members(name)
+            ][:10],
         }

@@ -60,6 +60,8 @@ class KeyStoreTable:
     def __init__(self, config: Config, custody: CustodySource | None = None) -> None:
         """``custody``: where the resolvers read keys' lifecycle documents (the app's pools)."""
         health_labels = {h.name: h.health_key_label for h in config.hsms}
+        # a backend's members share one health key label (checked by the config loader)
+        health_labels.update({b: config.members(b)[0].health_key_label for b in config.backends})
         ttl = config.custody.state_cache_s
         self.stores = [
             KeyStore(ks, KeyResolver(ks, health_labels, custody, ttl_s=ttl))

@@ -12,7 +12,7 @@ from typing import Any
 
 from xksproxy import environment
 from xksproxy.observe import audit, metrics
-from xksproxy.runtime import patches, reload
+from xksproxy.runtime import member_sync, patches, reload
 from xksproxy.service import admission
 from xksproxy.service.quotas import Quotas
 
@@ -33,6 +33,7 @@ def install(app: Any, *, reload_interval_s: float = 1.0) -> Operations:
     reloader = reload.install(
         app, getattr(app.config, "path", None), interval_s=reload_interval_s, quotas=quotas
     )
+    member_sync.install(app)  # `xksproxy hsm drain/undrain/status` (runtime/control.py)
     ops = Operations(quotas, adm, audit_log, reloader)
     app.operations = ops
     return ops

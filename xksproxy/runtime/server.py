@@ -28,7 +28,7 @@ from pathlib import Path
 
 from xksproxy import environment
 from xksproxy.config import ConfigError, load_config
-from xksproxy.runtime import lifeline, operations
+from xksproxy.runtime import control, lifeline, operations
 from xksproxy.runtime.announce import announce_when_ready, say, warn_plain_http
 from xksproxy.runtime.granian_runner import run_granian
 from xksproxy.runtime.hypercorn_runner import run_hypercorn
@@ -82,6 +82,7 @@ def serve(
     # respawning it (see xksproxy.runtime.operations / xksproxy.runtime.reload).
     launched_by_wrapper = bool(environment.METRICS_DIR.get())
     hooks = operations.prepare_launcher(None if launched_by_wrapper else p.metrics_bind, p.workers)
+    control_server = control.start_launcher(p.config_path)  # `xksproxy hsm ...` (OPERATIONS.md)
     stop = threading.Event()
     watcher = threading.Thread(
         target=announce_when_ready, args=(p, stop, hooks.metrics_url), daemon=True
@@ -94,6 +95,8 @@ def serve(
     finally:
         stop.set()
         hooks.close()
+        if control_server is not None:
+            control_server.close()
 
 
 def _granian_target() -> tuple[str, str]:

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 import sigv4
+from hsm.backend import MemberSet
 from hsm.interface import CryptoPool
 from xksproxy.config import Config
 from xksproxy.keys import policy
@@ -158,6 +159,11 @@ class XksApp:
         # A body slower than this is a misbehaving client, never KMS (see BodyLimit).
         self.body_limit = BodyLimit(config.server.max_body_bytes, max(1.0, 2 * self._deadline_s))
         self._max_plaintext = {h.name: h.max_plaintext_bytes for h in config.hsms}
+        self._max_plaintext.update(
+            {b: config.members(b)[0].max_plaintext_bytes for b in config.backends}
+        )
+        self.backends: dict[str, MemberSet] = {}
+        """Backend name -> its members (the unwrapped pools; health, drain and status read them)."""
         self.health = self._unprobed_health()
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -176,16 +182,21 @@ class XksApp:
             if self._started:
                 return
             pools: dict[str, CryptoPool] = {}
+            backends: dict[str, MemberSet] = {}
             try:
-                for hsm_cfg in self.config.hsms:
-                    pool = self._pool_factory(hsm_cfg)
-                    await pool.start()
-                    pools[hsm_cfg.name] = pool
+                for backend in self._backend_names():
+                    members = [
+                        (h.name, self._pool_factory(h)) for h in self.config.members(backend)
+                    ]
+                    member_set = MemberSet(backend, members)
+                    await member_set.start()
+                    pools[backend] = backends[backend] = member_set
             except BaseException:
                 for pool in pools.values():
                     await pool.close()
                 raise
             self.pools = pools
+            self.backends = backends
             self.health = HealthMonitor(self.config.health, pools, self.config.hsm_models)
             await self.health.start()
             for hook in self.on_startup:
@@ -208,7 +219,12 @@ class XksApp:
                 except Exception:
                     log.exception("closing an HSM pool failed")
             self.pools = {}
+            self.backends = {}
             self._started = False
+
+    def _backend_names(self) -> list[str]:
+        """Every backend (a plain [[hsm]] is a one-member backend named after itself)."""
+        return list(self.config.backends) or [h.name for h in self.config.hsms]
 
     def replace_keystores(self, config: Config) -> None:
         """Swap key stores (credentials, keys, policy) atomically for new requests."""

@@ -66,6 +66,21 @@ HELP: dict[str, tuple[str, str]] = {
         "gauge",
         "Bytes free for unprivileged users on the audit log's file system.",
     ),
+    "xksproxy_hsm_member_state": (
+        "gauge",
+        "1 for the state each HSM member is in (active/failed/drained), max over workers.",
+    ),
+    "xksproxy_hsm_member_outstanding": ("gauge", "Calls in flight on an HSM member."),
+    "xksproxy_hsm_member_calls_total": ("counter", "Calls sent to an HSM member by operation."),
+    "xksproxy_hsm_member_errors_total": (
+        "counter",
+        "Calls an HSM member failed with a device/session/connection error.",
+    ),
+    "xksproxy_hsm_member_call_duration_seconds": ("histogram", "Call latency per HSM member."),
+    "xksproxy_hsm_member_failovers_total": (
+        "counter",
+        "Calls retried on another member after this member failed them.",
+    ),
 }
 
 #: Gauges merged with max instead of sum across workers.
@@ -75,6 +90,7 @@ MAX_GAUGES = frozenset(
         "xksproxy_slo_latency_target_seconds",
         "xksproxy_audit_last_seq",
         "xksproxy_audit_disk_free_bytes",
+        "xksproxy_hsm_member_state",
     }
 )
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from xksproxy.observe import requestlog
+from xksproxy.observe.metrics import members
 from xksproxy.observe.metrics.record import configure, observe_request, request_log_dropped
 from xksproxy.observe.metrics.registry import REGISTRY, Sample
 from xksproxy.observe.metrics.series import HEALTH_STATES
@@ -45,6 +46,7 @@ def install(app: Any) -> None:
 
     async def start() -> None:
         start_worker()
+        members.install(getattr(app, "backends", {}) or {})
 
     requestlog.STDOUT.on_drop = request_log_dropped
     app.observers.append(observer)
