@@ -49,6 +49,7 @@ class ServerConfig:
     max_body_bytes: int = 262144
     request_deadline_ms: int = 150
     max_in_flight: int = 256
+    drain_grace_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ def _server(s: _Section) -> ServerConfig:
         max_body_bytes=_positive_int(s, "max_body_bytes", 262144, minimum=16384),
         request_deadline_ms=_positive_int(s, "request_deadline_ms", 150),
         max_in_flight=_positive_int(s, "max_in_flight", 256),
+        drain_grace_s=_drain_grace(s),
     )
     if cfg.server not in ("granian", "hypercorn"):
         raise ConfigError(f'{s.name("server")}: must be "granian" or "hypercorn"')
@@ -261,6 +263,15 @@ def _server(s: _Section) -> ServerConfig:
         raise ConfigError(f"{s.name('request_deadline_ms')}: must be at most 60000")
     s.finish()
     return cfg
+
+
+def _drain_grace(s: _Section) -> float:
+    """``[server] drain_grace_s``: how long a SIGTERMed proxy keeps serving with /ready at 503,
+    so load balancers take it out of rotation before it exits (0 = stop at once)."""
+    value = float(s.get("drain_grace_s", 10.0, (int, float)))
+    if not 0.0 <= value <= 300.0:
+        raise ConfigError(f"{s.name('drain_grace_s')}: must be between 0 and 300 seconds")
+    return value
 
 
 def _env_overrides(cfg: ServerConfig, env: Mapping[str, str]) -> ServerConfig:
@@ -303,9 +314,13 @@ def _tls(s: _Section, base: Path) -> TlsConfig:
     return cfg
 
 
-def _metrics(s: _Section) -> MetricsConfig:
+def _metrics(s: _Section, env: Mapping[str, str]) -> MetricsConfig:
     bind = s.get("bind", "127.0.0.1:9464", str)
     s.finish()
+    override = environment.METRICS_BIND.get(env=env)
+    if override is not None:  # several proxies on one host share a file, not a metrics port
+        bind = override.strip()
+        return MetricsConfig(bind=_bind(bind, environment.METRICS_BIND.name) if bind else None)
     return MetricsConfig(bind=_bind(bind, s.name("bind")) if bind else None)
 
 
@@ -541,7 +556,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
 
     server = _env_overrides(_server(root.sub("server")), env)
     tls = _tls(root.sub("tls"), base)
-    metrics = _metrics(root.sub("metrics"))
+    metrics = _metrics(root.sub("metrics"), env)
     logging_cfg = _logging(root.sub("logging"))
     audit = _audit(root.sub("audit"), base)
     health = _health(root.sub("health"))
