@@ -201,10 +201,15 @@ def _path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def secret_file(ref: str, base: Path) -> Path | None:
+    """The file a ``file:PATH`` secret reference names (relative to ``base``), else None."""
+    return _path(base, ref[5:]) if ref.startswith("file:") else None
+
+
 def resolve_secret(ref: str, where: str, base: Path) -> str:
     """Resolve a ``file:PATH`` / ``env:NAME`` secret reference; literal secrets are refused."""
-    if ref.startswith("file:"):
-        path = _path(base, ref[5:])
+    path = secret_file(ref, base)
+    if path is not None:
         try:
             st = path.stat()
         except OSError:

@@ -178,3 +178,40 @@ def test_ready_is_503_while_no_hsm_member_is_active(all_up, shim):
     shim.set("ok")
     for inst in all_up.instances:  # and puts them back once the probe passes again
         all_up.haproxy.wait_status(inst.name, "UP", 30)
+
+
+def test_kms_signals_are_in_each_instances_metrics(all_up):
+    """The gauges KMS operators map to CloudWatch (OPERATIONS.md), from a live instance."""
+    inst = all_up.instances[0]
+    deadline = time.monotonic() + 10
+    values: dict[str, float] = {}
+    wanted = (
+        "xksproxy_tls_certificate_expiry_seconds",
+        'xksproxy_credential_age_seconds{keystore="demo"}',
+        "xksproxy_ready",
+        "xksproxy_draining",
+        "xksproxy_workers",
+        "xksproxy_errors_total",
+        "xksproxy_throttled_total",
+    )
+    while time.monotonic() < deadline:
+        status, body = fleet_mod.get_status(f"http://127.0.0.1:{inst.metrics_port}/metrics")
+        text = body.decode() if status == 200 else ""
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("#") or " " not in line:
+                continue
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+        if all(w in values for w in wanted[:5]):
+            break
+        time.sleep(0.3)
+    for name in wanted[:5]:
+        assert name in values, (name, sorted(values)[:40])
+    assert 86400 < values["xksproxy_tls_certificate_expiry_seconds"] < 3650 * 86400
+    assert 0 <= values['xksproxy_credential_age_seconds{keystore="demo"}'] < 86400
+    assert values["xksproxy_ready"] == values["xksproxy_workers"] == 1
+    assert values["xksproxy_draining"] == 0
+    # Throttles and errors by XKS errorName are declared (series appear with the first event).
+    assert "# TYPE xksproxy_throttled_total counter" in text
+    assert "# TYPE xksproxy_errors_total counter" in text

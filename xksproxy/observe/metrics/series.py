@@ -53,6 +53,21 @@ HELP: dict[str, tuple[str, str]] = {
         "Sequence number of the newest audit record (an off-host truncation anchor).",
     ),
     "xksproxy_workers": ("gauge", "Worker processes reporting metrics."),
+    # KMS-aligned signals (issue 14; deploy/OPERATIONS.md maps them to KMS's CloudWatch names)
+    "xksproxy_tls_certificate_expiry_seconds": (
+        "gauge",
+        "Seconds until the served TLS certificate expires (KMS: XksProxyCertificateDaysToExpire).",
+    ),
+    "xksproxy_credential_age_seconds": (
+        "gauge",
+        "Age of each key store's newest credential: its secret file's mtime (KMS: "
+        "XksProxyCredentialAge).",
+    ),
+    "xksproxy_ready": (
+        "gauge",
+        "Workers answering /ready with 200 (compare with xksproxy_workers).",
+    ),
+    "xksproxy_draining": ("gauge", "1 while the proxy drains after SIGTERM (/ready is 503)."),
 }
 
 #: Gauges merged with max instead of sum across workers.
@@ -61,6 +76,9 @@ MAX_GAUGES = frozenset(
         "xksproxy_token_health",
         "xksproxy_slo_latency_target_seconds",
         "xksproxy_audit_last_seq",
+        "xksproxy_tls_certificate_expiry_seconds",
+        "xksproxy_credential_age_seconds",
+        "xksproxy_draining",
     }
 )
 
