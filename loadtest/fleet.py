@@ -132,7 +132,12 @@ class Instance:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
         env["XKSPROXY_METRICS_BIND"] = f"127.0.0.1:{self.metrics_port}"
-        for name in ("XKSPROXY_CONFIG", "XKSPROXY_METRICS_DIR", "XKSPROXY_STATE_DIR"):
+        for name in (
+            "XKSPROXY_CONFIG",
+            "XKSPROXY_METRICS_DIR",
+            "XKSPROXY_STATE_DIR",
+            "XKSPROXY_DRAIN_GRACE_S",
+        ):  # fmt: skip  (the fleet's grace is in its config)
             env.pop(name, None)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(

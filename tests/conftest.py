@@ -18,6 +18,7 @@ shared), e.g. a server started by a test with ``hsm_token.conf_path``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from support.hsm_keys import DEMO_KEYS, KNOWN_KEY_LABEL, KNOWN_KEY_MATERIAL
 
 from hsm import HsmConfig, admin
 from hsm.softhsm import ProvisionedToken, provision
+
+# No load balancer routes to the servers tests start: they stop at SIGTERM without the drain grace
+# ([server] drain_grace_s, 10 s by default). Tests of the drain set their own (tests/fleet).
+os.environ.setdefault("XKSPROXY_DRAIN_GRACE_S", "0")
 
 
 @pytest.fixture(scope="session")

@@ -302,6 +302,14 @@ def _env_overrides(cfg: ServerConfig, env: Mapping[str, str]) -> ServerConfig:
         if server not in ("granian", "hypercorn"):
             raise ConfigError(f'{environment.SERVER.name}: must be "granian" or "hypercorn"')
         changes["server"] = server
+    grace = environment.DRAIN_GRACE_S.get(env=env)
+    if grace is not None:
+        try:
+            changes["drain_grace_s"] = float(grace)
+        except ValueError:
+            changes["drain_grace_s"] = -1.0
+        if not 0.0 <= changes["drain_grace_s"] <= 300.0:
+            raise ConfigError(f"{environment.DRAIN_GRACE_S.name}: must be 0 to 300 seconds")
     if not changes:
         return cfg
     return ServerConfig(**{**cfg.__dict__, **changes})

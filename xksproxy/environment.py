@@ -53,6 +53,11 @@ WORKERS = EnvVar(
 PLAIN_HTTP = EnvVar(
     "XKSPROXY_PLAIN_HTTP", "operator", "overrides [server] plain_http (1/true/yes/on, 0/false/...)"
 )
+DRAIN_GRACE_S = EnvVar(
+    "XKSPROXY_DRAIN_GRACE_S",
+    "operator",
+    "overrides [server] drain_grace_s (seconds of drain after SIGTERM; 0 = none)",
+)
 METRICS_BIND = EnvVar(
     "XKSPROXY_METRICS_BIND",
     "operator",
@@ -94,8 +99,9 @@ REGISTRY: tuple[EnvVar, ...] = (
     BIND,
     WORKERS,
     PLAIN_HTTP,
-    METRICS_BIND,
     SERVER,
+    DRAIN_GRACE_S,
+    METRICS_BIND,
     AUDIT_KEY_FILE,
     GRANIAN_INTERFACE,
     PKCS11_SERIALIZE,

@@ -57,7 +57,7 @@ def test_serve_notifies_systemd_from_the_launcher_only(tmp_path, server):
     port = procs.free_port()
     env = procs.product_env(
         {"NOTIFY_SOCKET": str(notify), "XKSPROXY_METRICS_BIND": ""},
-        drop=["XKSPROXY_CONFIG", "XKSPROXY_METRICS_DIR"],
+        drop=["XKSPROXY_CONFIG", "XKSPROXY_METRICS_DIR", "XKSPROXY_DRAIN_GRACE_S"],
     )
     proxy = start([sys.executable, "-m", "xksproxy", "serve", "--state-dir", str(state),
                    "--bind", f"127.0.0.1:{port}", "--workers", "2", "--server", server],

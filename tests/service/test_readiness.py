@@ -104,6 +104,14 @@ def test_drain_grace_is_validated(tmp_path):
                 load_config(path, env={})
 
 
+def test_drain_grace_env_override(tmp_path):
+    path = write_config(tmp_path)
+    assert load_config(path, env={"XKSPROXY_DRAIN_GRACE_S": "1.5"}).server.drain_grace_s == 1.5
+    for bad in ("x", "-1", "301"):
+        with pytest.raises(ConfigError, match="XKSPROXY_DRAIN_GRACE_S"):
+            load_config(path, env={"XKSPROXY_DRAIN_GRACE_S": bad})
+
+
 def test_metrics_bind_env_override(tmp_path):
     path = write_config(tmp_path)
     assert load_config(path, env={"XKSPROXY_METRICS_BIND": ""}).metrics.bind is None
