@@ -38,6 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,7 +367,13 @@ async def _presigned(url: str, n: int = 40) -> list[tuple[str, bytes]]:
 
 
 def h1_scenario(
-    f: Fleet, *, connections: int, phase_s: float, grace_s: float, kill: bool = True
+    f: Fleet,
+    *,
+    connections: int,
+    phase_s: float,
+    grace_s: float,
+    kill: bool = True,
+    rate: float | None = None,
 ) -> tuple[fleet_client.Load, list[Check], list[tuple[str, float, float]]]:
     """Load through HAProxy while one instance is rolled and (``kill``) another killed."""
     os.environ["XKS_STATE_DIR"] = str(f.state_dir)
@@ -381,7 +388,7 @@ def h1_scenario(
         loop = asyncio.get_running_loop()
         runner = asyncio.ensure_future(
             fleet_client.run(url, unverified_tls(), requests, connections=connections,
-                             duration_s=600, stop=stop, load=load)
+                             duration_s=600, stop=stop, load=load, rate=rate)
         )  # fmt: skip
         try:
             t_start = f.mark("load started")
@@ -425,7 +432,9 @@ def h1_scenario(
     return load, checks, windows
 
 
-def h2_scenario(f: Fleet, *, phase_s: float, grace_s: float, clients: int) -> Check:
+def h2_scenario(
+    f: Fleet, *, phase_s: float, grace_s: float, clients: int, rate: float | None = None
+) -> Check:
     """h2load (HTTP/2, pre-signed Encrypt) through HAProxy during a rolling SIGTERM."""
     if shutil.which("h2load") is None:
         return Check("HTTP/2 rolling SIGTERM (h2load)", True, "skipped: h2load not installed")
@@ -434,14 +443,20 @@ def h2_scenario(f: Fleet, *, phase_s: float, grace_s: float, clients: int) -> Ch
     body = f.workdir / "h2-body.json"
     body.write_bytes(req.body)
     duration = 2 * phase_s + grace_s + 12
+    # --rps: a fixed request rate per client, like the HTTP/1.1 phase's open loop.
     cmd = ["h2load", "-D", f"{duration:g}", "-c", str(clients), "-m", "4", "-t", "1",
            "-d", str(body)]  # fmt: skip
+    if rate:
+        cmd.append(f"--rps={max(1, round(rate / clients))}")
+    log = f.workdir / "h2load.log"
+    cmd.append(f"--log-file={log}")
     for k, v in req.headers.items():
         cmd += ["-H", f"{k}: {v}"]
     cmd.append(target.base_url + req.path)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(phase_s)
+        t_term = time.time()
         rolling_restart(f, f.instances[-1], grace_s)
         out, _ = proc.communicate(timeout=duration + 60)
     finally:
@@ -454,8 +469,18 @@ def h2_scenario(f: Fleet, *, phase_s: float, grace_s: float, clients: int) -> Ch
     if not (m and codes):
         return Check("HTTP/2 rolling SIGTERM (h2load)", False, f"cannot parse: {out[-500:]}")
     done, ok, failed = int(m.group(3)), int(m.group(4)), int(m.group(5))
+    errored, timeouts = int(m.group(6)), int(m.group(7))
     non2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
-    detail = f"{done} done, {ok} succeeded, {failed} failed ({non2xx} non-2xx)"
+    unsent = int(m.group(1)) - done
+    bad: Counter[str] = Counter()  # non-2xx by status and by second since the SIGTERM
+    with contextlib.suppress(OSError):
+        for line in log.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3 and parts[1].isdigit() and not parts[1].startswith("2"):
+                bad[f"{parts[1]}@{int(parts[0]) / 1e6 - t_term:+.0f}s"] += 1
+    detail = (f"{done} done, {ok} succeeded, {failed} failed: {non2xx} non-2xx, {errored} "
+              f"errored, {timeouts} timeout; {unsent} not sent when the run ended; non-2xx "
+              f"(status@time from SIGTERM): {dict(bad)}")  # fmt: skip
     return Check("HTTP/2 rolling SIGTERM (h2load): 0 failed requests", failed == 0, detail)
 
 
@@ -489,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="workers per instance")
     ap.add_argument("--server", choices=("granian", "hypercorn"), default="granian")
     ap.add_argument("--connections", type=int, default=16, help="HTTP/1.1 client connections")
+    ap.add_argument("--rate", type=float, default=500.0,
+                    help="requests/s in total, open loop (0 = closed loop, saturating: then "
+                         "503 deadline misses measure the machine, not the fleet)")  # fmt: skip
     ap.add_argument("--phase-s", type=float, default=5.0, help="load between events (seconds)")
     ap.add_argument("--grace-s", type=float, default=4.0, help="[server] drain_grace_s")
     ap.add_argument("--h2", action="store_true", help="also a rolling SIGTERM under h2load")
@@ -501,14 +529,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         print(f"fleet: {args.instances} x `xksproxy serve --workers {args.workers} --server "
               f"{args.server}` behind HAProxy {f.haproxy.url}; HTTP/1.1, {args.connections} "
-              f"connections, KMS mix", flush=True)  # fmt: skip
+              f"connections, KMS mix at {args.rate or 'max'} req/s", flush=True)  # fmt: skip
         load, checks, windows = h1_scenario(
             f, connections=args.connections, phase_s=args.phase_s, grace_s=args.grace_s,
-            kill=args.instances > 1,
+            kill=args.instances > 1, rate=args.rate or None,
         )  # fmt: skip
         if args.h2:
             checks.append(h2_scenario(f, phase_s=args.phase_s, grace_s=args.grace_s,
-                                      clients=args.h2_clients))  # fmt: skip
+                                      clients=args.h2_clients, rate=args.rate or None))  # fmt: skip
         for name, t in f.events:
             print(f"event {t - t0:7.1f} s  {name}")
         return print_report(load, windows, checks, t0)
