@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loadtest import fleet_client
 from loadtest.embedded_server import embedded_server
 from loadtest.fleet import unverified_tls
-from loadtest.latency import presign_pool
 from loadtest.xks_requests import target_from_env
 
 SEGMENT_S = 120.0  # re-sign before the 5-minute SigV4 window closes
@@ -90,7 +89,7 @@ async def drive(url: str, rate: float, duration_s: float, connections: int) -> f
     ctx = unverified_tls()
     end = time.monotonic() + duration_s
     while (left := end - time.monotonic()) > 0.5:
-        pools = await presign_pool(target, ctx, 40)
+        pools = await fleet_client.presign(target, ctx, 40)
         requests = fleet_client.schedule(pools, 5000, seed=int(left))
         await fleet_client.run(url, ctx, requests, connections=connections,
                                duration_s=min(SEGMENT_S, left), rate=rate, load=load)  # fmt: skip

@@ -196,6 +196,7 @@ def test_kms_signals_are_in_each_instances_metrics(all_up):
                                       method="POST")  # fmt: skip
     with pytest.raises(urllib.error.HTTPError) as refused:  # counted as an XKS error by name
         urllib.request.urlopen(unsigned, timeout=5, context=fleet_mod.unverified_tls())
+    refused.value.close()
     assert refused.value.code == 401
     deadline = time.monotonic() + 10
     values: dict[str, float] = {}
