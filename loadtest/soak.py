@@ -5,7 +5,7 @@ What it reports (issue 14), and exits 1 on:
 - any failed request (a non-200 answer, a reset, a timeout): **zero errors** expected;
 - p99 per minute: the run is **stable** when no minute's p99 exceeds 3 x the median minute's
   (a leak or a growing queue shows as a rising p99 long before errors);
-- RSS and open file descriptors of the launcher and of every worker, sampled every 5 s:
+- RSS and open file descriptors of the launcher and of each child (workers), sampled every 5 s:
   start / end / max per process. **Flat** = end RSS within 25 % (and 32 MiB) of the value after
   the first minute (warm-up: caches, pools), and fds within 16 of their start.
 
@@ -120,7 +120,7 @@ def report(load: fleet_client.Load, samples: Samples, t0: float, launcher: int) 
     flat = True
     mib = 1024 * 1024
     for pid, rows in sorted(samples.by_pid.items()):
-        name = "launcher" if pid == launcher else f"worker {pid}"
+        name = "launcher" if pid == launcher else f"child {pid}"
         warm = next((r for r in rows if r[0] >= 60), rows[0])
         rss = [r[1] for r in rows]
         fds = [r[2] for r in rows]
