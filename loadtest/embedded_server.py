@@ -34,6 +34,8 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.pop(environment.STATE_DIR.name, None)
+    # A benchmark's proxy has no load balancer to drain from: stop at SIGTERM at once.
+    env.setdefault(environment.DRAIN_GRACE_S.name, "0")
     return env
 
 

@@ -25,6 +25,7 @@ proxy refuses such a token at start: tests/hsm/test_hsm_impls.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -37,6 +38,10 @@ from support.ock_token import OckToken, Unavailable, claim
 from hsm import HsmConfig, admin, module
 from hsm.errors import HsmFailure
 from hsm.softhsm import ProvisionedToken, provision
+
+# No load balancer routes to the servers tests start: they stop at SIGTERM without the drain grace
+# ([server] drain_grace_s, 10 s by default). Tests of the drain set their own (tests/fleet).
+os.environ.setdefault("XKSPROXY_DRAIN_GRACE_S", "0")
 
 
 def _populate(cfg: HsmConfig) -> None:

@@ -54,6 +54,7 @@ class ServerConfig:
     # separate from max_in_flight so unauthenticated callers cannot take KMS's slots.
     max_unauthenticated: int = 128
     max_unauthenticated_per_client: int = 32
+    drain_grace_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -243,10 +244,15 @@ def _path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def secret_file(ref: str, base: Path) -> Path | None:
+    """The file a ``file:PATH`` secret reference names (relative to ``base``), else None."""
+    return _path(base, ref[5:]) if ref.startswith("file:") else None
+
+
 def resolve_secret(ref: str, where: str, base: Path) -> str:
     """Resolve a ``file:PATH`` / ``env:NAME`` secret reference; literal secrets are refused."""
-    if ref.startswith("file:"):
-        path = _path(base, ref[5:])
+    path = secret_file(ref, base)
+    if path is not None:
         try:
             st = path.stat()
         except OSError:
@@ -299,6 +305,7 @@ def _server(s: _Section) -> ServerConfig:
         max_in_flight=_positive_int(s, "max_in_flight", 256),
         max_unauthenticated=_positive_int(s, "max_unauthenticated", 128),
         max_unauthenticated_per_client=_positive_int(s, "max_unauthenticated_per_client", 32),
+        drain_grace_s=_drain_grace(s),
     )
     if cfg.server not in ("granian", "hypercorn"):
         raise ConfigError(f'{s.name("server")}: must be "granian" or "hypercorn"')
@@ -306,6 +313,15 @@ def _server(s: _Section) -> ServerConfig:
         raise ConfigError(f"{s.name('request_deadline_ms')}: must be at most 60000")
     s.finish()
     return cfg
+
+
+def _drain_grace(s: _Section) -> float:
+    """``[server] drain_grace_s``: how long a SIGTERMed proxy keeps serving with /ready at 503,
+    so load balancers take it out of rotation before it exits (0 = stop at once)."""
+    value = float(s.get("drain_grace_s", 10.0, (int, float)))
+    if not 0.0 <= value <= 300.0:
+        raise ConfigError(f"{s.name('drain_grace_s')}: must be between 0 and 300 seconds")
+    return value
 
 
 def _env_overrides(cfg: ServerConfig, env: Mapping[str, str]) -> ServerConfig:
@@ -331,6 +347,14 @@ def _env_overrides(cfg: ServerConfig, env: Mapping[str, str]) -> ServerConfig:
         if server not in ("granian", "hypercorn"):
             raise ConfigError(f'{environment.SERVER.name}: must be "granian" or "hypercorn"')
         changes["server"] = server
+    grace = environment.DRAIN_GRACE_S.get(env=env)
+    if grace is not None:
+        try:
+            changes["drain_grace_s"] = float(grace)
+        except ValueError:
+            changes["drain_grace_s"] = -1.0
+        if not 0.0 <= changes["drain_grace_s"] <= 300.0:
+            raise ConfigError(f"{environment.DRAIN_GRACE_S.name}: must be 0 to 300 seconds")
     if not changes:
         return cfg
     return ServerConfig(**{**cfg.__dict__, **changes})
@@ -348,9 +372,13 @@ def _tls(s: _Section, base: Path) -> TlsConfig:
     return cfg
 
 
-def _metrics(s: _Section) -> MetricsConfig:
+def _metrics(s: _Section, env: Mapping[str, str]) -> MetricsConfig:
     bind = s.get("bind", "127.0.0.1:9464", str)
     s.finish()
+    override = environment.METRICS_BIND.get(env=env)
+    if override is not None:  # several proxies on one host share a file, not a metrics port
+        bind = override.strip()
+        return MetricsConfig(bind=_bind(bind, environment.METRICS_BIND.name) if bind else None)
     return MetricsConfig(bind=_bind(bind, s.name("bind")) if bind else None)
 
 
@@ -651,8 +679,8 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
 
     server = _env_overrides(_server(root.sub("server")), env)
     tls = _tls(root.sub("tls"), base)
-    metrics = _metrics(root.sub("metrics"))
     control_dir = _control(root.sub("control"), base)
+    metrics = _metrics(root.sub("metrics"), env)
     logging_cfg = _logging(root.sub("logging"))
     audit = _audit(root.sub("audit"), base)
     health = _health(root.sub("health"))

@@ -53,6 +53,16 @@ WORKERS = EnvVar(
 PLAIN_HTTP = EnvVar(
     "XKSPROXY_PLAIN_HTTP", "operator", "overrides [server] plain_http (1/true/yes/on, 0/false/...)"
 )
+DRAIN_GRACE_S = EnvVar(
+    "XKSPROXY_DRAIN_GRACE_S",
+    "operator",
+    "overrides [server] drain_grace_s (seconds of drain after SIGTERM; 0 = none)",
+)
+METRICS_BIND = EnvVar(
+    "XKSPROXY_METRICS_BIND",
+    "operator",
+    'overrides [metrics] bind (HOST:PORT; "" turns metrics off)',
+)
 SERVER = EnvVar("XKSPROXY_SERVER", "operator", "overrides [server] server (granian|hypercorn)")
 AUDIT_KEY_FILE = EnvVar(
     "XKSPROXY_AUDIT_KEY_FILE", "operator", "audit HMAC key file for `audit verify`"
@@ -79,6 +89,9 @@ METRICS_DIR = EnvVar(
 RELOAD_FILE = EnvVar(
     "XKSPROXY_RELOAD_FILE", "internal", "trigger file whose change makes workers reload"
 )
+DRAIN_FILE = EnvVar(
+    "XKSPROXY_DRAIN_FILE", "internal", "flag file whose existence tells workers to drain"
+)
 
 REGISTRY: tuple[EnvVar, ...] = (
     CONFIG,
@@ -87,6 +100,8 @@ REGISTRY: tuple[EnvVar, ...] = (
     WORKERS,
     PLAIN_HTTP,
     SERVER,
+    DRAIN_GRACE_S,
+    METRICS_BIND,
     AUDIT_KEY_FILE,
     GRANIAN_INTERFACE,
     PKCS11_SERIALIZE,
@@ -94,6 +109,7 @@ REGISTRY: tuple[EnvVar, ...] = (
     LAUNCHER_PID,
     METRICS_DIR,
     RELOAD_FILE,
+    DRAIN_FILE,
 )
 
 

@@ -85,7 +85,8 @@ def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
         with urllib.request.urlopen(url, timeout=timeout, context=unverified_tls()) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        with err:  # it holds the connection: close it rather than leave it to the GC
+            return err.code, err.read()
 
 
 def set_metrics_bind(state_dir: Path, bind: str) -> None:

@@ -214,6 +214,7 @@ def test_evaluation_start_command_serves_as_uid_10001_on_a_read_only_root(stages
         env = {k: _map(v, paths) for k, v in effective_env(stages, "evaluation").items()}
         env["PATH"] = env["PATH"].replace("/opt/xksproxy/venv/bin", str(script.parent))
         env["XKSPROXY_BIND"] = f"127.0.0.1:{port}"  # -p: loopback only in tests
+        env["XKSPROXY_DRAIN_GRACE_S"] = "0"  # no load balancer to drain from in this test
         entry = json.loads(effective(stages, "evaluation", "ENTRYPOINT") or "[]")
         cmd = json.loads(effective(stages, "evaluation", "CMD") or "[]")
         argv = [_map(a, paths) for a in entry + cmd]

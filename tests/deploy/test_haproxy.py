@@ -44,8 +44,10 @@ def test_shipped_choices():
     assert "option httpchk" in lines
     assert any(ln.startswith("http-check send meth GET uri /ready ") for ln in lines)
     default_server = next(ln for ln in lines if ln.startswith("default-server"))
-    for word in ("check", "check-ssl", "verify none", "on-marked-down shutdown-sessions"):
+    for word in ("check", "check-ssl", "verify none"):
         assert f" {word}" in default_server
+    # Cutting sessions at mark-down kills requests in flight on a draining instance.
+    assert "shutdown-sessions" not in default_server
     # Connect timeout well under KMS's 250 ms per call.
     m = re.search(r"^timeout connect (\d+)ms$", "\n".join(lines), re.M)
     assert m and int(m.group(1)) <= 100
@@ -53,10 +55,9 @@ def test_shipped_choices():
     assert all(" 127.0.0.1:" in ln for ln in lines if ln.startswith(("server ", "bind ")))
 
 
-def live_config(frontend_port: int, proxy_port: int, check_path: str) -> str:
-    """The shipped file with the ports of this test and ONE backend server. ``check_path`` is
-    templated because the proxy has no /ready yet (another issue adds it): against today's proxy
-    the shipped check would mark the server down, so the live test checks /ping instead."""
+def live_config(frontend_port: int, proxy_port: int, check_path: str = "/ready") -> str:
+    """The shipped file with the ports of this test and ONE backend server (the shipped check,
+    ``/ready``, unless ``check_path`` says otherwise). tests/fleet runs several servers."""
     text = CFG.read_text()
     # The test runner's file-descriptor limit may be lower than 2 x the shipped maxconn.
     text = text.replace("    maxconn 20000\n", "    maxconn 500\n")
@@ -81,7 +82,7 @@ def test_haproxy_carries_tls_and_sigv4_to_a_real_proxy(tmp_path):
     haproxy = None
     try:
         cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(live_config(frontend_port, proxy_port, "/ping"))
+        cfg.write_text(live_config(frontend_port, proxy_port))
         assert _check(cfg).returncode == 0
         haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip

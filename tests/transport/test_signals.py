@@ -24,9 +24,9 @@ def test_interrupt_handler_returns_while_the_main_thread_holds_the_event_lock() 
             caller = threading.Thread(target=lambda: (handler(), handler(), done.set()))
             caller.start()
             assert done.wait(5.0), "the handler blocked on the Event lock"
-            assert server.interrupt_signal is True
             assert not server.main_loop_interrupt.is_set()
         assert server.main_loop_interrupt.wait(5.0)
+        assert server.interrupt_signal is True
     finally:
         latch.close()
 
@@ -51,3 +51,26 @@ def test_signals_after_the_latch_is_closed_are_ignored() -> None:
     latch.close()
     handler()  # must not raise or write to a reused descriptor
     assert latch.closed.is_set()
+
+
+def test_before_stop_runs_first_and_the_stop_follows() -> None:
+    """The drain hook (runtime/drain.py) runs in the relay thread before granian is woken; a
+    worker death waking granian meanwhile must not read as a stop (interrupt_signal still False)."""
+    server = _granian_like()
+    entered, release = threading.Event(), threading.Event()
+
+    def before_stop(latch: object) -> None:
+        entered.set()
+        release.wait(5.0)
+
+    handler, latch = lock_free_interrupt(server, before_stop)
+    try:
+        handler(15)
+        assert entered.wait(5.0)
+        assert latch.signum == 15 and latch.count == 1
+        assert not server.main_loop_interrupt.is_set() and server.interrupt_signal is False
+        release.set()
+        assert server.main_loop_interrupt.wait(5.0)
+        assert server.interrupt_signal is True
+    finally:
+        latch.close()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+from xksproxy.runtime import sdnotify
 from xksproxy.runtime.plan import Plan
 
 _READY_TIMEOUT_S = 120.0
@@ -48,6 +49,7 @@ def announce_when_ready(p: Plan, stop: threading.Event, metrics_url: str | None)
                 print(f"xksproxy: key store {name}: {path}", flush=True)
             if metrics_url:
                 print(f"xksproxy: metrics on {metrics_url}", flush=True)
+            sdnotify.ready(f"listening on {p.url}")  # systemd Type=notify: started now
             return
         stop.wait(0.05)
 

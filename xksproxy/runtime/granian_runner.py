@@ -7,11 +7,13 @@ only through :mod:`xksproxy.runtime.patches`.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xksproxy.runtime import patches
 from xksproxy.runtime.plan import Plan
+from xksproxy.runtime.stoplatch import StopLatch
 from xksproxy.service.httpio import MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
@@ -27,9 +29,15 @@ _LOG_TO_STDERR: dict[str, Any] = {
 }
 
 
-def run_granian(p: Plan, target: str, interface: str) -> int:
+def run_granian(
+    p: Plan,
+    target: str,
+    interface: str,
+    before_stop: Callable[[StopLatch], None] | None = None,
+) -> int:
     """Serve ``target`` (an app factory, ``interface`` "rsgi" or "asgi") until stopped; the exit
-    status of ``serve``."""
+    status of ``serve``. ``before_stop`` runs once a stop was requested, before granian is told
+    to stop (the drain, :mod:`xksproxy.runtime.drain`)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings, HTTP2Settings
@@ -64,7 +72,7 @@ def run_granian(p: Plan, target: str, interface: str) -> int:
         # forward-secret AEAD suites, so no suite list is needed. (Unused with plain HTTP.)
         ssl_protocol_min=SSLProtocols.tls12,
     )
-    latch = patches.install_granian_stop(server)
+    latch = patches.install_granian_stop(server, before_stop)
     try:
         server.serve()
     except SystemExit as exc:

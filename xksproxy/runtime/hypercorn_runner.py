@@ -14,6 +14,7 @@ import multiprocessing.synchronize
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -52,8 +53,11 @@ class HypercornConfig(_HypercornBase):
         )
 
 
-def run_hypercorn(p: Plan, app_factory: str) -> int:
-    """Serve the ASGI app ``app_factory`` (``module:function``) with ``p.workers`` workers."""
+def run_hypercorn(
+    p: Plan, app_factory: str, before_stop: Callable[[StopLatch], None] | None = None
+) -> int:
+    """Serve the ASGI app ``app_factory`` (``module:function``) with ``p.workers`` workers;
+    ``before_stop`` runs once a stop was requested, before the workers are told to stop."""
     cfg = HypercornConfig()
     host = f"[{p.host}]" if ":" in p.host else p.host
     cfg.bind = [f"{host}:{p.port}"]
@@ -71,11 +75,12 @@ def run_hypercorn(p: Plan, app_factory: str) -> int:
         cfg.keyfile = str(p.key_file)
         cfg.xks_client_ca = str(p.client_ca_file) if p.client_ca_file else None
         cfg.xks_allowed_subjects = tuple(p.allowed_subjects)
-    return supervise(cfg)
+    return supervise(cfg, before_stop)
 
 
-def supervise(cfg: HypercornConfig) -> int:
-    """Start ``cfg.workers`` workers on shared sockets; replace dead ones; 1 on a crash loop."""
+def supervise(cfg: HypercornConfig, before_stop: Callable[[StopLatch], None] | None = None) -> int:
+    """Start ``cfg.workers`` workers on shared sockets; replace dead ones; 1 on a crash loop.
+    On a stop request ``before_stop(latch)`` runs first (the drain), workers still serving."""
     sockets = cfg.create_sockets()
     ctx = multiprocessing.get_context("spawn")
     shutdown = ctx.Event()
@@ -117,6 +122,8 @@ def supervise(cfg: HypercornConfig) -> int:
                 say(f"hypercorn worker {proc.pid} exited ({proc.exitcode}); starting another")
                 if not latch.wait(_RESPAWN_DELAY_S):
                     procs[i] = spawn()
+        if before_stop is not None and not failed:
+            before_stop(latch)
     finally:
         shutdown.set()
         for proc in procs:

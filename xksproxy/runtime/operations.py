@@ -12,7 +12,7 @@ from typing import Any
 
 from xksproxy import environment
 from xksproxy.observe import audit, metrics
-from xksproxy.runtime import member_sync, patches, reload
+from xksproxy.runtime import drain, member_sync, patches, reload
 from xksproxy.service import admission
 from xksproxy.service.quotas import Quotas
 
@@ -28,6 +28,7 @@ class Operations:
 def install(app: Any, *, reload_interval_s: float = 1.0) -> Operations:
     quotas = Quotas.from_config(app.config)
     adm = admission.install(app, quotas=quotas)
+    drain.install(app)  # the launcher's drain flag, polled; /ready and Connection: close
     metrics.install(app)
     audit_log = audit.install(app)
     reloader = reload.install(

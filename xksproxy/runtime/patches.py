@@ -85,7 +85,9 @@ class GranianStopState(Protocol):
     interrupt_signal: bool
 
 
-def lock_free_interrupt(server: GranianStopState) -> tuple[Callable[..., None], StopLatch]:
+def lock_free_interrupt(
+    server: GranianStopState, before_stop: Callable[[StopLatch], None] | None = None
+) -> tuple[Callable[..., None], StopLatch]:
     """granian's interrupt handler, through a :class:`StopLatch`, and that latch (close it when
     ``serve()`` returns).
 
@@ -93,11 +95,17 @@ def lock_free_interrupt(server: GranianStopState) -> tuple[Callable[..., None], 
     simply waits if the main thread holds its lock), then keeps setting it every 0.2 s until
     serving ends: granian clears that Event in some branches of its loop (e.g. after replacing a
     crashed worker) after it has looked at the stop flag, which would otherwise swallow the stop.
+    ``before_stop(latch)`` runs in the relay thread first (the drain: workers keep serving).
     """
     latch = StopLatch()
 
     def relay() -> None:
         latch.wait()
+        if before_stop is not None and not latch.closed.is_set():
+            before_stop(latch)
+        # Only now: granian's loop stops at its next wake-up once this is set (a worker that
+        # dies during the drain wakes it too, and must be replaced, not end the drain).
+        server.interrupt_signal = True
         while not latch.closed.is_set():
             server.main_loop_interrupt.set()
             latch.closed.wait(0.2)
@@ -105,20 +113,18 @@ def lock_free_interrupt(server: GranianStopState) -> tuple[Callable[..., None], 
 
     threading.Thread(target=relay, name="xksproxy-stop", daemon=True).start()
 
-    def handler(*args: object, **kwargs: object) -> None:
-        server.interrupt_signal = True
-        latch.handler(*args, **kwargs)
-
-    return handler, latch
+    return latch.handler, latch
 
 
-def install_granian_stop(server: object) -> StopLatch:
+def install_granian_stop(
+    server: object, before_stop: Callable[[StopLatch], None] | None = None
+) -> StopLatch:
     """Replace ``server``'s SIGINT/SIGTERM handler by :func:`lock_free_interrupt`'s; returns the
     latch to close once ``serve()`` returned."""
     from granian.server.common import AbstractServer
 
     assert isinstance(server, AbstractServer)
-    handler, latch = lock_free_interrupt(server)
+    handler, latch = lock_free_interrupt(server, before_stop)
     # granian looks the handler up on the instance at signal time, so an instance attribute wins.
     server.signal_handler_interrupt = handler  # type: ignore[method-assign]  # patch 1 (above)
     return latch

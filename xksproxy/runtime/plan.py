@@ -36,6 +36,7 @@ class Plan:
     log_level: str
     stores: tuple[tuple[str, str], ...]  # (name, URI path)
     metrics_bind: str | None = None
+    drain_grace_s: float = 10.0  # SIGTERM: /ready 503 and keep serving this long (runtime/drain)
     notes: tuple[str, ...] = ()  # decisions the operator must see at start
 
     @property
@@ -107,6 +108,7 @@ def plan(
         log_level=config.logging.level,
         stores=stores,
         metrics_bind=config.metrics.bind or None,
+        drain_grace_s=config.server.drain_grace_s,
         notes=tuple(notes),
     )
 

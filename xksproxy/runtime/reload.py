@@ -266,12 +266,21 @@ def prepare_parent() -> Path:
 
 
 def request_reload(*_args: object) -> None:
-    """Ask every worker to reload (usable directly as a signal handler in the launcher)."""
+    """Ask every worker to reload (usable directly as a signal handler in the launcher).
+
+    Under systemd (``ExecReload`` sends SIGHUP) it reports ``RELOADING=1`` and then ``READY=1``
+    once the trigger is written: each worker applies the change within its poll interval, and a
+    refused file keeps the running configuration, so the service is ready throughout.
+    """
     trigger = environment.RELOAD_FILE.get()
     if not trigger:
         return
+    from xksproxy.runtime import sdnotify
+
+    sdnotify.reloading()
     with contextlib.suppress(OSError):
         Path(trigger).write_text(f"{time.time_ns()}\n")
+    sdnotify.ready("configuration reload requested")
 
 
 # -- wiring into the app ---------------------------------------------------------------------

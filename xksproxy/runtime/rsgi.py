@@ -121,7 +121,11 @@ async def handle(app: XksApp, scope: Scope, protocol: HTTPProtocol) -> None:
     async def read() -> bytes:
         return await read_body(app, scope, protocol)
 
+    http1 = scope.http_version != "2"
+
     async def respond(status: int, body: bytes, extra: Headers | None) -> None:
+        if http1 and app.drain.close_connections:  # draining: clients reconnect elsewhere
+            extra = [*(extra or ()), ("connection", "close")]
         protocol.response_bytes(status, response_headers(body, extra), body)
 
     await app.handle(

@@ -20,6 +20,22 @@ import time
 
 ENV_SOCKET = "NOTIFY_SOCKET"
 
+_claimed: str | None = None  # the launcher's address once claim() took it out of the environment
+
+
+def claim() -> bool:
+    """In the launcher, before any worker starts: keep ``$NOTIFY_SOCKET`` for this process only.
+
+    The variable is removed from the environment (workers, spawned later, inherit it otherwise
+    and could notify on their own); later :func:`notify` calls in this process still use it.
+    True when there is a socket to notify.
+    """
+    global _claimed
+    name = os.environ.pop(ENV_SOCKET, None)
+    if name:
+        _claimed = name
+    return bool(_claimed)
+
 
 def _address(name: str) -> str | bytes | None:
     """The socket address for ``$NOTIFY_SOCKET``; None when it is not a Unix socket path."""
@@ -37,7 +53,7 @@ def notify(state: str, *, unset_environment: bool = False) -> bool:
     send failed: readiness reporting must never take the proxy down. ``unset_environment``
     removes ``$NOTIFY_SOCKET`` afterwards, so child processes started later cannot notify.
     """
-    name = os.environ.get(ENV_SOCKET, "")
+    name = os.environ.get(ENV_SOCKET, "") or _claimed or ""
     if unset_environment:
         os.environ.pop(ENV_SOCKET, None)
     address = _address(name) if name else None

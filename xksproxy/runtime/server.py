@@ -28,7 +28,7 @@ from pathlib import Path
 
 from xksproxy import environment
 from xksproxy.config import ConfigError, load_config
-from xksproxy.runtime import control, lifeline, operations
+from xksproxy.runtime import control, drain, lifeline, operations, sdnotify
 from xksproxy.runtime.announce import announce_when_ready, say, warn_plain_http
 from xksproxy.runtime.granian_runner import run_granian
 from xksproxy.runtime.hypercorn_runner import run_hypercorn
@@ -76,6 +76,8 @@ def serve(
         say(f"mTLS: client CA {p.client_ca_file}, allowed subjects {', '.join(p.allowed_subjects)}")
     # Each worker process builds its own app (and HSM pools) from this path after the fork.
     os.environ[environment.CONFIG.name] = str(p.config_path)
+    sdnotify.claim()  # only this process tells systemd READY/STOPPING/RELOADING, never a worker
+    draining = drain.LauncherDrain(p.drain_grace_s)  # SIGTERM: /ready 503, serve the grace out
     lifeline.mark_launcher()  # workers get SIGTERM if this process dies, even by SIGKILL
     # Before any worker starts: the metrics listener (unless a wrapping launcher already runs
     # one), XKSPROXY_WORKERS for the quotas, and SIGHUP = reload every worker's config without
@@ -90,8 +92,8 @@ def serve(
     watcher.start()
     try:
         if p.server == "granian":
-            return run_granian(p, *_granian_target())
-        return run_hypercorn(p, _app_factory())
+            return run_granian(p, *_granian_target(), before_stop=draining.before_stop)
+        return run_hypercorn(p, _app_factory(), before_stop=draining.before_stop)
     finally:
         stop.set()
         hooks.close()

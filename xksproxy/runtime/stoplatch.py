@@ -24,11 +24,16 @@ class StopLatch:
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         self.requested = False
+        self.signum: int | None = None  # the first stop signal (SIGTERM drains, SIGINT does not)
+        self.count = 0  # stop requests so far (a second one ends a drain early)
         self.closed = threading.Event()  # set by close(), never from a signal handler
 
-    def handler(self, *_args: object, **_kwargs: object) -> None:
+    def handler(self, *args: object, **_kwargs: object) -> None:
         if self.closed.is_set():  # is_set() takes no lock; the pipe may be gone
             return
+        if self.signum is None and args and isinstance(args[0], int):
+            self.signum = args[0]
+        self.count += 1
         self.requested = True
         with contextlib.suppress(OSError):  # pipe full: a byte is already waiting
             os.write(self._write_fd, b"x")

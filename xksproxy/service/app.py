@@ -10,7 +10,11 @@ entry (hypercorn), :mod:`xksproxy.runtime.rsgi` the RSGI one (granian).
 
 One request, in order (each step's failure is one XKS error, see ``xksproxy.xks.errors``):
 
-1. ``GET|HEAD /ping`` -> 200 ``{"status":"ok"}``, unauthenticated, no HSM call (load balancers).
+1. ``GET|HEAD /ping`` -> 200 ``{"status":"ok"}``, unauthenticated, no HSM call (liveness).
+   ``GET|HEAD /ready`` -> 200 ``{"ready":true}`` or 503 ``{"ready":false,"reason":"..."}``,
+   unauthenticated, from cached state only (readiness for load balancers,
+   :mod:`xksproxy.service.readiness`). While draining, HTTP/1.1 answers carry
+   ``Connection: close`` (``app.drain.close_connections``) so clients reconnect elsewhere.
 2. Route ``<prefix>/kms/xks/v1/health`` or ``.../keys/<id>/{metadata,encrypt,decrypt}``; anything
    else, or a URI path over 256 characters -> 404 InvalidUriPathException.
 3. Non-POST on an API path -> 405 (``Allow: POST``), JSON body.
@@ -99,6 +103,7 @@ from xksproxy.service.hooks import (
     RequestHeaders,
 )
 from xksproxy.service.httpio import BodyLimit, Disconnected, Headers, Respond, response_headers
+from xksproxy.service.readiness import READY_BODY, Drain, not_ready_reason
 from xksproxy.xks.errors import (
     InternalException,
     InvalidUriPathException,
@@ -118,6 +123,8 @@ log = logging.getLogger("xksproxy.app")
 _HEALTH_BINDING = BINDINGS[HEALTH.name]
 _KEY_BINDINGS = {name: b for name, b in BINDINGS.items() if b.spec.takes_key}
 _PING_BODY = b'{"status":"ok"}'
+_PROBE_PATHS = frozenset({"/ping", "/ready"})
+_CLOSE: Headers = [("connection", "close")]
 
 
 def open_hsm_pool(config: HsmConfig) -> CryptoPool:
@@ -167,6 +174,8 @@ class XksApp:
         self.health = self._unprobed_health()
         self._started = False
         self._start_lock = asyncio.Lock()
+        # Draining state; the launcher's drain flag is attached by xksproxy.runtime.drain.
+        self.drain = Drain()
 
     def _unprobed_health(self) -> HealthMonitor:
         """Health before start-up / after shutdown: no pools, no probe result -> UNAVAILABLE."""
@@ -347,7 +356,11 @@ class XksApp:
         async def read_body() -> bytes:
             return await self._read_asgi_body(scope, receive)
 
+        http1 = scope.get("http_version", "1.1") != "2"
+
         async def respond(status: int, body: bytes, extra: Headers | None) -> None:
+            if http1 and self.drain.close_connections:
+                extra = [*(extra or ()), *_CLOSE]
             headers = [(k.encode(), v.encode()) for k, v in response_headers(body, extra)]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
@@ -362,16 +375,29 @@ class XksApp:
             client=asgi_client(scope),
         )
 
-    async def _ping(self, method: str, respond: Respond) -> None:
-        if method in ("GET", "HEAD"):
-            await respond(
-                200,
-                _PING_BODY if method == "GET" else b"",
-                [("content-length", str(len(_PING_BODY)))] if method == "HEAD" else None,
-            )
-        else:
-            err = MethodNotAllowed("method not allowed: /ping accepts GET and HEAD")
+    def not_ready_reason(self) -> str | None:
+        """Why this instance must not get KMS traffic now (None: ready); see ``/ready``."""
+        return not_ready_reason(
+            started=self._started, drain=self.drain, stores=self.table.stores, health=self.health
+        )
+
+    async def _probe_path(self, method: str, path: str, respond: Respond) -> None:
+        """``/ping`` (alive) and ``/ready`` (send me traffic): GET and HEAD, no auth, no HSM."""
+        if method not in ("GET", "HEAD"):
+            err = MethodNotAllowed(f"method not allowed: {path} accepts GET and HEAD")
             await respond(err.status, err.body(), [("allow", "GET, HEAD")])
+            return
+        status, body = 200, _PING_BODY
+        if path == "/ready":
+            reason = self.not_ready_reason()
+            if reason is None:
+                body = READY_BODY
+            else:
+                status, body = 503, orjson.dumps({"ready": False, "reason": reason})
+        if method == "GET":
+            await respond(status, body, None)
+        else:
+            await respond(status, b"", [("content-length", str(len(body)))])
 
     async def handle(
         self,
@@ -395,8 +421,8 @@ class XksApp:
         ``respond(status, body, extra_headers)`` sends a JSON response.
         """
         started = time.monotonic()
-        if path == "/ping":
-            await self._ping(method, respond)
+        if path in _PROBE_PATHS:
+            await self._probe_path(method, path, respond)
             return
         ctx = RequestContext(started=started, deadline=started + self._deadline_s, client=client)
         releases: list[Release] = []

@@ -81,6 +81,21 @@ HELP: dict[str, tuple[str, str]] = {
         "counter",
         "Calls retried on another member after this member failed them.",
     ),
+    # KMS-aligned signals (issue 14; deploy/OPERATIONS.md maps them to KMS's CloudWatch names)
+    "xksproxy_tls_certificate_expiry_seconds": (
+        "gauge",
+        "Seconds until the served TLS certificate expires (KMS: XksProxyCertificateDaysToExpire).",
+    ),
+    "xksproxy_credential_age_seconds": (
+        "gauge",
+        "Age of each key store's newest credential: its secret file's mtime (KMS: "
+        "XksProxyCredentialAge).",
+    ),
+    "xksproxy_ready": (
+        "gauge",
+        "Workers answering /ready with 200 (compare with xksproxy_workers).",
+    ),
+    "xksproxy_draining": ("gauge", "1 while the proxy drains after SIGTERM (/ready is 503)."),
 }
 
 #: Gauges merged with max instead of sum across workers.
@@ -91,6 +106,9 @@ MAX_GAUGES = frozenset(
         "xksproxy_audit_last_seq",
         "xksproxy_audit_disk_free_bytes",
         "xksproxy_hsm_member_state",
+        "xksproxy_tls_certificate_expiry_seconds",
+        "xksproxy_credential_age_seconds",
+        "xksproxy_draining",
     }
 )
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from xksproxy.observe import requestlog
-from xksproxy.observe.metrics import members
+from xksproxy.observe.metrics import kms_signals, members
 from xksproxy.observe.metrics.record import configure, observe_request, request_log_dropped
 from xksproxy.observe.metrics.registry import REGISTRY, Sample
 from xksproxy.observe.metrics.series import HEALTH_STATES
@@ -51,4 +51,6 @@ def install(app: Any) -> None:
     requestlog.STDOUT.on_drop = request_log_dropped
     app.observers.append(observer)
     REGISTRY.add_collector(health_gauges)
+    # Certificate expiry, credential age, readiness and draining (KMS's CloudWatch signals).
+    REGISTRY.add_collector(lambda: kms_signals.collector(app))
     app.on_startup.append(start)
