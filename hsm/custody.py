@@ -233,13 +233,16 @@ def delete_document(cfg: HsmConfig, label: str) -> bool:
             raise HsmFailure(f"deleting the custody object failed: {type(exc).__name__}") from None
 
 
-def create_version_key(cfg: HsmConfig, label: str, *, like: str) -> KeyInfo:
+def create_version_key(
+    cfg: HsmConfig, label: str, *, like: str, replicable: bool = False
+) -> KeyInfo:
     """Generate a new AES-256 key ``label`` inside the HSM with the usage of key ``like``
-    (same template: sensitive, non-extractable, token, private)."""
+    (same template: sensitive, token, private; non-extractable unless ``replicable``, which a
+    multi-member backend needs for the wrap-with-trusted replication ceremony)."""
     from . import admin
 
     model = key_info(cfg, like)
-    return admin.create_key(cfg, label, model.usage)
+    return admin.create_key(cfg, label, model.usage, replicable=replicable)
 
 
 def key_info(cfg: HsmConfig, label: str) -> KeyInfo:

@@ -196,3 +196,22 @@ def test_repeated_drains_under_heavier_load_lose_no_request(ha_proxy) -> None:
             t.join(30)
     assert not [f for f in failed if not f.startswith("429")], failed  # shedding is not loss
     assert done[0] > 0
+
+
+def test_rotation_and_transitions_reach_every_member(ha_proxy) -> None:
+    """Members hold the same versions and lifecycle documents (issue 13 x issue 12): `keys
+    rotate` creates the new version on one member and replicates it in the same command, and a
+    transition is written to every member, so whichever member serves agrees on the state."""
+    assert ha_proxy.cli("keys", "create", "rot-key", "--hsm", "softhsm").returncode == 0
+    res = ha_proxy.cli("keys", "rotate", "rot-key", "--hsm", "softhsm", "--reason", "test")
+    assert res.returncode == 0, res.stderr
+    res = ha_proxy.cli("keys", "suspend", "rot-key", "--hsm", "softhsm", "--reason", "test")
+    assert res.returncode == 0, res.stderr
+    for member in ("softhsm-0", "softhsm-1"):
+        res = ha_proxy.cli("keys", "show", "rot-key", "--hsm", member, "--json")
+        assert res.returncode == 0, res.stderr
+        shown = json.loads(res.stdout)
+        assert shown["state"] == "suspended", (member, shown)
+        assert [v["version"] for v in shown["versions"]] == [0, 1], (member, shown)
+    res = ha_proxy.cli("doctor")
+    assert "rot-key" not in res.stdout or "missing" not in res.stdout

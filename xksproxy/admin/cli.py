@@ -98,6 +98,8 @@ def _hsm_config(config: Config, name: str | None) -> HsmConfig:
         _fail("the configuration has no [[hsm]] table", EXIT_USAGE)
     if name is None:
         return config.hsms[0]
+    if name in config.backends:  # a backend of several members: work on its first member
+        return config.members(name)[0]
     for h in config.hsms:
         if h.name == name:
             return h

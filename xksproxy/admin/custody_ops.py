@@ -59,10 +59,57 @@ class Context:
     operator: str
     now: datetime
     out: Callable[[str], None] = print
+    others: tuple[HsmConfig, ...] = ()
+    """The other members of ``hsm``'s backend (issue 13): they hold the same keys, versions
+    and lifecycle documents, so every change made on ``hsm`` is made on them too."""
+
+    @property
+    def members(self) -> tuple[HsmConfig, ...]:
+        return (self.hsm, *self.others)
 
 
 def make_context(config: Config, hsm: HsmConfig, now: datetime | None = None) -> Context:
-    return Context(config, hsm, _operator(), now or datetime.now(UTC))
+    others = tuple(m for m in config.members(config.backend_of(hsm.name)) if m.name != hsm.name)
+    return Context(config, hsm, _operator(), now or datetime.now(UTC), others=others)
+
+
+def _write_document(ctx: Context, key_id: str, value: bytes) -> None:
+    """The lifecycle document on every member (a state no member disagrees on)."""
+    for member in ctx.members:
+        custody.write_document(member, key_id, value)
+
+
+def _destroy_keys(ctx: Context, labels: list[str]) -> None:
+    for member in ctx.members:
+        custody.destroy_keys(member, labels)
+
+
+def _create_version(ctx: Context, key_id: str, label: str, like: str) -> None:
+    """A new version key inside the HSM; on a multi-member backend created replicable on one
+    member and copied to the others by the replication ceremony (wrapped under a transport key
+    generated inside each target, never in the clear)."""
+    if not ctx.others:
+        custody.create_version_key(ctx.hsm, label, like=like)
+        return
+    from hsm.replicate import replicate
+    from xksproxy.admin import replicate_cli
+
+    try:
+        pin = replicate_cli.so_pin(ctx.config, ctx.hsm.name, None)
+    except replicate_cli.UsageError as exc:
+        raise CustodyError(str(exc), EXIT_USAGE) from None
+    custody.create_version_key(ctx.hsm, label, like=like, replicable=True)
+    try:
+        for member in ctx.others:
+            report = replicate(ctx.hsm, member, source_so_pin=pin, ids=[key_id])
+            if label not in report.copied and label not in report.present:
+                raise CustodyError(
+                    f"replicating {label} to {member.name} failed: "
+                    + ("; ".join(report.problems) or "not copied")
+                )
+    except BaseException:
+        _destroy_keys(ctx, [label])  # no member keeps a version the others lack
+        raise
 
 
 def _operator() -> str:
@@ -150,7 +197,7 @@ def transition(
         )
     except lifecycle.TransitionRefused as exc:
         raise CustodyError(str(exc)) from None
-    custody.write_document(ctx.hsm, key_id, new.to_bytes())
+    _write_document(ctx, key_id, new.to_bytes())
     entry = new.history[-1]
     _audit(ctx, key_id, command, entry.from_state, entry.to_state, reason)
     when = ""
@@ -175,9 +222,9 @@ def rotate(ctx: Context, key_id: str, *, reason: str) -> int:
     label = version_label(key_id, number)
     # An object with this label that the document does not list is left over from a rotation
     # interrupted before its document was written: it never encrypted anything.
-    custody.destroy_keys(ctx.hsm, [label])
-    custody.create_version_key(ctx.hsm, label, like=version_label(key_id, doc.newest.version))
-    custody.write_document(ctx.hsm, key_id, new.to_bytes())
+    _destroy_keys(ctx, [label])
+    _create_version(ctx, key_id, label, like=version_label(key_id, doc.newest.version))
+    _write_document(ctx, key_id, new.to_bytes())
     state = new.history[-1].to_state
     _audit(ctx, key_id, "rotate", state, state, reason, keyVersion=number)
     ctx.out(f"key {key_id}: rotated to version {number}")
@@ -193,10 +240,11 @@ def destroy(ctx: Context, key_id: str, doc: CustodyDocument, *, reason: str) -> 
     before = doc.state
     if doc.state != "destroyed":
         done = lifecycle.apply(doc, "destroy", now=ctx.now, reason=reason, operator=ctx.operator)
-        custody.write_document(ctx.hsm, key_id, done.to_bytes())
+        _write_document(ctx, key_id, done.to_bytes())
     labels = [version_label(key_id, v.version) for v in doc.versions]
-    custody.destroy_keys(ctx.hsm, sorted(labels, reverse=True))
-    custody.delete_document(ctx.hsm, key_id)
+    _destroy_keys(ctx, sorted(labels, reverse=True))
+    for member in ctx.members:
+        custody.delete_document(member, key_id)
     _audit(ctx, key_id, "destroy", before, "destroyed", reason)
 
 

@@ -52,25 +52,25 @@ def _member(config: Config, name: str) -> HsmConfig:
         if h.name == name:
             return h
     names = ", ".join(h.name for h in config.hsms)
-    raise _Usage(f"no [[hsm]] member named {name!r} (have: {names})")
+    raise UsageError(f"no [[hsm]] member named {name!r} (have: {names})")
 
 
-class _Usage(Exception):
-    pass
+class UsageError(Exception):
+    """A ceremony input the operator must fix (exit 2)."""
 
 
 def so_pin(config: Config, member: str, ref: str | None) -> str:
     """The SO PIN of ``member`` from ``ref`` or its ``[[hsm]] so_pin`` reference."""
     ref = ref or config.so_pin_refs.get(member)
     if not ref:
-        raise _Usage(
+        raise UsageError(
             f"[[hsm]] {member}: the ceremony needs its Security Officer PIN; add "
             'so_pin = "file:PATH" to that [[hsm]] table or pass --so-pin file:PATH'
         )
     try:
         return resolve_secret(ref, f"[[hsm]] {member} so_pin", config.path.parent)
     except ConfigError as exc:
-        raise _Usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
@@ -80,11 +80,11 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     try:
         source, target = _member(config, args.source), _member(config, args.target)
         if source.name == target.name:
-            raise _Usage("--from and --to name the same member")
+            raise UsageError("--from and --to name the same member")
         if config.backend_of(source.name) != config.backend_of(target.name):
-            raise _Usage(f"{source.name} and {target.name} are members of different backends")
+            raise UsageError(f"{source.name} and {target.name} are members of different backends")
         pin = so_pin(config, source.name, args.so_pin)
-    except _Usage as exc:
+    except UsageError as exc:
         print(f"xksproxy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from hsm.replicate import replicate
@@ -131,7 +131,7 @@ def create_on_backend(config: Config, backend: str, key_id: str, usage: frozense
     first, rest = members[0], members[1:]
     try:
         pin = so_pin(config, first.name, None)
-    except _Usage as exc:
+    except UsageError as exc:
         print(f"xksproxy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for m in members:

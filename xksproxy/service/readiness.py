@@ -31,8 +31,15 @@ READY_BODY = b'{"ready":true}'
 
 
 def backend_serving(health: HealthMonitor, backend: str) -> bool:
-    """True when ``backend``'s cached probe says it can serve KMS requests."""
-    return health.status(backend) in SERVING_STATES
+    """True when some member of ``backend`` can serve KMS requests, by its own cached probe.
+
+    A backend of several HSM members (issue 13) serves while one member does: the member set
+    routes around the others.
+    """
+    return any(
+        health.member_status(backend, member) in SERVING_STATES
+        for member in health.members(backend)
+    )
 
 
 class Drain:
