@@ -80,8 +80,10 @@ def _session(cfg: HsmConfig) -> Iterator[tuple[module.Module, Any]]:
         module.release(mod)
 
 
-def _template(label: str, usage: frozenset[str], replicable: bool = False) -> dict[Attribute, Any]:
-    template: dict[Attribute, Any] = {
+def sealed_template(label: str) -> dict[Attribute, Any]:
+    """What every key we generate shares: a private token object, sensitive, non-extractable,
+    not modifiable, with a random CKA_ID. Callers add the usage attributes."""
+    return {
         Attribute.TOKEN: True,
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
@@ -90,6 +92,10 @@ def _template(label: str, usage: frozenset[str], replicable: bool = False) -> di
         Attribute.LABEL: label,
         Attribute.ID: os.urandom(16),
     }
+
+
+def _template(label: str, usage: frozenset[str], replicable: bool = False) -> dict[Attribute, Any]:
+    template = sealed_template(label)
     if replicable:  # leaves the HSM only wrapped under an SO-trusted key (hsm/replicate.py)
         template[Attribute.EXTRACTABLE] = True
         template[Attribute.WRAP_WITH_TRUSTED] = True

@@ -20,13 +20,12 @@ Synchronous; used by ``xksproxy audit`` commands (their own process), never by a
 from __future__ import annotations
 
 import hmac
-import os
 from typing import Any
 
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
-from .admin import _session
+from .admin import _session, sealed_template
 from .errors import HsmFailure
 from .types import HsmConfig
 
@@ -41,13 +40,7 @@ MAC_BYTES = 32
 
 def _key_template(label: str) -> dict[Attribute, Any]:
     return {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
-        Attribute.LABEL: label,
-        Attribute.ID: os.urandom(16),
+        **sealed_template(label),
         Attribute.SIGN: True,
         Attribute.VERIFY: True,
         Attribute.ENCRYPT: False,

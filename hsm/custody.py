@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterable
-from ctypes import byref, c_ubyte, c_ulong, create_string_buffer, sizeof
+from ctypes import c_ubyte, c_ulong, create_string_buffer, sizeof
 from typing import Any, Final
 
 from . import _ck, keys
@@ -68,25 +68,7 @@ def find_companions(fl: _ck.FunctionList, session: int, label: str) -> list[int]
         _ck.CK_ATTRIBUTE(_ck.CKA_LABEL, ctypes.addressof(label_buf), len(raw_label)),
         _ck.CK_ATTRIBUTE(_ck.CKA_APPLICATION, ctypes.addressof(app_buf), len(raw_app)),
     )
-    rv = fl.C_FindObjectsInit(session, template, 3)
-    if rv != _ck.CKR_OK:
-        raise CkError(rv, "C_FindObjectsInit")
-    found: list[int] = []
-    try:
-        batch = (c_ulong * 4)()
-        count = c_ulong(0)
-        while True:
-            rv = fl.C_FindObjects(session, batch, 4, byref(count))
-            if rv != _ck.CKR_OK:
-                raise CkError(rv, "C_FindObjects")
-            found.extend(batch[i] for i in range(count.value))
-            if count.value < 4:
-                break
-    finally:
-        rv_final = fl.C_FindObjectsFinal(session)
-    if rv_final != _ck.CKR_OK:
-        raise CkError(rv_final, "C_FindObjectsFinal")
-    return found
+    return keys.find_objects(fl, session, template)
 
 
 def _read_value(fl: _ck.FunctionList, session: int, handle: int) -> bytes:

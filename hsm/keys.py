@@ -49,7 +49,16 @@ def find_handles(fl: _ck.FunctionList, session: int, label: str) -> list[int]:
         _ck.CK_ATTRIBUTE(_ck.CKA_CLASS, ctypes.addressof(cls), sizeof(cls)),
         _ck.CK_ATTRIBUTE(_ck.CKA_LABEL, ctypes.addressof(label_buf), len(raw_label)),
     )
-    rv = fl.C_FindObjectsInit(session, template, 2)
+    return find_objects(fl, session, template)
+
+
+def find_objects(
+    fl: _ck.FunctionList, session: int, template: ctypes.Array[_ck.CK_ATTRIBUTE]
+) -> list[int]:
+    """Every handle ``C_FindObjects`` returns for ``template``; ``C_FindObjectsFinal`` always runs
+    (a search left open blocks the next one on that session). The caller keeps the buffers the
+    template points into alive for the call."""
+    rv = fl.C_FindObjectsInit(session, template, len(template))
     if rv != _ck.CKR_OK:
         raise CkError(rv, "C_FindObjectsInit")
     found: list[int] = []
@@ -57,11 +66,11 @@ def find_handles(fl: _ck.FunctionList, session: int, label: str) -> list[int]:
         batch = (c_ulong * 8)()
         count = c_ulong(0)
         while True:
-            rv = fl.C_FindObjects(session, batch, 8, byref(count))
+            rv = fl.C_FindObjects(session, batch, len(batch), byref(count))
             if rv != _ck.CKR_OK:
                 raise CkError(rv, "C_FindObjects")
             found.extend(batch[i] for i in range(count.value))
-            if count.value < 8:
+            if count.value < len(batch):
                 break
     finally:
         rv_final = fl.C_FindObjectsFinal(session)

@@ -6,6 +6,8 @@ A real embedded SoftHSMv2 token (``xksproxy init``), the anchor key generated in
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import time
 from pathlib import Path
@@ -115,9 +117,17 @@ def test_doctor_warns_without_an_anchor_and_checks_the_checkpoint(anchored, tmp_
     assert report.checks[-1].status == doctor.OK and "seq 2" in report.checks[-1].detail
     plain = tmp_path / "plain"
     embedded.init(plain)  # file-key mode only: rollback undetectable, said so
-    audit_doctor.check_audit_anchor(report, load_config(plain / "xksproxy.toml"))
-    assert report.checks[-1].status == doctor.WARN
+    plain_cfg = load_config(plain / "xksproxy.toml")
+    audit_doctor.check_audit_anchor(report, plain_cfg)
+    # the embedded evaluation default: said, not warned (like its restricted demo keys)
+    assert report.checks[-1].status == doctor.OK
     assert "rolled back together" in report.checks[-1].detail
+    assert "evaluation default" in report.checks[-1].detail
+    production = dataclasses.replace(
+        plain_cfg, keystores=[dataclasses.replace(k, name="prod") for k in plain_cfg.keystores]
+    )
+    audit_doctor.check_audit_anchor(report, production)
+    assert report.checks[-1].status == doctor.WARN
 
 
 def test_a_running_server_checkpoints_on_its_own(anchored):

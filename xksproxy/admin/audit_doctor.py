@@ -72,10 +72,15 @@ def check_audit_anchor(report: Report, config: Any) -> None:
     if a.file is None:
         return
     if a.anchor_hsm is None:
+        from xksproxy.admin.embedded import is_embedded_default
+
+        # The embedded default is for evaluation on a software token: reported, not warned, as
+        # the demo keys are (the operator did not choose it; production configs get the WARN).
         report.add(
             "audit anchor",
-            WARN,
-            "no HSM anchor: log and head rolled back together would verify as intact",
+            OK if is_embedded_default(config) else WARN,
+            "no HSM anchor: log and head rolled back together would verify as intact"
+            + (" (embedded evaluation default)" if is_embedded_default(config) else ""),
             "set [audit] anchor_hsm = NAME, then xksproxy audit checkpoint --create-key",
         )
         return

@@ -355,17 +355,7 @@ def show_document(ctx: Context, doc: CustodyDocument) -> dict[str, Any]:
         "rotate_after_days": doc.rotate_after_days,
         "versions": _versions(doc),
         "allowed": lifecycle.allowed_from(state),
-        "history": [
-            {
-                "time": format_time(t.time),
-                "from": t.from_state,
-                "to": t.to_state,
-                "command": t.command,
-                "reason": t.reason,
-                "operator": t.operator,
-            }
-            for t in doc.history
-        ],
+        "history": [t.to_json() for t in doc.history],
     }
 
 

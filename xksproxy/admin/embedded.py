@@ -34,6 +34,7 @@ from xksproxy.xks.uri import base_path
 if TYPE_CHECKING:
     from hsm import HsmConfig
     from hsm.softhsm import ProvisionedToken
+    from xksproxy.config import Config
 
 DEMO_KEYSTORE = "demo"
 DEMO_PREFIX = "/demo"
@@ -76,6 +77,17 @@ class InitResult:
 
 
 # --------------------------------------------------------------------------- files
+
+
+def is_embedded_default(config: Config) -> bool:
+    """Whether ``config`` is the one ``init`` wrote: the demo key store on SoftHSMv2 tokens that
+    ``init`` provisioned in the config's own directory (an evaluation set-up, not production)."""
+    return any(ks.name == DEMO_KEYSTORE for ks in config.keystores) and all(
+        h.token_label.startswith(TOKEN_LABEL)
+        and "softhsm" in Path(h.module).name
+        and h.env.get("SOFTHSM2_CONF", "").startswith(str(config.path.parent))
+        for h in config.hsms
+    )
 
 
 def private_dir(path: Path) -> Path:
@@ -172,6 +184,7 @@ request_deadline_ms = 150
 max_in_flight = 256
 max_unauthenticated = 128
 max_unauthenticated_per_client = 32
+drain_grace_s = 10
 
 [tls]
 cert_file = {toml_str(str(cert_file))}
@@ -198,6 +211,9 @@ keep_files = 16
 anchor_hsm = ""
 anchor_key_label = "xksproxy-audit-anchor"
 checkpoint_interval_s = 60
+
+[custody]
+state_cache_s = 5
 
 [health]
 interval_s = 10

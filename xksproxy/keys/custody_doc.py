@@ -59,6 +59,17 @@ class Transition:
     reason: str
     operator: str
 
+    def to_json(self) -> dict[str, str | None]:
+        """The history entry as the document and ``keys show --json`` spell it."""
+        return {
+            "time": format_time(self.time),
+            "from": self.from_state,
+            "to": self.to_state,
+            "command": self.command,
+            "reason": self.reason,
+            "operator": self.operator,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class CustodyDocument:
@@ -110,17 +121,7 @@ class CustodyDocument:
                 {"version": v.version, "created": format_time(v.created), "state": v.state}
                 for v in sorted(self.versions, key=lambda v: v.version)
             ],
-            "history": [
-                {
-                    "time": format_time(t.time),
-                    "from": t.from_state,
-                    "to": t.to_state,
-                    "command": t.command,
-                    "reason": t.reason,
-                    "operator": t.operator,
-                }
-                for t in self.history
-            ],
+            "history": [t.to_json() for t in self.history],
         }
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
 
