@@ -7,7 +7,6 @@ A real embedded SoftHSMv2 token (``xksproxy init``), the anchor key generated in
 from __future__ import annotations
 
 import dataclasses
-
 import shutil
 import time
 from pathlib import Path
