@@ -172,10 +172,12 @@ class Instance:
             return None
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not end (always leaves no process behind)."""
+        """SIGINT (an operator's stop: no drain grace, in-flight requests still finish), then
+        SIGKILL if it does not end; always leaves no process behind. Rolling restarts use
+        SIGTERM (:func:`rolling_restart`), which drains."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGINT)
         if self.wait_exit(30) is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -49,8 +49,20 @@ def test_fault_server_healthy_baseline(fault, stores):
     assert_ok(encrypt(client, stores))
 
 
+def _until_served(client, stores) -> None:
+    """Wait (bounded) until the HSM serves again: after another test's device errors the pool
+    recovers with a back-off, and a call during it is "unavailable" (500), not "slow" (503)."""
+    for _ in range(100):
+        if encrypt(client, stores).status == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the fault server did not serve again after set_mode('ok')")
+
+
 def test_slow_hsm_gives_dependency_timeout(fault, stores):
     server, client = fault
+    set_mode(server, "ok")
+    _until_served(client, stores)
     set_mode(server, f"delay {SLOW_MS}")
     try:
         started = time.monotonic()

@@ -51,7 +51,11 @@ def test_serve_notifies_systemd_from_the_launcher_only(tmp_path, server):
     r = procs.run_cli("init", "--state-dir", str(state))
     assert r.returncode == 0, r.stderr
     config = state / "xksproxy.toml"
-    config.write_text(config.read_text().replace("[server]\n", "[server]\ndrain_grace_s = 2\n", 1))
+    text = config.read_text()
+    assert re.search(r"^drain_grace_s = ", text, re.M), "init writes drain_grace_s"
+    config.write_text(
+        re.sub(r"^drain_grace_s = .*$", "drain_grace_s = 2", text, count=1, flags=re.M)
+    )
     notify = tmp_path / "notify"
     sock = _receiver(notify)
     port = procs.free_port()
@@ -59,9 +63,13 @@ def test_serve_notifies_systemd_from_the_launcher_only(tmp_path, server):
         {"NOTIFY_SOCKET": str(notify), "XKSPROXY_METRICS_BIND": ""},
         drop=["XKSPROXY_CONFIG", "XKSPROXY_METRICS_DIR", "XKSPROXY_DRAIN_GRACE_S"],
     )
-    proxy = start([sys.executable, "-m", "xksproxy", "serve", "--state-dir", str(state),
-                   "--bind", f"127.0.0.1:{port}", "--workers", "2", "--server", server],
-                  env)  # fmt: skip
+    try:
+        proxy = start([sys.executable, "-m", "xksproxy", "serve", "--state-dir", str(state),
+                       "--bind", f"127.0.0.1:{port}", "--workers", "2", "--server", server],
+                      env)  # fmt: skip
+    except BaseException:
+        sock.close()
+        raise
     try:
         launcher = proxy.proc.pid
         text, pid = _next(sock)
