@@ -46,6 +46,7 @@ def encrypt(client, stores):
 def test_fault_server_healthy_baseline(fault, stores):
     server, client = fault
     set_mode(server, "ok")
+    _until_served(client, stores)  # after another test's device errors: the recovery back-off
     assert_ok(encrypt(client, stores))
 
 
