@@ -128,7 +128,10 @@ def is_device_fault(exc: BaseException) -> bool:
     if isinstance(exc, SessionTimeout):
         return _NOT_ANSWERING in exc.message
     if isinstance(exc, HsmFailure):
-        return exc.rv is None or classify(exc.rv) in (Fault.SESSION, Fault.MODULE)
+        # Only a session or module CKR code says the member failed. An HsmFailure without one
+        # is the HSM answering something we refuse (e.g. two lifecycle objects for one key for
+        # a moment while `keys` replaces a document): no reason to take a healthy member out.
+        return exc.rv is not None and classify(exc.rv) in (Fault.SESSION, Fault.MODULE)
     return False
 
 

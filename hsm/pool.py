@@ -480,7 +480,12 @@ class HsmPool:
         self._keys.clear()
         self._token = mod.find_token(self.config.token_label)
         for sess in self._sessions:
-            sess.handle = None  # the old handles died with the old initialisation
+            if mod.finalize_safe:
+                sess.handle = None  # the old handles died with the old initialisation
+            else:
+                # Not finalised (openCryptoki): the old sessions are still open; close them or
+                # every recovery leaks `sessions` of them towards CKR_SESSION_COUNT.
+                self._forget(sess)
             if not self._closed.is_set():
                 self._open(sess)
 

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import module
+from .custody import APPLICATION
 from .errors import HsmFailure
 from .keys import UNWRAPPED_VALUE_LEN
 from .limits import AES_KEY_BYTES
 from .types import HsmConfig
 
-APPLICATION = "xksproxy"
 TRANSPORT_BITS = 3072
 _FLAG_ATTRS = ("ENCRYPT", "DECRYPT", "WRAP", "UNWRAP", "SIGN", "VERIFY", "DERIVE")
 
@@ -248,10 +248,10 @@ def _copy_lifecycle(
             continue
         value = bytes(obj[A.VALUE])
         old = theirs.get(label)
-        if old is not None:
-            if bytes(old[A.VALUE]) == value:
-                continue
-            old.destroy()
+        if old is not None and bytes(old[A.VALUE]) == value:
+            continue
+        # New first, then the old one gone (as hsm.custody.write_document does): a reader of the
+        # target never finds no object, which would read as "version 0, active".
         tsession.create_object(
             {
                 A.CLASS: p.ObjectClass.DATA,
@@ -262,6 +262,8 @@ def _copy_lifecycle(
                 A.PRIVATE: True,
             }
         )
+        if old is not None:
+            old.destroy()
         report.data_copied.append(label)
 
 

@@ -215,3 +215,19 @@ def test_rotation_and_transitions_reach_every_member(ha_proxy) -> None:
         assert [v["version"] for v in shown["versions"]] == [0, 1], (member, shown)
     res = ha_proxy.cli("doctor")
     assert "rot-key" not in res.stdout or "missing" not in res.stdout
+
+
+def test_delete_on_a_backend_removes_the_key_from_every_member(ha_proxy) -> None:
+    """`keys create --hsm BACKEND` made the key on every member, so deleting it by the backend's
+    name removes it from every member (naming one member stays the drift-repair tool); doctor
+    checks the backend's store keys without crashing on the backend name."""
+    assert ha_proxy.cli("keys", "create", "del-key", "--hsm", "softhsm").returncode == 0
+    res = ha_proxy.cli("keys", "delete", "del-key", "--hsm", "softhsm")
+    assert res.returncode == 0, res.stderr
+    for member in ("softhsm-0", "softhsm-1"):
+        res = ha_proxy.cli("keys", "list", "--hsm", member, "--json")
+        assert res.returncode == 0, res.stderr
+        assert "del-key" not in {k["id"] for k in json.loads(res.stdout)}, member
+    res = ha_proxy.cli("doctor")
+    assert "check crashed" not in res.stdout, res.stdout
+    assert res.stdout.count("key demo/") == 2, res.stdout  # the store, once per member

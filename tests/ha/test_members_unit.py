@@ -137,6 +137,8 @@ def test_device_fault_classification() -> None:
     assert is_device_fault(HsmFailure("C_Encrypt failed: CKR_DEVICE_ERROR", 0x30))
     assert not is_device_fault(HsmFailure("C_Encrypt failed: CKR_MECHANISM_INVALID", 0x70))
     assert not is_device_fault(InvalidCiphertext("tag"))
+    # the HSM answered something we refuse (two lifecycle objects while one is replaced)
+    assert not is_device_fault(HsmFailure("2 custody objects for key 'k'"))
 
 
 async def test_member_metrics_count_calls_errors_failovers_and_state() -> None:

@@ -299,13 +299,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def _stores_serving(config: Config, hsm_name: str, label: str) -> list[str]:
     """Names of the key stores through which KMS can reach the HSM key `label`."""
+    from xksproxy.keys.keystores import health_key_labels
     from xksproxy.keys.resolver import KeyResolver
 
-    health = {h.name: h.health_key_label for h in config.hsms}
+    health = health_key_labels(config)
+    backend = config.backend_of(hsm_name)
     names = []
     for store in config.keystores:
         resolver = KeyResolver(store, health)
-        if resolver.backend == hsm_name and resolver.serves_label(label):
+        if resolver.backend == backend and resolver.serves_label(label):
             names.append(f"{store.name} ({store.uri_path})")
     return names
 
@@ -322,26 +324,33 @@ def _check_key_id(key_id: str) -> None:
 
 
 def cmd_keys_delete(args: argparse.Namespace) -> int:
-    cfg = _hsm_config(_load(_config_path(args)), args.hsm)
+    config = _load(_config_path(args))
+    first = _hsm_config(config, args.hsm)
+    # A backend (named, or the default) loses the key on every member, as `keys create` made it
+    # on every member; naming one member deletes there only (the repair tool for drift).
+    named_member = args.hsm is not None and args.hsm not in config.backends
+    targets = [first] if named_member else config.members(config.backend_of(first.name))
     from hsm import admin
+    from xksproxy.admin import custody_ops
 
-    with _module_errors(cfg):
-        if args.id == cfg.health_key_label and not args.force:
-            _fail(
-                f"{args.id!r} is the health test key: GetHealthStatus needs it. "
-                "Pass --force to delete it anyway.",
-                EXIT_USAGE,
-            )
-        if not any(k.label == args.id for k in admin.list_keys(cfg)):
-            _fail(f"no key labelled {args.id!r} on token {cfg.token_label!r}", EXIT_FAILURE)
-        admin.delete_key(cfg, args.id)
-        from xksproxy.admin import custody_ops
-
-        versions = custody_ops.forget(cfg, args.id)  # its versions and lifecycle object too
-        _out(f"deleted key {args.id} from {cfg.name}")
-        if versions:
-            _out(f"deleted its other versions: {', '.join(versions)}")
-        return EXIT_OK
+    if args.id == first.health_key_label and not args.force:
+        _fail(
+            f"{args.id!r} is the health test key: GetHealthStatus needs it. "
+            "Pass --force to delete it anyway.",
+            EXIT_USAGE,
+        )
+    for cfg in targets:
+        with _module_errors(cfg):
+            if not any(k.label == args.id for k in admin.list_keys(cfg)):
+                _fail(f"no key labelled {args.id!r} on token {cfg.token_label!r}", EXIT_FAILURE)
+    for cfg in targets:
+        with _module_errors(cfg):
+            admin.delete_key(cfg, args.id)
+            versions = custody_ops.forget(cfg, args.id)  # its versions and lifecycle object too
+            _out(f"deleted key {args.id} from {cfg.name}")
+            if versions:
+                _out(f"deleted its other versions: {', '.join(versions)}")
+    return EXIT_OK
 
 
 @contextmanager

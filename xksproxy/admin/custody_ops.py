@@ -13,6 +13,7 @@ key's HSM label (as for ``keys create``/``delete``); version objects are labelle
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
@@ -294,7 +295,7 @@ def destroy_due(ctx: Context, *, reason: str, as_json: bool) -> int:
 
 def rotate_due(ctx: Context, *, reason: str, as_json: bool) -> int:
     rotated: list[dict[str, Any]] = []
-    quiet = Context(ctx.config, ctx.hsm, ctx.operator, ctx.now, out=lambda _line: None)
+    quiet = dataclasses.replace(ctx, out=lambda _line: None)  # keeps the backend's members
     for doc in _due_documents(ctx):
         if lifecycle.rotation_due(doc, ctx.now):
             rotate(quiet, doc.key, reason=reason)

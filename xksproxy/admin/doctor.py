@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from xksproxy.keys.keystores import health_key_labels
 from xksproxy.keys.resolver import KeyResolver
 from xksproxy.xks.operations import METADATA
 
@@ -320,10 +321,10 @@ async def _check_hsms(report: Report, config: Any) -> None:
                     f"create the health key: xksproxy keys create "
                     f"{hcfg.health_key_label} --hsm {hcfg.name}",
                 )
-            health = {h.name: h.health_key_label for h in config.hsms}
+            health = health_key_labels(config)
             for store in config.keystores:
                 resolver = KeyResolver(store, health)
-                if resolver.backend == hcfg.name:
+                if resolver.backend == config.backend_of(hcfg.name):  # each member's keys
                     await _check_store_keys(report, pool, store, resolver)
         finally:
             await pool.close()

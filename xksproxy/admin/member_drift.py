@@ -9,27 +9,23 @@ material, is a FAIL naming the key and the member, with the command that repairs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-OK, WARN, FAIL = "OK", "WARN", "FAIL"
+from xksproxy.admin.doctor import FAIL, OK
+
+if TYPE_CHECKING:
+    from hsm import HsmConfig
 
 
 def check_member_drift(report: Any, config: Any) -> None:
-    from hsm.errors import HsmError
-    from hsm.replicate import check_values
 
     for backend, names in config.backends.items():
         if len(names) < 2:
             continue
         members = config.members(backend)
-        values: dict[str, dict[str, str | None]] = {}
-        for m in members:
-            try:
-                values[m.name] = check_values(m)
-            except HsmError as exc:
-                report.add(f"members {backend}", FAIL, f"{m.name}: {exc.message[:150]}",
-                           "bring the member back, then run doctor again")  # fmt: skip
-                return
+        values = _check_values(report, backend, members)
+        if values is None:
+            continue  # that backend is reported; the others are still compared
         labels = sorted(set().union(*(v.keys() for v in values.values())))
         problems: list[str] = []
         fixes: list[str] = []
@@ -53,3 +49,21 @@ def check_member_drift(report: Any, config: Any) -> None:
                 OK,
                 f"{len(names)} members hold the same {keys} key(s) (check values match)",
             )
+
+
+def _check_values(
+    report: Any, backend: str, members: list[HsmConfig]
+) -> dict[str, dict[str, str | None]] | None:
+    """Each member's key check values, or None (reported) when a member cannot be read."""
+    from hsm.errors import HsmError
+    from hsm.replicate import check_values
+
+    values: dict[str, dict[str, str | None]] = {}
+    for m in members:
+        try:
+            values[m.name] = check_values(m)
+        except HsmError as exc:
+            report.add(f"members {backend}", FAIL, f"{m.name}: {exc.message[:150]}",
+                       "bring the member back, then run doctor again")  # fmt: skip
+            return None
+    return values

@@ -54,14 +54,21 @@ class KeyStore:
             raise InvalidStateException(f"key store {self.name} is disabled")
 
 
+def health_key_labels(config: Config) -> dict[str, str]:
+    """Each backend's health test key label (never a KMS key), by backend name.
+
+    A backend's members share one label (the config loader checks it); a store names a
+    backend, so this is what :class:`KeyResolver` takes.
+    """
+    return {b: config.members(b)[0].health_key_label for b in config.backends}
+
+
 class KeyStoreTable:
     """All key stores, indexed by their base path (:func:`xksproxy.xks.uri.base_path`)."""
 
     def __init__(self, config: Config, custody: CustodySource | None = None) -> None:
         """``custody``: where the resolvers read keys' lifecycle documents (the app's pools)."""
-        health_labels = {h.name: h.health_key_label for h in config.hsms}
-        # a backend's members share one health key label (checked by the config loader)
-        health_labels.update({b: config.members(b)[0].health_key_label for b in config.backends})
+        health_labels = health_key_labels(config)
         ttl = config.custody.state_cache_s
         self.stores = [
             KeyStore(ks, KeyResolver(ks, health_labels, custody, ttl_s=ttl))
