@@ -15,7 +15,8 @@ resolved into ``key.label``.  A deactivated or compromised key reports ``keyUsag
 Key usage rules (spec "Keys that may do only part of the work"):
 - Encrypt needs ENCRYPT (the HSM refuses otherwise -> InvalidKeyUsageException);
 - Encrypt *with* a CDIV also needs DECRYPT, because the result is verified by one HSM decrypt
-  before it is returned; an encrypt-only key gets InvalidKeyUsageException up front;
+  before it is returned; for an encrypt-only key the HSM refuses that decrypt, and the answer
+  is InvalidKeyUsageException (its ciphertext is never returned);
 - Decrypt needs DECRYPT.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from hsm.errors import KeyUsageNotPermitted
 from hsm.interface import CryptoPool
 from xksproxy.keys.resolver import KeyRef
 from xksproxy.xks.errors import InternalException, InvalidKeyUsageException, to_xks_error
@@ -59,12 +61,6 @@ async def encrypt(
     pool: CryptoPool, key: KeyRef, req: EncryptRequest, *, deadline: float
 ) -> dict[str, Any]:
     label = key.label
-    if req.want_cdiv:
-        info = await pool.key_info(label, deadline=deadline)
-        if "ENCRYPT" not in info.usage or "DECRYPT" not in info.usage:
-            raise InvalidKeyUsageException(
-                "a ciphertext integrity value needs a key allowed to encrypt and decrypt"
-            )
     meta = metadata_for(key.version)
     framed = hsm_aad(req.aad, meta)
     result = await pool.encrypt(label, req.plaintext, framed, deadline=deadline)
@@ -88,8 +84,15 @@ async def encrypt(
                 aad=framed,
                 deadline=deadline,
             )
+        except KeyUsageNotPermitted as exc:
+            # An encrypt-only key: the spec's round trip is not allowed, so no CDIV can be given.
+            # (Checked here, where the HSM says so, rather than with a key_info call up front
+            # on every Encrypt that asks for a CDIV -- which KMS does on every Encrypt.)
+            raise InvalidKeyUsageException(
+                "a ciphertext integrity value needs a key allowed to encrypt and decrypt"
+            ) from exc
         except Exception as exc:
-            # A 4xx from the verifying decrypt is our fault, not the caller's: report 500.
+            # Any other 4xx from the verifying decrypt is our fault, not the caller's: report 500.
             mapped = to_xks_error(exc)
             if mapped is None or mapped.status < 500:
                 raise InternalException(
