@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -94,7 +95,9 @@ def create_app(emulator: Emulator, credentials: Sequence[sigv4.Credential]) -> S
             err = KmsError("KMSInternalException", "The emulator failed; see its log.")
             return _answer(err.status, err.body(), request_id, op, err.name, started)
 
-    async def not_post(request: Request) -> Response:
+    async def not_post(request: Request, _exc: Exception | None = None) -> Response:
+        """Anything but ``POST /``, whatever the method or path: a KMS JSON error too (also as
+        the handler of the router's own 404/405, so no method gets a plain-text answer)."""
         exc = KmsError("UnknownOperationException", "KMS accepts only POST /")
         return _answer(exc.status, exc.body(), "-", "-", exc.name, time.perf_counter())
 
@@ -110,6 +113,7 @@ def create_app(emulator: Emulator, credentials: Sequence[sigv4.Credential]) -> S
             Route("/", kms, methods=["POST"]),
             Route("/{path:path}", not_post, methods=["GET", "PUT", "DELETE", "PATCH", "POST"]),
         ],
+        exception_handlers={HTTPException: not_post},
         lifespan=lifespan,
     )
 

@@ -213,6 +213,11 @@ async def test_protocol_errors(kms: Kms) -> None:
     bad_sig = await kms.raw("TrentService.ListKeys", b"{}", credential=other)
     assert (bad_sig.status_code, bad_sig.json()["__type"]) == (400, "InvalidSignatureException")
     assert (await kms.http.get("/")).json()["__type"] == "UnknownOperationException"
+    for method, path in (("OPTIONS", "/"), ("OPTIONS", "/foo"), ("HEAD", "/x"), ("GET", "/y")):
+        other_method = await kms.http.request(method, path)
+        assert other_method.headers["content-type"].startswith("application/x-amz-json-1.1")
+        if method != "HEAD":
+            assert other_method.json()["__type"] == "UnknownOperationException", (method, path)
     assert await kms.error("Encrypt", KeyId="nope", Plaintext=b64(b"x")) == (
         400,
         "NotFoundException",

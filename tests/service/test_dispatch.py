@@ -4,6 +4,7 @@ only in the lifespan, and admission around every pool method. Nothing here is ab
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 
 import httpx
@@ -12,7 +13,13 @@ import pytest
 from service_helpers import AKID, SECRET, b64, metadata, write_config
 
 import sigv4
-from hsm.errors import HsmUnavailable, InvalidCiphertext, KeyNotFound, SessionTimeout
+from hsm.errors import (
+    HsmFailure,
+    HsmUnavailable,
+    InvalidCiphertext,
+    KeyNotFound,
+    SessionTimeout,
+)
 from hsm.interface import CryptoPool
 from hsm.testing import MemoryPool
 from xksproxy.config import load_config
@@ -190,6 +197,27 @@ async def test_pool_faults_map_to_xks_errors(memory_app, signer, pool, fault, st
         assert (resp.status_code, resp.json()["errorName"]) == (status, name)
         pool.fail("encrypt", None)
         assert (await signer.post(ENC, ENC_BODY)).status_code == 200
+    finally:
+        await memory_app.shutdown()
+
+
+async def test_a_500_raised_as_an_xks_error_is_logged_with_its_cause(
+    memory_app, signer, pool, caplog
+):
+    """The CDIV round-trip check failing is a 500 the handler raises as an XksError: the caller
+    gets the fixed message, the operator's log gets the line and the HSM's cause."""
+    await memory_app.startup()
+    try:
+        pool.fail("decrypt", HsmFailure("C_Decrypt failed: CKR_DEVICE_ERROR", 0x30))
+        with caplog.at_level(logging.ERROR, logger="xksproxy.app"):
+            resp = await signer.post(ENC, body(
+                plaintext=b64(b"k" * 32), encryptionAlgorithm="AES_GCM",
+                ciphertextDataIntegrityValueAlgorithm="SHA_256"))  # fmt: skip
+        assert (resp.status_code, resp.json()["errorName"]) == (500, "InternalException")
+        assert "CKR_DEVICE_ERROR" not in resp.text
+        failed = [r for r in caplog.records if r.getMessage() == "request failed"]
+        assert len(failed) == 1 and failed[0].exc_info is not None
+        assert "CKR_DEVICE_ERROR" in caplog.text
     finally:
         await memory_app.shutdown()
 

@@ -289,9 +289,9 @@ class KeyResolver:
         try:
             view = _DEFAULT_VIEW if raw is None else _View.of(parse_document(raw, label))
         except DocumentError as exc:
-            raise InternalException(
-                f"the lifecycle object of key {label} in the HSM is not valid: {exc}"
-            ) from None
+            # The detail (label, offending value) is for the operator's log, where the app
+            # writes the cause of every 500; the caller learns only that the key is unusable.
+            raise InternalException("the key's lifecycle object in the HSM is not valid") from exc
         if self._ttl_s > 0:
             if len(self._cache) >= _CACHE_MAX:  # a wildcard store may see any number of ids
                 self._cache = {k: v for k, v in self._cache.items() if now < v[0]}

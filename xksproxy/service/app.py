@@ -108,7 +108,6 @@ from xksproxy.xks.errors import (
     InternalException,
     InvalidUriPathException,
     MethodNotAllowed,
-    XksError,
     to_xks_error,
 )
 from xksproxy.xks.operations import HEALTH
@@ -426,6 +425,28 @@ class XksApp:
             return
         ctx = RequestContext(started=started, deadline=started + self._deadline_s, client=client)
         releases: list[Release] = []
+        try:
+            answer = await self._answer(method, path, query, headers, read_body, ctx, releases)
+            if answer is not None:
+                await respond(*answer)
+        finally:
+            # Every way out releases what admission granted, a cancelled request too (that is
+            # no Exception); observers see the requests that were answered or disconnected.
+            _release(releases)
+            if ctx.status:
+                self._notify(ctx)
+
+    async def _answer(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: RequestHeaders,
+        read_body: ReadBody,
+        ctx: RequestContext,
+        releases: list[Release],
+    ) -> tuple[int, bytes, Headers | None] | None:
+        """Steps 2-9 for one request: the answer to send, or None when the client went away."""
         extra: Headers | None = None
         try:
             store, binding, key_id = self._route(path)
@@ -463,20 +484,18 @@ class XksApp:
             # after the metadata: a throttled request's log line carries its kmsRequestId
             _run_hooks(self.admission, ctx, releases)
             result = await binding.run(self, store, key_id, doc, ctx)
-            status, payload = 200, orjson.dumps(result)
+            payload = orjson.dumps(result)
             ctx.finish(200, None)
         except Disconnected:
             ctx.finish(499, "ClientDisconnected")
-            self._notify(ctx, releases)
-            return
-        except XksError as err:
+            return None
+        except Exception as exc:
+            err = to_xks_error(exc) or InternalException()
             if isinstance(err, policy.PolicyDenied):
                 ctx.deny_rule = err.policy_id
-            status, payload = err.status, err.body()
-            ctx.finish(err.status, err.error_name)
-        except Exception as exc:
-            mapped = to_xks_error(exc)
-            if mapped is None or mapped.status == 500:
+            if err.status == 500 and not ctx.extra.get("refused"):
+                # The caller gets a fixed message; the cause (e.g. the failed HSM round-trip
+                # check, a corrupt lifecycle object) is for the operator's log only.
                 log.error(
                     "request failed",
                     exc_info=exc,
@@ -488,16 +507,11 @@ class XksApp:
                         }
                     },
                 )
-                mapped = mapped or InternalException()
-            status, payload = mapped.status, mapped.body()
-            ctx.finish(mapped.status, mapped.error_name)
-        try:
-            await respond(status, payload, extra)
-        finally:
-            self._notify(ctx, releases)
+            ctx.finish(err.status, err.error_name)
+            return err.status, err.body(), extra
+        return 200, payload, extra
 
-    def _notify(self, ctx: RequestContext, releases: list[Release]) -> None:
-        _release(releases)
+    def _notify(self, ctx: RequestContext) -> None:
         for observer in self.observers:
             try:
                 observer(ctx)
