@@ -282,7 +282,7 @@ def test_scheduled_destruction_removes_every_version_then_404(proxy, hsm_config)
     proxy.until(gone, "404 after destruction")
 
     events = [(r.get("event"), r.get("keyId")) for r in _audit_records(proxy.config)]
-    assert ("keys schedule-destruction", key) in events and ("keys destroy", key) in events
+    assert ("keys-schedule-destruction", key) in events and ("keys-destroy", key) in events
 
 
 def _audit_records(config: Path) -> list[dict]:

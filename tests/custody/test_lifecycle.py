@@ -170,3 +170,14 @@ V0 = '"versions": [{"version": 0, "state": "active"}]'
 def test_invalid_documents_are_refused(raw):
     with pytest.raises(DocumentError):
         parse_document(raw.encode(), "k")
+
+
+def test_a_reason_the_audit_record_cannot_carry_is_refused_up_front():
+    """Checked before the HSM changes: a transition is never in force without its record."""
+    from xksproxy.admin.custody_ops import CustodyError, check_reason
+
+    check_reason("quarterly rotation, ticket SEC-1234")
+    for bad in ("x" * 1025, "caf\u00e9", "two\nlines"):
+        with pytest.raises(CustodyError) as refused:
+            check_reason(bad)
+        assert refused.value.code == 2 and "--reason" in refused.value.message

@@ -36,7 +36,8 @@ from xksproxy.keys.custody_doc import (
     parse_document,
 )
 from xksproxy.keys.resolver import version_label
-from xksproxy.observe.audit import AuditLog
+from xksproxy.observe.audit import append_event
+from xksproxy.observe.audit.writer import event_record
 from xksproxy.xks.protocol import ordered_key_usage
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -160,25 +161,36 @@ def _audit(
             file=sys.stderr,
         )
         return
-    log = AuditLog(cfg.file, cfg.key, cfg.rotate_bytes)
-    log.start()
+    fields = {
+        "keyId": key_id,
+        "token": ctx.hsm.name,
+        "fromState": before,
+        "toState": after,
+        "reason": reason,
+        "operator": ctx.operator,
+        "outcome": "ok",
+        **extra,
+    }
     try:
-        log.record(
-            {
-                "event": f"keys {event}",
-                "keyId": key_id,
-                "token": ctx.hsm.name,
-                "fromState": before,
-                "toState": after,
-                "reason": reason,
-                "operator": ctx.operator,
-                "outcome": "ok",
-                "worker": os.getpid(),
-                **extra,
-            }
-        )
-    finally:
-        log.close()
+        # The one way another process puts a record on the workers' chain: written now, under
+        # the same lock and cut detection, and an error when it could not be (never silent).
+        append_event(cfg.file, cfg.key, f"keys-{event}", fields)
+    except OSError as exc:
+        raise CustodyError(
+            f"key {key_id}: {before} -> {after} is in force in the HSM, but its audit record "
+            f"could not be written ({exc.strerror or exc}); fix the audit log's disk and record "
+            "it by hand"
+        ) from None
+
+
+def check_reason(reason: str) -> None:
+    """Refuse a ``--reason`` the audit record could not carry, before anything changes."""
+    try:
+        event_record("keys-check", {"reason": reason})
+    except ValueError:
+        raise CustodyError(
+            "--reason: use at most 1024 printable ASCII characters", EXIT_USAGE
+        ) from None
 
 
 def transition(
@@ -191,6 +203,7 @@ def transition(
     days: int | None = None,
 ) -> int:
     """Apply one lifecycle command to the key, store it in the HSM, audit it."""
+    check_reason(reason)
     doc = load(ctx, key_id)
     try:
         new = lifecycle.apply(
@@ -214,6 +227,7 @@ def transition(
 
 def rotate(ctx: Context, key_id: str, *, reason: str) -> int:
     """Generate the next version inside the HSM and make it the one Encrypt uses."""
+    check_reason(reason)
     doc = load(ctx, key_id)
     try:
         new = lifecycle.apply(doc, "rotate", now=ctx.now, reason=reason, operator=ctx.operator)
@@ -238,6 +252,7 @@ def destroy(ctx: Context, key_id: str, doc: CustodyDocument, *, reason: str) -> 
     The document first says ``destroyed`` so an interruption leaves a key that answers 404
     and that the next ``destroy-due`` finishes.
     """
+    check_reason(reason)
     before = doc.state
     if doc.state != "destroyed":
         done = lifecycle.apply(doc, "destroy", now=ctx.now, reason=reason, operator=ctx.operator)

@@ -290,23 +290,19 @@ def status_table(config: Config, paths: ControlPaths) -> list[dict[str, Any]]:
 def _audit(config: Config, command: str, member: str, uid: int, ok: bool) -> None:
     if config.audit.file is None or config.audit.key is None:
         return
-    from xksproxy.observe.audit.writer import AuditLog, now_iso
+    from xksproxy.observe.audit import append_event
 
-    audit_log = AuditLog(config.audit.file, config.audit.key, config.audit.rotate_bytes)
-    audit_log.start()
+    fields = {
+        "kmsOperation": f"xksproxy:hsm-{command}",
+        "principal": f"uid:{uid}",
+        "token": member,
+        "outcome": "ok" if ok else "error",
+    }
     try:
-        audit_log.record(
-            {
-                "time": now_iso(),
-                "kmsOperation": f"xksproxy:hsm-{command}",
-                "principal": f"uid:{uid}",
-                "token": member,
-                "outcome": "ok" if ok else "error",
-                "worker": os.getpid(),
-            }
-        )
-    finally:
-        audit_log.close()
+        append_event(config.audit.file, config.audit.key, f"hsm-{command}", fields)
+    except (OSError, ValueError):
+        # The operator's command is answered either way; the log says the record is missing.
+        log.error("hsm %s %s: the audit record could not be written", command, member)
 
 
 def start_launcher(config_path: Path) -> ControlServer | None:
