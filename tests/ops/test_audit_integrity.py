@@ -25,6 +25,7 @@ from xksproxy.observe.audit import (
     main_verify,
     verify_files,
 )
+from xksproxy.observe.audit import chain as chain_mod
 from xksproxy.observe.audit import writer as writer_mod
 
 KEY = bytes(range(32))
@@ -278,6 +279,27 @@ def test_verify_is_strict_about_a_missing_head(path, capsys):
     assert main_verify([str(path)], key=KEY) == 1
     assert main_verify([str(path)], key=KEY, allow_partial=True) == 0
     assert "--allow-partial" in capsys.readouterr().out
+
+
+def test_verify_names_a_head_whose_record_mac_differs(path):
+    """The head names a record that is in the file with another MAC (a rewritten record with a
+    re-signed head): verify says so, not that records were deleted."""
+    _chain(path, 5)
+    head = orjson.loads(head_path(path).read_bytes())
+    forged = "0" * len(head["mac"])
+    head.update(mac=forged, headMac=chain_mod.head_mac(KEY, head["file"], head["seq"], forged))
+    head_path(path).write_bytes(orjson.dumps(head))
+    res = verify_files([path], KEY)
+    assert not res.ok
+    assert f"record seq {head['seq']} differs from the head record" in res.message
+
+
+def test_verify_skips_every_side_file_a_glob_picks_up(path):
+    _chain(path, 5)
+    chain_mod.stamp_path(path).touch()  # an HSM checkpoint's stamp, as `*.log*` would match
+    files = sorted(path.parent.glob(path.name + "*"))
+    assert chain_mod.stamp_path(path) in files and head_path(path) in files
+    assert verify_files(files, KEY).ok
 
 
 def test_verify_is_strict_about_missing_earlier_files(path):

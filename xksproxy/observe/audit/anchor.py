@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xksproxy.observe.audit.chain import lock_path, log_files
+from xksproxy.observe.audit.chain import checkpoint_lock_path, lock_path, log_files, stamp_path
 
 if TYPE_CHECKING:
     from hsm.types import HsmConfig
@@ -56,11 +56,6 @@ class Checkpoint:
             return cls(int(seq), mac, file, when, valid)
         except ValueError:
             return None
-
-
-def stamp_path(path: Path) -> Path:
-    """``<file>.checkpoint``: its mtime is when the newest checkpoint was written."""
-    return path.with_name(path.name + ".checkpoint")
 
 
 def _anchor(cfg: Config) -> tuple[HsmConfig, str]:
@@ -204,7 +199,6 @@ class Scheduler:
     def __init__(self, config_path: Path, audit_file: Path, interval_s: float) -> None:
         self._config_path = config_path
         self._stamp = stamp_path(audit_file)
-        self._lock = audit_file.with_name(audit_file.name + ".checkpoint.lock")
         self._interval_s = interval_s
         self._child: subprocess.Popen[bytes] | None = None
         self._next_check = 0.0
@@ -248,7 +242,7 @@ def main(argv: list[str]) -> int:
     log = logging.getLogger("xksproxy.audit")
     cfg = load_config(Path(argv[0]))
     assert cfg.audit.file is not None
-    lock = cfg.audit.file.with_name(cfg.audit.file.name + ".checkpoint.lock")
+    lock = checkpoint_lock_path(cfg.audit.file)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -102,6 +102,25 @@ def alarm_path(path: Path) -> Path:
     return path.with_name(path.name + ".alarm")
 
 
+def stamp_path(path: Path) -> Path:
+    """``<file>.checkpoint``: its mtime is when the newest HSM checkpoint was written."""
+    return path.with_name(path.name + ".checkpoint")
+
+
+def checkpoint_lock_path(path: Path) -> Path:
+    """``<file>.checkpoint.lock``: one checkpoint process at a time, host-wide."""
+    return path.with_name(path.name + ".checkpoint.lock")
+
+
+#: Every file the audit code keeps beside a log (the helpers above, and ``.tmp`` of atomic
+#: rewrites): none of them is a log, whatever shell glob named it.
+SIDE_FILE_SUFFIXES = (".head", ".lock", ".alarm", ".checkpoint", ".tmp")
+
+
+def is_side_file(path: Path) -> bool:
+    return path.name.endswith(SIDE_FILE_SUFFIXES)
+
+
 def log_files(path: Path) -> list[Path]:
     """The live log ``path`` and its rotated files (``<stem>-<UTC time><suffix>``), as present."""
     found = [p for p in path.parent.glob(f"{path.stem}-*{path.suffix}") if p.is_file()]

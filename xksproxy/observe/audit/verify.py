@@ -38,6 +38,7 @@ from xksproxy.observe.audit.chain import (
     compute_mac,
     head_mac,
     head_path,
+    is_side_file,
 )
 
 
@@ -112,7 +113,7 @@ def verify_files(
     loaded: list[tuple[Path, list[tuple[int, bytes]]]] = []
     for f in files:
         p = Path(f)
-        if p.name.endswith((".head", ".lock", ".alarm")) or p.name.endswith(".tmp"):
+        if is_side_file(p):
             notes.append(f"{p}: skipped (not a log file)")
             continue
         loaded.append((p, _load_lines(p)))
@@ -307,14 +308,24 @@ def _check_head(
         return
     last_seq = 0
     for _, raw in lines:
-        with contextlib.suppress(Exception):
-            rec = orjson.loads(raw)
-            if int(rec["seq"]) == seq:
-                if rec["mac"] != mac:
-                    raise _Broken(f"{path}: record seq {seq} differs from the head record")
-                return
-            last_seq = max(last_seq, int(rec["seq"]))
+        found = _seq_and_mac(raw)
+        if found is None:  # a bad line is reported by the chain walk, not here
+            continue
+        rec_seq, rec_mac = found
+        if rec_seq == seq:
+            if rec_mac != mac:
+                raise _Broken(f"{path}: record seq {seq} differs from the head record")
+            return
+        last_seq = max(last_seq, rec_seq)
     raise _Broken(
         f"{path}:{len(lines) + 1}: records after seq {last_seq} were deleted "
         f"(the head says seq {seq} was written)"
     )
+
+
+def _seq_and_mac(raw: bytes) -> tuple[int, str] | None:
+    """A record line's ``seq`` and ``mac``, or None for a line that is not a record."""
+    with contextlib.suppress(Exception):
+        rec = orjson.loads(raw)
+        return int(rec["seq"]), str(rec["mac"])
+    return None
