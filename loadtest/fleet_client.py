@@ -33,8 +33,15 @@ MIX = (("encrypt", 60), ("decrypt", 35), ("metadata", 4), ("health", 1))
 @dataclass
 class Record:
     sent: float  # time.monotonic() when the request was sent
-    latency_s: float
-    outcome: str  # "ok", an HTTP status ("503"), or an exception name
+    latency_s: float  # from sending to the answer
+    outcome: str  # "ok", an HTTP status ("503"), or an exception name ("connect OSError")
+    queued_s: float = 0.0  # open loop: how late it was sent after its due time
+
+    @property
+    def response_s(self) -> float:
+        """What a caller on the schedule saw: from the due time (open loop) to the answer, so a
+        stalled connection cannot hide its backlog by starting its next request late."""
+        return self.queued_s + self.latency_s
 
     @property
     def ended(self) -> float:
@@ -85,7 +92,7 @@ def window(load: Load, start: float, end: float) -> Window:
     """Requests that ended in [start, end): count, failures by kind, p50/p99 of the successful
     ones."""
     rs = [r for r in load.records if start <= r.ended < end]
-    ok = [r.latency_s * 1000.0 for r in rs if r.outcome == "ok"]
+    ok = [r.response_s * 1000.0 for r in rs if r.outcome == "ok"]
     kinds = Counter(r.outcome for r in rs if r.outcome != "ok")
     span = max(1e-9, end - start)
     return Window(
@@ -212,8 +219,9 @@ async def run(
         while not done():
             i = counter
             counter += 1
-            if rate:
-                delay = start + i / rate - time.monotonic()
+            due = start + i / rate if rate else None
+            if due is not None:
+                delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if done():
@@ -222,22 +230,28 @@ async def run(
                 try:
                     async with asyncio.timeout(REQUEST_TIMEOUT_S):
                         conn = await _open(host.strip("[]"), int(port), ctx)
-                except (OSError, TimeoutError, ssl.SSLError):
+                except (OSError, TimeoutError, ssl.SSLError) as exc:
+                    # the request this slot was for is lost, and counts as a failure
                     load.connect_failures += 1
+                    now = time.monotonic()
+                    load.records.append(Record(now, 0.0, f"connect {type(exc).__name__}"))
                     await asyncio.sleep(0.01)
                     continue
             _op, raw = requests[i % len(requests)]
             sent = time.monotonic()
+            queued = max(0.0, sent - due) if due is not None else 0.0
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     status, close, body = await _request(conn, raw)
             except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
-                load.records.append(Record(sent, time.monotonic() - sent, type(exc).__name__))
+                load.records.append(
+                    Record(sent, time.monotonic() - sent, type(exc).__name__, queued)
+                )
                 await conn.close()
                 conn = None
                 continue
             outcome = "ok" if status == 200 else f"{status} {_error_name(body)}".strip()
-            load.records.append(Record(sent, time.monotonic() - sent, outcome))
+            load.records.append(Record(sent, time.monotonic() - sent, outcome, queued))
             if close:
                 load.reconnects += 1
                 await conn.close()

@@ -9,8 +9,9 @@ What it reports (issue 14), and exits 1 on:
   start / end / max per process. **Flat** = end RSS within 25 % (and 32 MiB) of the value after
   the first minute (warm-up: caches, pools), and fds within 16 of their start.
 
-Open loop (requests due at a fixed rate, latency counted from the due time, so a stall cannot
-hide), HTTP/1.1 keep-alive like KMS, pre-signed requests re-signed every 2 minutes (SigV4
+Open loop (requests due at a fixed rate, latency counted from the due time --
+``fleet_client.Record.response_s`` -- so a stall cannot hide; a refused connection is a failed
+request), HTTP/1.1 keep-alive like KMS, pre-signed requests re-signed every 2 minutes (SigV4
 signatures are valid for 5). Bounded: ``--duration`` at most one hour. Not part of the test
 suite. Example::
 
