@@ -167,9 +167,6 @@ class MemberSet:
     def member_names(self) -> list[str]:
         return [m.name for m in self._members]
 
-    def member_pool(self, name: str) -> CryptoPool:
-        return self._member(name).pool
-
     def views(self) -> list[MemberView]:
         return [
             MemberView(
@@ -211,9 +208,6 @@ class MemberSet:
         if result.ok:
             member.state = "active"
         return result
-
-    def outstanding(self, name: str) -> int:
-        return self._member(name).outstanding
 
     def _member(self, name: str) -> _Member:
         try:

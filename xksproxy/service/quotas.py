@@ -20,6 +20,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from xksproxy import environment
+from xksproxy.config import Config
+
 
 class TokenBucket:
     """Classic token bucket; ``take()`` is O(1) and never blocks."""
@@ -59,7 +62,7 @@ class QuotaSpec:
 def effective_workers(configured: int) -> int:
     """Worker processes on this host: ``$XKSPROXY_WORKERS`` (set by the launcher, which knows
     about ``serve --workers``), else ``[server] workers`` (0 = one per CPU core)."""
-    env = os.environ.get("XKSPROXY_WORKERS", "")
+    env = environment.WORKERS.get("") or ""
     if env.isdigit() and int(env) > 0:
         return int(env)
     if configured and configured > 0:
@@ -107,15 +110,14 @@ class Quotas:
         return bucket is None or bucket.take()
 
     @classmethod
-    def from_config(cls, config: object) -> Quotas:
-        """Build from a loaded :class:`xksproxy.config.Config`."""
-        q = cls(effective_workers(getattr(config.server, "workers", 1)))  # type: ignore[attr-defined]
+    def from_config(cls, config: Config) -> Quotas:
+        """Build from a loaded configuration."""
+        q = cls(effective_workers(config.server.workers))
         q.update(specs_from_config(config))
         return q
 
 
-def specs_from_config(config: object) -> list[tuple[str, QuotaSpec]]:
+def specs_from_config(config: Config) -> list[tuple[str, QuotaSpec]]:
     return [
-        (ks.name, QuotaSpec(float(ks.quota_rate), int(ks.quota_burst)))
-        for ks in config.keystores  # type: ignore[attr-defined]
+        (ks.name, QuotaSpec(float(ks.quota_rate), int(ks.quota_burst))) for ks in config.keystores
     ]

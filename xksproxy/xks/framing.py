@@ -35,13 +35,13 @@ import hashlib
 from dataclasses import dataclass
 
 from xksproxy.xks.errors import InvalidCiphertextException
-from xksproxy.xks.protocol import b64encode
+from xksproxy.xks.protocol import MAX_AAD_BYTES, MAX_CIPHERTEXT_METADATA_BYTES, b64encode
 
 FORMAT_V1 = 0x01
 KEY_VERSION_0 = 0x00
 CURRENT_METADATA = bytes((FORMAT_V1, KEY_VERSION_0))
 """The metadata of version 0 (``01 00``)."""
-MAX_METADATA_BYTES = 20
+MAX_METADATA_BYTES = MAX_CIPHERTEXT_METADATA_BYTES
 """The XKS limit on ``ciphertextMetadata``."""
 MAX_KEY_VERSION = (1 << (8 * (MAX_METADATA_BYTES - 1))) - 1
 """The largest version the format can name (19 bytes)."""
@@ -79,7 +79,7 @@ def hsm_aad(aad: bytes | None, metadata: bytes | None) -> bytes:
     """The AAD given to the HSM for request AAD ``aad`` and ``ciphertextMetadata`` ``metadata``."""
     aad = aad or b""
     metadata = metadata or b""
-    if len(aad) > 0xFFFF or len(metadata) > 0xFF:
+    if len(aad) > MAX_AAD_BYTES or len(metadata) > 0xFF:  # the 2- and 1-byte length fields
         raise ValueError("AAD or metadata too long for the framing")
     # One join, one copy of the (up to 64 KiB) AAD; chained ``+`` would copy it three times.
     return b"".join((len(aad).to_bytes(2, "big"), aad, bytes((len(metadata),)), metadata))

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from hsm import limits
 from xksproxy.xks import operations
 from xksproxy.xks.errors import UnsupportedOperationException, ValidationException
 
@@ -41,8 +42,9 @@ MAX_AAD_BYTES = 65535
 MAX_ARN_CHARS = 2048
 _ARN_FIELDS = ("awsPrincipalArn", "kmsKeyArn")
 MAX_CIPHERTEXT_METADATA_BYTES = 20
-IV_LENGTHS = (12, 16)
-TAG_LENGTH = 16
+# The IV and tag sizes the spec allows are the ones the HSM layer takes: one home, hsm.limits.
+IV_LENGTHS = limits.IV_LENGTHS
+TAG_LENGTH = limits.TAG_BYTES
 
 # URI names of the operations (their one home is xksproxy.xks.operations).
 OP_HEALTH = operations.HEALTH.name
@@ -295,7 +297,9 @@ def parse_decrypt(doc: dict[str, Any], max_plaintext_bytes: int) -> DecryptReque
     metadata = parse_metadata(doc, OP_DECRYPT)
     _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
     ciphertext = _b64_required(doc, "ciphertext", max_bytes=max_plaintext_bytes)
-    iv = _b64_required(doc, "initializationVector", max_bytes=16, too_big=ValidationException)
+    iv = _b64_required(
+        doc, "initializationVector", max_bytes=max(IV_LENGTHS), too_big=ValidationException
+    )
     tag = _b64_required(doc, "authenticationTag", max_bytes=TAG_LENGTH, too_big=ValidationException)
     aad = _b64(doc, "additionalAuthenticatedData", max_bytes=MAX_AAD_BYTES)
     meta = _b64(
