@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first. A module may import its own layer and any layer before it.
 LAYERS: list[set[str]] = [
-    {"environment", "bind", "xks", "authz"},
+    {"environment", "bind", "fsutil", "xks", "authz"},
     {"config"},
     {"observe"},
     {"keys"},

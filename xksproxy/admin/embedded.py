@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import subprocess
-import tempfile
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 import sigv4
 from xksproxy.admin import members_init
 from xksproxy.environment import default_state_dir
+from xksproxy.fsutil import atomic_write  # re-exported: credentials_ops and others use it here
 from xksproxy.xks.protocol import ordered_key_usage
 from xksproxy.xks.uri import base_path
 
@@ -95,42 +95,6 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: the directory entry must reach the disk, not only the file data."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` so that readers see the old or the new file, never a mix.
-
-    The temp file gets its final mode before any byte is written, so a secret is never readable
-    by others, not even for an instant.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _write_secret(path: Path, text: str) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from xksproxy.config import Config, load_config
+from xksproxy.fsutil import atomic_write
 
 log = logging.getLogger("xksproxy.control")
 
@@ -72,20 +73,6 @@ class ControlPaths:
 # --------------------------------------------------------------------------- shared state files
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file + rename (0600): a reader sees the old or the new file, never half of one.
-
-    (``xksproxy.admin.embedded.atomic_write`` is the same for config files, but admin/ sits
-    above runtime/ in the wings; these files are rewritten state, so no fsync.)"""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def read_drains(paths: ControlPaths) -> tuple[int, set[str]]:
     """(sequence number, drained member names); (0, {}) when nothing was ever drained."""
     try:
@@ -96,11 +83,13 @@ def read_drains(paths: ControlPaths) -> tuple[int, set[str]]:
 
 
 def write_drains(paths: ControlPaths, seq: int, drained: set[str]) -> None:
-    atomic_write(paths.drains, json.dumps({"seq": seq, "drained": sorted(drained)}).encode())
+    atomic_write(
+        paths.drains, json.dumps({"seq": seq, "drained": sorted(drained)}).encode(), durable=False
+    )
 
 
 def write_worker_status(paths: ControlPaths, doc: dict[str, Any]) -> None:
-    atomic_write(paths.members / f"{os.getpid()}.json", json.dumps(doc).encode())
+    atomic_write(paths.members / f"{os.getpid()}.json", json.dumps(doc).encode(), durable=False)
 
 
 def live_worker_status(paths: ControlPaths) -> list[dict[str, Any]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
-import os
 import re
 import ssl
 from collections.abc import Iterable, Sequence
@@ -32,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from xksproxy.fsutil import atomic_write
 
 # OpenSSL names of the TLS 1.2 suites we allow: ECDHE (forward secrecy) + AEAD only. TLS 1.3
 # suites are all forward-secret AEAD already; OpenSSL's default 1.3 list includes
@@ -115,15 +116,7 @@ def generate_self_signed(cert_path: Path | str, key_path: Path | str, hosts: Seq
 def _write_private(path: Path, data: bytes) -> None:
     """Create or replace ``path`` with mode 0600 from the first byte (no world-readable window)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, 0o600)
 
 
 def allowed_subject_patterns(
