@@ -36,6 +36,7 @@ from typing import Literal, Protocol, TypeVar, runtime_checkable
 from .classify import Fault, classify
 from .errors import HsmError, HsmFailure, HsmUnavailable, SessionTimeout
 from .interface import CryptoPool
+from .limits import PROBE_TIMEOUT_S
 from .types import GcmResult, KeyInfo, PoolStats, ProbeResult
 
 T = TypeVar("T")
@@ -49,7 +50,6 @@ REPROBE_S = 1.0
 #: A retry on another member needs at least this much of the deadline left.
 RETRY_MARGIN_S = 0.005
 #: How long one member probe may take before it counts as failed.
-PROBE_TIMEOUT_S = 5.0
 #: ``SessionTimeout`` says which of its two causes it was only in its message: waiting for a
 #: free session (a busy member, not a broken one) or the HSM not answering (a device fault).
 _NOT_ANSWERING = "did not answer"

@@ -56,3 +56,6 @@ __all__ = [
     "MIN_MAX_PLAINTEXT_BYTES",
     "TAG_BYTES",
 ]
+
+#: Budget of one health probe round trip (every pool, the member set and the test double).
+PROBE_TIMEOUT_S: Final = 5.0

@@ -47,7 +47,7 @@ from .errors import (
 from .gcm import Gcm
 from .interface import CryptoPool
 from .keys import KeyCache, ResolvedKey
-from .limits import IV_BYTES, IV_LENGTHS, MAX_FRAMED_AAD_BYTES, TAG_BYTES
+from .limits import IV_BYTES, IV_LENGTHS, MAX_FRAMED_AAD_BYTES, PROBE_TIMEOUT_S, TAG_BYTES
 from .threaded import WorkerThreads
 from .types import GcmResult, HsmConfig, KeyInfo, PoolStats, ProbeResult
 
@@ -59,8 +59,6 @@ T = TypeVar("T")
 
 #: After this long draining, recovery logs that calls are still inside the module (and waits on).
 DRAIN_WAIT_S: Final = 30.0
-#: Budget of one health probe round trip.
-PROBE_TIMEOUT_S: Final = 5.0
 #: How long ``close`` waits for in-flight calls to leave the module.
 CLOSE_DRAIN_S: Final = 10.0
 _HEALTH_AAD: Final = b"xksproxy health probe"

@@ -37,16 +37,21 @@ from .errors import (
     SessionTimeout,
 )
 from .interface import CryptoPool
+from .limits import (
+    AES_KEY_BYTES,
+    DEFAULT_MAX_PLAINTEXT_BYTES,
+    IV_BYTES,
+    IV_LENGTHS,
+    MAX_FRAMED_AAD_BYTES,
+    PROBE_TIMEOUT_S,
+    TAG_BYTES,
+)
 from .types import GcmResult, KeyInfo, PoolStats, ProbeResult
 
 Operation = Literal["start", "key_info", "encrypt", "decrypt", "custody", "probe"]
 """The operations a fault or a delay can be set for (and that :attr:`MemoryPool.calls` counts)."""
 
 ENCRYPT_DECRYPT = frozenset({"ENCRYPT", "DECRYPT"})
-MAX_FRAMED_AAD_BYTES = 2 + 65535 + 1 + 255
-"""The framed AAD the service may pass (same limit as ``hsm.HsmPool``)."""
-_IV_BYTES = 12
-_TAG_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class MemoryPool:
         *,
         sessions: int = 4,
         health_key_label: str = "xks-health-test",
-        max_plaintext_bytes: int = 65536,
+        max_plaintext_bytes: int = DEFAULT_MAX_PLAINTEXT_BYTES,
     ) -> None:
         if sessions < 1:
             raise ValueError("sessions must be at least 1")
@@ -97,7 +102,7 @@ class MemoryPool:
         material: bytes | None = None,
     ) -> None:
         """Create an AES-256 key (random, or ``material``: 32 bytes) allowed ``usage``."""
-        key = os.urandom(32) if material is None else material
+        key = os.urandom(AES_KEY_BYTES) if material is None else material
         if len(key) != 32:
             raise ValueError("AES-256 key material must be 32 bytes")
         info = KeyInfo(label, frozenset(u.upper() for u in usage))
@@ -161,9 +166,9 @@ class MemoryPool:
         self, label: str, *, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes, deadline: float
     ) -> bytes:
         self.calls["decrypt"] += 1
-        if len(iv) not in (12, 16):
+        if len(iv) not in IV_LENGTHS:
             raise InvalidCiphertext("IV must be 12 or 16 bytes")
-        if len(tag) != _TAG_BYTES:
+        if len(tag) != TAG_BYTES:
             raise InvalidCiphertext("authentication tag must be 16 bytes")
         if len(ciphertext) > self.max_plaintext_bytes or len(aad) > MAX_FRAMED_AAD_BYTES:
             raise InvalidCiphertext("ciphertext or AAD longer than supported")
@@ -186,7 +191,7 @@ class MemoryPool:
         started = time.perf_counter()
         try:
             self.calls["probe"] += 1
-            await self._enter("probe", time.monotonic() + 5.0)
+            await self._enter("probe", time.monotonic() + PROBE_TIMEOUT_S)
             try:
                 result = self._encrypt(self.health_key_label, b"xks-health", b"")
                 self._decrypt(self.health_key_label, result.iv, result.ciphertext, result.tag, b"")
@@ -261,9 +266,9 @@ class MemoryPool:
         key = self._key(label)
         if "ENCRYPT" not in key.info.usage:
             raise KeyUsageNotPermitted(f"key {label!r} may not encrypt")
-        iv = os.urandom(_IV_BYTES)
+        iv = os.urandom(IV_BYTES)
         sealed = key.aead.encrypt(iv, plaintext, aad)
-        return GcmResult(iv, sealed[:-_TAG_BYTES], sealed[-_TAG_BYTES:])
+        return GcmResult(iv, sealed[:-TAG_BYTES], sealed[-TAG_BYTES:])
 
     def _decrypt(self, label: str, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes) -> bytes:
         key = self._key(label)
