@@ -101,7 +101,10 @@ async def test_scraped_figures_match_client_counts(server, config_path, cli):
         )
     ]
     assert ok_buckets == sorted(ok_buckets) and ok_buckets[-1] == ok
-    assert total(m, "xksproxy_hsm_call_duration_seconds_count", 'operation="encrypt"') == ok
+    # every 200 made one HSM call; a request whose HSM call returned past its deadline was
+    # answered 503 yet still made that call
+    hsm_calls = total(m, "xksproxy_hsm_call_duration_seconds_count", 'operation="encrypt"')
+    assert ok <= hsm_calls <= ok + by_status.get(503, 0)
     # SLO figures agree with what the client saw
     assert total(m, "xksproxy_slo_requests_total") == n
     good = total(m, "xksproxy_slo_good_requests_total")
