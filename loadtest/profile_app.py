@@ -129,6 +129,8 @@ async def amain(args: argparse.Namespace, state: Path) -> None:
         for _ in range(args.count):
             await call(app, req)
         prof.disable()
+        if args.dump:
+            prof.dump_stats(args.dump)
         for key in ("cumulative", "tottime"):
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats(key).print_stats(args.top)
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--count", type=int, default=3000)
+    p.add_argument(
+        "--dump", metavar="FILE", help="with --profile: also write the raw pstats data to FILE"
+    )
     p.add_argument("--profile", choices=["ping", "health", "metadata", "encrypt", "decrypt"])
     p.add_argument("--top", type=int, default=25)
     p.add_argument(
