@@ -23,6 +23,7 @@ Needs h2load (Debian nghttp2-client; `scripts/bootstrap.sh test`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import math
@@ -208,7 +209,8 @@ def bench_one(
                 ratio = f.rps / ping_rps if ping_rps else float("nan")
                 row = (server, "tls" if tls else "plain", proto, op, f, ratio)
                 rows.append(row)
-                print_row(row, flush=True)
+                if not args.json:
+                    print_row(row, flush=True)
     return rows
 
 
@@ -250,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=4, help="HTTP/2 streams per connection")
     p.add_argument("--workers", type=int, help="server workers (default: config = cores)")
     p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON list of rows (server, transport, proto, op, req/s, ratio to /ping, "
+        "server CPU µs/req, percentiles, non-2xx, errors) and nothing else on stdout",
+    )
+    p.add_argument(
         "--state-dir",
         type=Path,
         help="use this state dir (init'ed if new), e.g. with an edited xksproxy.toml",
@@ -264,18 +272,34 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--duration must be in (0, {MAX_RUN_S}]")
     if shutil.which("h2load") is None:
         p.error("h2load not found (apt-get install nghttp2-client)")
-    print(
-        f"h2load: {args.clients} in flight (HTTP/1.1 -c {args.clients}; HTTP/2 "
-        f"-c {max(1, args.clients // args.streams)} -m {args.streams}), -t 1, "
-        f"-D {args.duration:g}s after 1 s warm-up; workers={args.workers or 'default'}"
-    )
-    print_header()
+    if not args.json:
+        print(
+            f"h2load: {args.clients} in flight (HTTP/1.1 -c {args.clients}; HTTP/2 "
+            f"-c {max(1, args.clients // args.streams)} -m {args.streams}), -t 1, "
+            f"-D {args.duration:g}s after 1 s warm-up; workers={args.workers or 'default'}"
+        )
+        print_header()
+    rows: list[tuple] = []
     with tempfile.TemporaryDirectory() as tmp:
         state_dir = args.state_dir or Path(tmp) / "state"
         init_state(state_dir)
         for server in args.servers:
             for transport in args.transports.split(","):
-                bench_one(server, transport == "tls", args, state_dir, Path(tmp))
+                rows += bench_one(server, transport == "tls", args, state_dir, Path(tmp))
+    if args.json:
+        doc = [
+            {
+                "server": server,
+                "transport": transport,
+                "proto": proto,
+                "op": op,
+                "workers": args.workers,
+                "ratio_to_ping": ratio,
+                **dataclasses.asdict(f),
+            }
+            for server, transport, proto, op, f, ratio in rows
+        ]
+        print(json.dumps(doc))
     return 0
 
 

@@ -238,6 +238,39 @@ async def run_newconn(
     return res
 
 
+def figures(mode: str, res: Result, cpu: dict[str, float]) -> dict[str, Any]:
+    """The run's figures as plain data (what ``--json`` prints and loadtest/targets.py reads)."""
+    allv = res.all()
+    n = len(allv) + res.n_errors()
+    ms = [percentile(allv, q) * 1000 for q in (0.5, 0.9, 0.99, 0.999)]
+    return {
+        "mode": mode,
+        "requests": n,
+        "errors": res.n_errors(),
+        "error_kinds": dict(res.errors),
+        "elapsed_s": res.elapsed,
+        "rate": n / res.elapsed if res.elapsed else 0.0,
+        "p50_ms": ms[0],
+        "p90_ms": ms[1],
+        "p99_ms": ms[2],
+        "p999_ms": ms[3],
+        "max_ms": allv[-1] * 1000 if allv else float("nan"),
+        **cpu,
+    }
+
+
+def verdict(fig: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """What missed its budget (empty: every given budget met)."""
+    failed = []
+    if fig["errors"]:
+        failed.append(f"{fig['errors']} errors")
+    if args.p50_ms is not None and fig["p50_ms"] > args.p50_ms:
+        failed.append(f"p50 {fig['p50_ms']:.2f} ms > {args.p50_ms} ms")
+    if args.p99_ms is not None and fig["p99_ms"] > args.p99_ms:
+        failed.append(f"p99 {fig['p99_ms']:.2f} ms > {args.p99_ms} ms")
+    return failed
+
+
 def report(mode: str, res: Result, args: argparse.Namespace) -> int:
     allv = res.all()
     n = len(allv) + res.n_errors()
@@ -260,13 +293,7 @@ def report(mode: str, res: Result, args: argparse.Namespace) -> int:
         print(f"errors: {dict(res.errors)}")
         for body in res.examples:
             print(f"  e.g. {body!r}")
-    failed = []
-    if res.n_errors():
-        failed.append(f"{res.n_errors()} errors")
-    if args.p50_ms is not None and ms[0] > args.p50_ms:
-        failed.append(f"p50 {ms[0]:.2f} ms > {args.p50_ms} ms")
-    if args.p99_ms is not None and ms[2] > args.p99_ms:
-        failed.append(f"p99 {ms[2]:.2f} ms > {args.p99_ms} ms")
+    failed = verdict(figures(mode, res, {}), args)
     print("RESULT: " + ("FAIL (" + "; ".join(failed) + ")" if failed else "PASS"))
     return 1 if failed else 0
 
@@ -287,10 +314,21 @@ async def amain(
     me1 = resource.getrusage(resource.RUSAGE_SELF)
     n = max(1, len(res.all()) + res.n_errors())
     mine = (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime)
-    print(f"client CPU: {mine / n * 1e6:.0f} µs/request, {mine / res.elapsed:.2f} cores busy")
+    cpu = {"client_cpu_us": mine / n * 1e6}
     if cpu0 is not None and server_pid:
-        used = tree_cpu_seconds(server_pid) - cpu0
-        print(f"server CPU: {used / n * 1e6:.0f} µs/request, {used / res.elapsed:.2f} cores busy")
+        cpu["server_cpu_us"] = (tree_cpu_seconds(server_pid) - cpu0) / n * 1e6
+    if args.json:
+        fig = figures(args.mode, res, cpu)
+        fig["failed"] = verdict(fig, args)
+        print(json.dumps(fig))
+        return 1 if fig["failed"] else 0
+    print(f"client CPU: {cpu['client_cpu_us']:.0f} µs/request, {mine / res.elapsed:.2f} cores busy")
+    if "server_cpu_us" in cpu:
+        used = cpu["server_cpu_us"] * n / 1e6
+        print(
+            f"server CPU: {cpu['server_cpu_us']:.0f} µs/request, "
+            f"{used / res.elapsed:.2f} cores busy"
+        )
     return report(args.mode, res, args)
 
 
@@ -323,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pool", type=int, default=200, help="pre-signed requests per operation")
     p.add_argument("--p50-ms", type=float)
     p.add_argument("--p99-ms", type=float)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the figures as one JSON object (and nothing else on stdout)",
+    )
     args = p.parse_args(argv)
     if args.duration > 240:
         p.error("--duration is at most 240 s (pre-signed requests expire after 300 s)")
@@ -349,10 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             target = target_from_env(running.url)
             cafile = running.state_dir / "tls/server.crt"
             server_pid = running.pid
-            print(
-                f"server: {args.server or 'default'} workers={args.workers or 'default'} "
-                f"url={running.url}"
-            )
+            if not args.json:
+                print(
+                    f"server: {args.server or 'default'} workers={args.workers or 'default'} "
+                    f"url={running.url}"
+                )
         else:
             target = target_from_env(args.url)
             cafile = args.cafile

@@ -72,3 +72,26 @@ def test_chunked_body_over_the_cap_is_refused_while_it_streams(target: Target) -
         answer = read_answer(s, what="chunked over the cap")
     doc = assert_xks_error(answer, 400, "ValidationException")
     assert "max_body_bytes" in doc["errorMessage"], doc
+
+
+def test_an_answer_that_leaves_the_body_unread_closes_the_connection(target: Target) -> None:
+    """granian drops an HTTP/1.1 connection whose body was refused unread; the answer must say
+    so (``Connection: close``), or a client reusing the connection loses its next request."""
+    path = target.key_path("demo", "encrypt")
+    body = _encrypt_bytes()
+    with target.connect() as s:  # keep-alive: a body that was read keeps the connection open
+        s.sendall(target.signed_head(path, body) + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        s.sendall(body)
+        served = read_answer(s, what="encrypt")
+        assert served.status == 200 and "connection" not in served.headers, served.describe()
+    head = target.signed_head(path, b"") + b"Content-Length: 300000\r\n\r\n"
+    with target.connect() as s:  # declared over max_body_bytes: refused before reading
+        s.sendall(head + b"{")
+        answer = read_answer(s, what="declared too large")
+    assert_xks_error(answer, 400, "ValidationException")
+    assert answer.headers.get("connection") == "close", answer.describe()
+    with target.connect() as s:  # unknown path, with a body: refused before reading it
+        s.sendall(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        answer = read_answer(s, what="unknown path")
+    assert_xks_error(answer, 404, "InvalidUriPathException")
+    assert answer.headers.get("connection") == "close", answer.describe()

@@ -116,3 +116,31 @@ def test_bench_http_runs():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[-2:] == ["0", "0"], row  # no non-2xx, no errors
+
+
+def test_latency_json_is_one_document_a_script_can_read(proxy):
+    url, state = proxy
+    args = ["loadtest.latency", "seq", "--url", url, "--count", "20", "--pool", "3"]
+    r = _run(*args, "--json", "--p99-ms", "100000", state=state)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (line,) = r.stdout.splitlines()  # nothing else on stdout
+    doc = json.loads(line)
+    assert doc["mode"] == "seq" and doc["requests"] == 20 and doc["errors"] == 0
+    assert doc["failed"] == [] and doc["p99_ms"] >= doc["p50_ms"] > 0
+    # a budget nothing can meet: exit 1 and the miss named in the document
+    bad = _run(*args, "--json", "--p99-ms=-1", state=state)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["failed"][0].startswith("p99")
+
+
+def test_targets_judge_ratios_by_median_and_latency_budgets_in_every_run():
+    sys.path.insert(0, str(REPO))
+    from loadtest.targets import Outcome, targets
+
+    by_name = {t.name: t for t in targets(network=False)}
+    ratio = Outcome(by_name["encrypt / ping, h1, workers=1"], [0.2, 0.31, 0.35])
+    assert ratio.median() == 0.31 and ratio.met()
+    p99 = Outcome(by_name["mix 1,800/s TLS: p99 ms"], [4.0, 11.0, 5.0])
+    assert p99.median() == 5.0 and not p99.met()  # one run over budget fails the target
+    assert not Outcome(
+        by_name["sequential Encrypt p99 ms"], [1.0, None, 1.2]
+    ).met()  # a run gave nothing

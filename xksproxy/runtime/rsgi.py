@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from xksproxy.service.app import XksApp
-from xksproxy.service.httpio import Disconnected, Headers, response_headers
+from xksproxy.service.httpio import (
+    CLOSE,
+    Disconnected,
+    Headers,
+    body_left_unread,
+    response_headers,
+)
 
 if TYPE_CHECKING:  # granian's own types (it ships py.typed); not loaded at run time for them
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -118,14 +124,28 @@ async def handle(app: XksApp, scope: Scope, protocol: HTTPProtocol) -> None:
     if scope.authority is not None:  # HTTP/2: the SigV4 ``host`` is ``:authority``
         headers.append((":authority", scope.authority))
 
+    read_in_full = False
+
     async def read() -> bytes:
-        return await read_body(app, scope, protocol)
+        nonlocal read_in_full
+        body = await read_body(app, scope, protocol)
+        read_in_full = True
+        return body
 
     http1 = scope.http_version != "2"
 
     async def respond(status: int, body: bytes, extra: Headers | None) -> None:
-        if http1 and app.drain.close_connections:  # draining: clients reconnect elsewhere
-            extra = [*(extra or ()), ("connection", "close")]
+        # draining: clients reconnect elsewhere; a refused body left unread: see httpio
+        if http1 and (
+            app.drain.close_connections
+            or (
+                not read_in_full
+                and body_left_unread(
+                    scope.headers.get("content-length"), scope.headers.get("transfer-encoding")
+                )
+            )
+        ):
+            extra = [*(extra or ()), *CLOSE]
         protocol.response_bytes(status, response_headers(body, extra), body)
 
     await app.handle(

@@ -102,7 +102,15 @@ from xksproxy.service.hooks import (
     Release,
     RequestHeaders,
 )
-from xksproxy.service.httpio import BodyLimit, Disconnected, Headers, Respond, response_headers
+from xksproxy.service.httpio import (
+    CLOSE,
+    BodyLimit,
+    Disconnected,
+    Headers,
+    Respond,
+    body_left_unread,
+    response_headers,
+)
 from xksproxy.service.readiness import READY_BODY, Drain, not_ready_reason
 from xksproxy.xks.errors import (
     InternalException,
@@ -123,7 +131,6 @@ _HEALTH_BINDING = BINDINGS[HEALTH.name]
 _KEY_BINDINGS = {name: b for name, b in BINDINGS.items() if b.spec.takes_key}
 _PING_BODY = b'{"status":"ok"}'
 _PROBE_PATHS = frozenset({"/ping", "/ready"})
-_CLOSE: Headers = [("connection", "close")]
 
 
 def open_hsm_pool(config: HsmConfig) -> CryptoPool:
@@ -352,14 +359,22 @@ class XksApp:
         """ASGI HTTP entry: route on ``raw_path`` (as received, still percent-encoded)."""
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
 
+        read_in_full = False
+
         async def read_body() -> bytes:
-            return await self._read_asgi_body(scope, receive)
+            nonlocal read_in_full
+            body = await self._read_asgi_body(scope, receive)
+            read_in_full = True
+            return body
 
         http1 = scope.get("http_version", "1.1") != "2"
 
         async def respond(status: int, body: bytes, extra: Headers | None) -> None:
-            if http1 and self.drain.close_connections:
-                extra = [*(extra or ()), *_CLOSE]
+            # draining: clients reconnect elsewhere; a refused body left unread: see httpio
+            if http1 and (
+                self.drain.close_connections or (not read_in_full and _unread_asgi_body(scope))
+            ):
+                extra = [*(extra or ()), *CLOSE]
             headers = [(k.encode(), v.encode()) for k, v in response_headers(body, extra)]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
@@ -535,6 +550,15 @@ def _release(releases: list[Release]) -> None:
         except Exception:
             log.exception("admission release failed")
     releases.clear()
+
+
+def _unread_asgi_body(scope: dict[str, Any]) -> bool:
+    """:func:`~xksproxy.service.httpio.body_left_unread` for an ASGI scope (error paths only)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in (b"content-length", b"transfer-encoding"):
+            found[name] = value
+    return body_left_unread(found.get(b"content-length"), found.get(b"transfer-encoding"))
 
 
 def asgi_client(scope: dict[str, Any]) -> str | None:

@@ -58,6 +58,22 @@ class BodyLimit:
 
 
 _CONTENT_TYPE = ("content-type", "application/json")
+#: The header an HTTP/1.1 answer carries when the connection must not be reused.
+CLOSE: Headers = [("connection", "close")]
+
+
+def body_left_unread(content_length: str | bytes | None, transfer_encoding: object) -> bool:
+    """Whether a request answered before its body was read carried a body at all.
+
+    Why it matters: an answer sent without reading the body (refused early: over the size cap,
+    unknown path, wrong method, 429 before authentication) leaves that body on the connection.
+    The HTTP/1.1 server then closes the connection rather than read what it refused, and a
+    client that reuses it in the meantime sees its *next* request fail with no answer. So such
+    an answer says ``Connection: close`` (RFC 9112 section 9.6) and the client reconnects.
+    """
+    if transfer_encoding is not None:
+        return True
+    return content_length is not None and content_length not in ("0", b"0")
 
 
 def response_headers(body: bytes, extra: Headers | None) -> Headers:
