@@ -66,13 +66,11 @@ class Admission:
         self._alpha = alpha
         self.call_ewma_s = initial_call_s
         self._clock = clock
-        self.refused: dict[str, int] = {"in_flight": 0, "session_queue": 0}
 
     # -- gate 1 ----------------------------------------------------------------------------------
     def enter(self) -> Decision:
         """Count a new request in, or refuse it (then do not call :meth:`leave`)."""
         if self.in_flight >= self.max_in_flight:
-            self.refused["in_flight"] += 1
             return Decision(False, "in_flight")
         self.in_flight += 1
         return ADMIT
@@ -102,15 +100,8 @@ class Admission:
         remaining = deadline - self._clock()
         needed = self.expected_wait_s(sessions, waiting, in_use) + self.call_ewma_s
         if needed > remaining:
-            self.refused["session_queue"] += 1
             return Decision(False, "session_queue")
         return ADMIT
-
-    def check_pool(self, stats: PoolStats, deadline: float) -> Decision:
-        """:meth:`check_session_queue` from an ``hsm`` ``PoolStats``."""
-        return self.check_session_queue(
-            sessions=stats.sessions, waiting=stats.waiting, in_use=stats.in_use, deadline=deadline
-        )
 
     def observe_call(self, seconds: float) -> None:
         """Feed the latency of one HSM call (or the time burnt by one that timed out)."""
