@@ -3,7 +3,9 @@ log both need.
 
 Why this shape: the event loop must never block on a disk or a pipe. :meth:`BatchWriter.put`
 only appends to a deque (atomic under the GIL, no lock on the request path unless it has to
-wake the thread) or, when the queue holds ``max_queued`` items, drops the item and counts it.
+wake the thread) or, when the queue holds ``max_queued`` items, drops the item and counts it;
+:meth:`BatchWriter.offer` instead tells its caller that the queue is full, for an item that
+must not be lost silently.
 The thread drains everything queued (at most ``batch_max`` items per ``write_batch`` call),
 then pauses ``pause_s`` so the next batch can accumulate: under load one write per batch
 instead of per item, and the thread wakes ~100 times a second instead of once per request
@@ -76,19 +78,27 @@ class BatchWriter(Generic[T]):
     # -- producer side (event loop) -------------------------------------------------------------
     def put(self, item: T) -> None:
         """Queue ``item``; drop it (counted, ``on_drop(1)``) when the queue is full."""
-        if len(self._buf) >= self._max:
-            with self._drop_lock:
-                self._dropped_pending += 1
-                self.dropped_total += 1
-            if self.on_drop is not None:
-                with contextlib.suppress(Exception):  # metrics must never fail a request
-                    self.on_drop(1)
+        if self.offer(item):
             return
+        with self._drop_lock:
+            self._dropped_pending += 1
+            self.dropped_total += 1
+        if self.on_drop is not None:
+            with contextlib.suppress(Exception):  # metrics must never fail a request
+                self.on_drop(1)
+
+    def offer(self, item: T) -> bool:
+        """Queue ``item`` if the queue has room and say so; a full queue returns False and
+        counts nothing: for a caller that must refuse its request rather than lose the item
+        (the audit record of an Encrypt/Decrypt)."""
+        if len(self._buf) >= self._max:
+            return False
         self._buf.append(item)
         if self._thread is None and self._autostart:
             self.start()
         if not self._wake.is_set():
             self._wake.set()
+        return True
 
     @property
     def queued(self) -> int:

@@ -1,22 +1,28 @@
-"""Per-request context, the JSON-lines request log and the JSON service log.
+"""Per-request context (the one event of a request), the JSON-lines request log and the JSON
+service log.
 
 :class:`RequestContext` is the one object that travels with a request from the moment the app
-accepts it to the moment the answer is sent.  Operations code (metrics, audit, quotas) hooks in
-by registering observers on the app: each observer receives the finished context.  The context
-never holds plaintext, AAD, secrets or headers, so every observer is safe by construction.
+accepts it to the moment the answer is sent, and it *is* the request's event: operations code
+(metrics, audit, quotas) hooks in by registering observers on the app, and each observer
+receives the finished context. The context never holds plaintext, AAD, secrets or headers, so
+every observer is safe by construction. :meth:`RequestContext.finish` stamps the wall-clock time
+once, so the request log and the audit record of one request carry the same instant.
 
-The request log is one JSON line per request. On the event loop it costs one ``orjson.dumps``
-and an append to a bounded in-memory queue; a writer thread (:class:`LineWriter`, on the shared
-:class:`~xksproxy.observe.batchwriter.BatchWriter`) writes what is queued to stdout with one
-``write`` + ``flush`` per batch, then pauses :data:`FLUSH_INTERVAL_S` so the next batch can
-accumulate (the first line after a quiet spell is written at once). Lines are whole ``bytes``
-objects joined before the write, so they never interleave. Why off the loop: a blocking write
-per request on stdout is a syscall per request, and a log consumer that stops reading (a full
-pipe) used to block the whole worker (measured: 3 req/s). Now the loop never blocks on stdout:
-when the queue is full (:data:`MAX_QUEUED_LINES`) lines are dropped and counted
-(``xksproxy_request_log_dropped_total``), and the next batch written starts with a service-log
-line saying how many were lost. In normal operation every request still gets its line, within
-~``FLUSH_INTERVAL_S``; lines still queued at a crash are lost (at exit they are flushed).
+The request log is one JSON line per request. On the event loop it costs one append of the
+finished context to a bounded in-memory queue: no dict, no serialisation. A writer thread
+(:class:`LineWriter`, on the shared :class:`~xksproxy.observe.batchwriter.BatchWriter`) turns
+each queued context into its line (:func:`request_line`, one ``orjson.dumps``) and writes the
+batch to stdout with one ``write`` + ``flush``, then pauses :data:`FLUSH_INTERVAL_S` so the next
+batch can accumulate (the first line after a quiet spell is written at once). Lines are whole
+``bytes`` objects joined before the write, so they never interleave. Why off the loop: a
+blocking write per request on stdout is a syscall per request, and a log consumer that stops
+reading (a full pipe) used to block the whole worker (measured: 3 req/s). Now the loop never
+blocks on stdout: when the queue is full (:data:`MAX_QUEUED_LINES`) lines are dropped and
+counted (``xksproxy_request_log_dropped_total``), and the next batch written starts with a
+service-log line saying how many were lost. In normal operation every request still gets its
+line, within ~``FLUSH_INTERVAL_S``; lines still queued at a crash are lost (at exit they are
+flushed). A queued context is never changed again (the app finishes it before any observer
+runs), so the writer thread reads it without a lock.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class RequestContext:
     error_name: str | None = None  # None on success
     deny_rule: str | None = None  # id of the Cedar policy that denied (xksproxy.keys.policy)
     latency_ms: float = 0.0
+    wall: float = 0.0  # time.time() when finished: the one timestamp of every record of it
     extra: dict[str, Any] = field(default_factory=dict)  # free slot for hooks (never secrets)
 
     @property
@@ -66,6 +73,7 @@ class RequestContext:
         self.status = status
         self.error_name = error_name
         self.latency_ms = round((time.monotonic() - self.started) * 1000.0, 3)
+        self.wall = time.time()
 
 
 RequestObserver = Callable[[RequestContext], None]
@@ -81,11 +89,36 @@ def _stdout_write(data: bytes) -> None:
     out.flush()
 
 
-class LineWriter:
-    """Request-log lines queued on the event loop, written to stdout in batches by a
-    :class:`~xksproxy.observe.batchwriter.BatchWriter` (see the module docstring).
+def request_line(ctx: RequestContext) -> bytes:
+    """The request log's JSON line for a finished request (the format operators parse; built on
+    the writer thread, or at once for a test sink)."""
+    record: dict[str, Any] = {
+        "time": ctx.wall,
+        "log": "request",
+        "kmsRequestId": ctx.kms_request_id,
+        "kmsOperation": ctx.kms_operation,
+        "operation": ctx.operation,
+        "principal": ctx.principal,
+        "keyStore": ctx.store,
+        "keyId": ctx.key_id,
+        "accessKeyId": ctx.access_key_id,
+        "outcome": ctx.outcome,
+        "status": ctx.status,
+        "latency_ms": ctx.latency_ms,
+    }
+    if ctx.deny_rule is not None:
+        record["denyRule"] = ctx.deny_rule
+    auth_failure = ctx.extra.get("authFailure")
+    if auth_failure is not None:  # why a 401 was answered (the answer does not say)
+        record["authFailure"] = auth_failure
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
-    :meth:`write` is called on the event loop and never blocks; one writer per process, started
+
+class LineWriter:
+    """Finished requests queued on the event loop, written to stdout as request-log lines in
+    batches by a :class:`~xksproxy.observe.batchwriter.BatchWriter` (see the module docstring).
+
+    :meth:`put` is called on the event loop and never blocks; one writer per process, started
     on first use (after fork, in the worker).
     """
 
@@ -93,7 +126,7 @@ class LineWriter:
         self, write: Callable[[bytes], None] = _stdout_write, max_lines: int = MAX_QUEUED_LINES
     ) -> None:
         self._write = write
-        self._queue: BatchWriter[bytes] = BatchWriter(
+        self._queue: BatchWriter[RequestContext] = BatchWriter(
             self._write_batch,
             name="xksproxy-request-log",
             max_queued=max_lines,
@@ -114,8 +147,9 @@ class LineWriter:
     def dropped_total(self) -> int:
         return self._queue.dropped_total
 
-    def write(self, line: bytes) -> None:
-        self._queue.put(line)
+    def put(self, ctx: RequestContext) -> None:
+        """Queue a finished request's line (dropped and counted when the queue is full)."""
+        self._queue.put(ctx)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far is written (tests, shutdown, exit)."""
@@ -125,7 +159,8 @@ class LineWriter:
         """In a forked child: the parent's thread does not exist here; start afresh."""
         self._queue.after_fork()
 
-    def _write_batch(self, lines: list[bytes], dropped: int) -> None:
+    def _write_batch(self, events: list[RequestContext], dropped: int) -> None:
+        lines = []
         if dropped:  # make the loss visible where the lines are missing
             note = {
                 "time": time.time(),
@@ -134,7 +169,10 @@ class LineWriter:
                 "logger": "xksproxy.observe.requestlog",
                 "message": f"request log: {dropped} line(s) dropped (stdout not draining)",
             }
-            lines.insert(0, orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))
+            lines.append(orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))
+        for ctx in events:
+            with contextlib.suppress(TypeError, ValueError):  # one odd value costs one line
+                lines.append(request_line(ctx))
         with contextlib.suppress(Exception):  # a closed/replaced stdout must not kill the thread
             self._write(b"".join(lines))
 
@@ -147,35 +185,25 @@ os.register_at_fork(after_in_child=STDOUT._after_fork)
 class RequestLog:
     """Writes one JSON line per finished request (register :meth:`observe` as an observer).
 
-    ``sink`` (tests) is called synchronously with each line; the default queues it for
-    :data:`STDOUT`.
+    ``sink`` (tests) is called synchronously with each line; by default the finished context is
+    queued on :data:`STDOUT`, whose thread makes the line.
     """
 
     def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
-        self._sink = sink or STDOUT.write
+        self._put: Callable[[RequestContext], None] = (
+            STDOUT.put if sink is None else self._line_to(sink)
+        )
+
+    @staticmethod
+    def _line_to(sink: Callable[[bytes], None]) -> Callable[[RequestContext], None]:
+        def put(ctx: RequestContext) -> None:
+            with contextlib.suppress(OSError, ValueError):  # a closed sink must not fail a request
+                sink(request_line(ctx))
+
+        return put
 
     def observe(self, ctx: RequestContext) -> None:
-        record: dict[str, Any] = {
-            "time": time.time(),
-            "log": "request",
-            "kmsRequestId": ctx.kms_request_id,
-            "kmsOperation": ctx.kms_operation,
-            "operation": ctx.operation,
-            "principal": ctx.principal,
-            "keyStore": ctx.store,
-            "keyId": ctx.key_id,
-            "accessKeyId": ctx.access_key_id,
-            "outcome": ctx.outcome,
-            "status": ctx.status,
-            "latency_ms": ctx.latency_ms,
-        }
-        if ctx.deny_rule is not None:
-            record["denyRule"] = ctx.deny_rule
-        auth_failure = ctx.extra.get("authFailure")
-        if auth_failure is not None:  # why a 401 was answered (the answer does not say)
-            record["authFailure"] = auth_failure
-        with contextlib.suppress(OSError, ValueError):  # a closed stdout must not fail a request
-            self._sink(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._put(ctx)
 
 
 class JsonFormatter(logging.Formatter):

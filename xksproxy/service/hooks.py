@@ -30,6 +30,10 @@ BeforeDispatchHook = Callable[[RequestContext], None]
 """Runs after authentication, validation and policy, just before the HSM work (ctx then has the
 access key id and the metadata); raises an ``XksError`` to refuse (e.g. a per-store quota)."""
 
+BeforeAnswerHook = Callable[[RequestContext], None]
+"""Runs once a request has succeeded (ctx finished with 200), before the answer is sent; raises
+an ``XksError`` to answer that error instead (the audit: a record that cannot be queued)."""
+
 Observer = RequestObserver
 """Runs after every API response with the finished context; cheap, must not raise."""
 

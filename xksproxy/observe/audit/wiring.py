@@ -1,6 +1,13 @@
 """Wire the audit log into one worker's app: one record per finished request, and the refusal
 of Encrypt/Decrypt while the chain has an unacknowledged gap or cannot be written.
 
+The request path hands the finished :class:`RequestContext` over as it is (no dict); the
+writer thread makes it into its record (:func:`install`'s ``record_of``). A successful
+Encrypt/Decrypt is handed over in ``app.before_answer``, i.e. before its answer is sent: when
+the audit queue is full it fails with 429 ThrottlingException (``BACKLOG_MESSAGE``) rather than
+succeed unrecorded (why fail rather than wait: :mod:`xksproxy.observe.audit.writer`, "Never
+blocks a request"). Every other request is handed over by the observer, after its answer.
+
 Why 500 InternalException for the refusal: the XKS spec reserves 503 for a dependency that
 *timed out* (KMS retries it as transient); a broken or unwritable audit trail does not heal by
 retrying, it needs an operator, and "internal failure of the proxy" is what it is. KMS then
@@ -16,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from xksproxy.observe import metrics
 from xksproxy.observe.audit import anchor
 from xksproxy.observe.audit.chain import GAP_REASONS
-from xksproxy.observe.audit.writer import AuditLog, now_iso
+from xksproxy.observe.audit.writer import QUEUE_SIZE, AuditLog, Record, iso_time
 from xksproxy.observe.requestlog import RequestContext
-from xksproxy.xks.errors import InternalException
+from xksproxy.xks.errors import InternalException, ThrottlingException
 
 if TYPE_CHECKING:
     from xksproxy.config import Config
@@ -29,6 +36,11 @@ REFUSAL_MESSAGE = (
     "an operator must run 'xksproxy audit acknowledge'"
 )
 
+#: What KMS is told when a successful Encrypt/Decrypt cannot be handed to the audit writer.
+BACKLOG_MESSAGE = "the proxy's audit log is not keeping up; retry shortly"
+#: ``xksproxy_throttled_total`` reason of such a refusal.
+BACKLOG_REASON = "audit_backlog"
+
 _METADATA_FIELDS = {
     "kmsKeyArn": "kmsKeyArn",
     "kmsViaService": "kmsViaService",
@@ -37,8 +49,9 @@ _METADATA_FIELDS = {
 }
 
 
-def install(app: Any) -> AuditLog | None:
-    """Write one audit record per finished request of ``app`` (``[audit] file``; None = off).
+def install(app: Any, *, queue_size: int = QUEUE_SIZE) -> AuditLog | None:
+    """Write one audit record per finished request of ``app`` (``[audit] file``; None = off);
+    ``queue_size`` records may wait for the writer thread (tests make it small).
 
     Request metadata beyond what the context carries (kmsKeyArn, kmsViaService, source VPC/VPCE)
     is read from ``ctx.extra["metadata"]`` when the app provides it.
@@ -50,16 +63,6 @@ def install(app: Any) -> AuditLog | None:
     config_path = getattr(app.config, "path", None)
     if cfg.anchor_hsm is not None and cfg.checkpoint_interval_s > 0 and config_path is not None:
         scheduler = anchor.Scheduler(Path(config_path), cfg.file, cfg.checkpoint_interval_s)
-    audit_log = AuditLog(
-        cfg.file,
-        cfg.key,
-        cfg.rotate_bytes,
-        keep_files=cfg.keep_files,
-        on_drop=metrics.audit_dropped,
-        on_gap=metrics.audit_gap,
-        on_lost=metrics.audit_lost,
-        on_batch=scheduler.after_batch if scheduler is not None else None,
-    )
     worker = os.getpid()
 
     def token_for(store: str | None) -> str | None:
@@ -71,10 +74,10 @@ def install(app: Any) -> AuditLog | None:
                 return s.hsm
         return None
 
-    def observer(c: RequestContext) -> None:
-        # Built directly in its final form (what record() would make of it, without a second
-        # dict): only FIELDS, only str/int/float values, None left out.
-        rec: dict[str, object] = {"time": now_iso()}
+    def record_of(c: RequestContext) -> Record:
+        """A finished request's record (writer thread): only FIELDS, only str/int/float
+        values, None left out -- the form record() would make of it, without a second dict."""
+        rec: Record = {"time": iso_time(c.wall)}
         for name, value in (
             ("kmsRequestId", c.kms_request_id),
             ("kmsOperation", c.kms_operation),
@@ -104,7 +107,34 @@ def install(app: Any) -> AuditLog | None:
         if token is not None:
             rec["token"] = token
         rec["worker"] = worker
-        audit_log.enqueue_clean(rec)
+        return rec
+
+    audit_log = AuditLog(
+        cfg.file,
+        cfg.key,
+        cfg.rotate_bytes,
+        keep_files=cfg.keep_files,
+        on_drop=metrics.audit_dropped,
+        on_gap=metrics.audit_gap,
+        on_lost=metrics.audit_lost,
+        on_batch=scheduler.after_batch if scheduler is not None else None,
+        request_record=record_of,
+        queue_size=queue_size,
+    )
+
+    def hand_off(c: RequestContext) -> None:
+        """Before a successful Encrypt/Decrypt is answered: its record is queued, or it fails."""
+        if c.spec is None or c.spec.audit_kind != "crypto":
+            return
+        if not audit_log.hand_off(c):
+            c.extra["throttled"] = BACKLOG_REASON
+            metrics.observe_throttled(BACKLOG_REASON, c.store or "")
+            raise ThrottlingException(BACKLOG_MESSAGE)
+
+    def observer(c: RequestContext) -> None:
+        if c.status == 200 and c.spec is not None and c.spec.audit_kind == "crypto":
+            return  # handed over before the answer (hand_off)
+        audit_log.enqueue_request(c)
 
     async def stop() -> None:
         audit_log.close()
@@ -140,6 +170,7 @@ def install(app: Any) -> AuditLog | None:
     # Started here, not in the lifespan: create_app runs in the worker after fork, and requests
     # answered before startup (404s, 401s) must be recorded too.
     audit_log.start()
+    app.before_answer.append(hand_off)
     app.observers.append(observer)
     app.on_shutdown.append(stop)
     return audit_log

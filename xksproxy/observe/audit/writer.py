@@ -59,11 +59,23 @@ Why this shape:
 - **Retention.** With ``[audit] keep_files`` N > 0, a rotation deletes the oldest rotated files
   beyond N and writes a ``retire`` record naming the newest file deleted and the first seq kept,
   so a strict verify can tell retention from files that went missing.
-- **Never blocks a request.** :meth:`AuditLog.record` only puts a dict on a bounded queue; a
-  background thread does all disk I/O. When the queue is full the record is *dropped* and
-  counted, the next record written carries ``droppedBefore`` = how many were lost (so the loss
-  itself is on the chain), and ``on_drop`` is called (metrics). Serving KMS wins over auditing a
-  burst that the disk cannot absorb; the gap stays visible and signed.
+- **Never blocks a request; never lets an Encrypt/Decrypt succeed unrecorded.** The request
+  path only appends the finished :class:`~xksproxy.observe.requestlog.RequestContext` (the
+  request's one event) to a bounded queue: no dict, no serialisation, no disk. The writer thread
+  turns each context into its record (the ``request_record`` function the wiring passes: only
+  :data:`FIELDS`), serialises it once (``orjson``, sorted keys: the canonical bytes), MACs it and
+  writes the batch. A successful Encrypt or Decrypt is handed over **before its answer is
+  sent** (:meth:`AuditLog.hand_off`); when the queue is full the request *fails* (429
+  ThrottlingException, ``xksproxy_throttled_total{reason="audit_backlog"}``) instead of
+  succeeding without a record. Why fail rather than wait: the queue holds
+  :data:`QUEUE_SIZE` records (seconds of traffic), so it is only full when the disk has
+  stalled for seconds; a wait within the request deadline (at most a few hundred ms) would not
+  drain it, and waiting on the event loop would stall every other request. KMS retries a
+  throttled call. Every other record (health, metadata, failed requests) is queued after the
+  answer and, when the queue is full, *dropped* and counted: the next record written carries
+  ``droppedBefore`` = how many were lost (so the loss itself is on the chain), and ``on_drop``
+  is called (metrics). What a hand-over cannot cover is what the process loses after it (a
+  crash, a failed write): that is on the chain as a gap, as described above.
 - **Allow-list.** Only the fields in :data:`FIELDS` are written, so plaintext, AAD, secrets or
   headers cannot reach the file even by mistake.
 """
@@ -100,11 +112,15 @@ from xksproxy.observe.audit.chain import (
     log_files,
 )
 from xksproxy.observe.batchwriter import BatchWriter
+from xksproxy.observe.requestlog import RequestContext
 
 log = logging.getLogger("xksproxy.audit")
 
 #: One audit record as a JSON object (str keys, JSON-scalar values).
 Record = dict[str, Any]
+#: What the queue holds: a finished request (made into its record on the writer thread) or a
+#: record already built (tests, :meth:`AuditLog.record`).
+Queued = Record | RequestContext
 #: (seq, mac) of the last record of a file.
 Tip = tuple[int, str]
 
@@ -113,6 +129,8 @@ _TAIL_CHUNK = 16384
 BATCH_INTERVAL_S = 0.01
 #: Most records one batch (one lock, one write) holds.
 BATCH_MAX = 1000
+#: Records a worker's queue holds (seconds of traffic) before it refuses Encrypt/Decrypt.
+QUEUE_SIZE = 10000
 
 _SCALARS = frozenset({str, int, float, bool})
 
@@ -127,15 +145,20 @@ def _clean(value: object) -> object:
 _second_cache: tuple[int, str] = (-1, "")
 
 
-def now_iso() -> str:
-    """UTC time with milliseconds, e.g. 2026-11-23T15:01:02.345Z (formatting cached per second:
-    this runs once per request on the event loop)."""
+def iso_time(now: float) -> str:
+    """``now`` (``time.time()``) as UTC with milliseconds, e.g. 2026-11-23T15:01:02.345Z
+    (the formatting of the second is cached: this runs once per record)."""
     global _second_cache
-    now = time.time()
     sec = int(now)
-    if _second_cache[0] != sec:
-        _second_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{_second_cache[1]}.{int((now - sec) * 1000):03d}Z"
+    cache = _second_cache
+    if cache[0] != sec:
+        cache = _second_cache = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cache[1]}.{int((now - sec) * 1000):03d}Z"
+
+
+def now_iso() -> str:
+    """The current UTC time as :func:`iso_time` writes it."""
+    return iso_time(time.time())
 
 
 def _read_tail(fd: int) -> Record | None:
@@ -251,7 +274,8 @@ def event_record(kind: str, fields: Mapping[str, object], *, reserved: bool = Fa
 class AuditLog:
     """Background, multi-process-safe writer of the chained audit file.
 
-    ``record()`` is safe to call from the event loop: it never touches the disk. The queue and
+    ``record()``, :meth:`enqueue_request` and :meth:`hand_off` are safe to call from the event
+    loop: they never touch the disk. The queue and
     its thread are a :class:`~xksproxy.observe.batchwriter.BatchWriter`; this class owns what a
     batch becomes on disk. :meth:`append_event` writes one event at once, from any process (the
     ``acknowledge`` command, key lifecycle transitions).
@@ -263,12 +287,13 @@ class AuditLog:
         key: bytes,
         rotate_bytes: int = 0,
         *,
-        queue_size: int = 10000,
+        queue_size: int = QUEUE_SIZE,
         keep_files: int = 0,
         on_drop: Callable[[int], None] | None = None,
         on_gap: Callable[[str], None] | None = None,
         on_lost: Callable[[int], None] | None = None,
         on_batch: Callable[[], None] | None = None,
+        request_record: Callable[[RequestContext], Record] | None = None,
     ) -> None:
         if len(key) < 32:
             raise ValueError("audit key must hold at least 32 bytes of key material")
@@ -276,7 +301,8 @@ class AuditLog:
         self._key = key
         self.rotate_bytes = rotate_bytes
         self.keep_files = keep_files
-        self._queue: BatchWriter[Record] = BatchWriter(
+        self._request_record = request_record  # a finished request -> its record (writer thread)
+        self._queue: BatchWriter[Queued] = BatchWriter(
             self._write_batch,
             name="xksproxy-audit",
             max_queued=queue_size,
@@ -364,10 +390,17 @@ class AuditLog:
                 rec[k] = v if type(v) in _SCALARS else _clean(v)
         self._queue.put(rec)
 
-    def enqueue_clean(self, rec: Record) -> None:
-        """Queue a record that already holds only :data:`FIELDS` with JSON-scalar values (the
-        request observer builds it in that form, without a second dict)."""
-        self._queue.put(rec)
+    def enqueue_request(self, ctx: RequestContext) -> None:
+        """Queue a finished request (its record is built on the writer thread); dropped and
+        counted (``droppedBefore``) when the queue is full. Not for Encrypt/Decrypt answered
+        200: those go through :meth:`hand_off` before the answer."""
+        self._queue.put(ctx)
+
+    def hand_off(self, ctx: RequestContext) -> bool:
+        """Queue a request whose answer must not go out unrecorded; False when the queue is
+        full (then the caller fails the request; nothing is counted, the failed request's own
+        record is)."""
+        return self._queue.offer(ctx)
 
     def append_event(self, kind: str, fields: Mapping[str, object]) -> int:
         """Write one event record now (any thread, any process) and return its ``seq``.
@@ -562,14 +595,35 @@ class AuditLog:
                 )
             )
 
-    def _write_batch(self, batch: list[Record], dropped: int) -> None:
+    def _records(self, batch: list[Queued]) -> tuple[list[Record], int]:
+        """The batch as records (requests made into theirs, before the lock is taken) and how
+        many could not be made (counted as dropped: the loss is on the chain)."""
+        records: list[Record] = []
+        failed = 0
+        make = self._request_record
+        for item in batch:
+            if isinstance(item, dict):
+                records.append(item)
+                continue
+            try:
+                if make is None:
+                    raise TypeError("no request_record function for a queued request")
+                records.append(make(item))
+            except Exception:
+                failed += 1
+        if failed:
+            log.error("audit: %d request record(s) could not be built; counted as dropped", failed)
+        return records, failed
+
+    def _write_batch(self, batch: list[Queued], dropped: int) -> None:
         """Writer thread: append ``batch`` to the chain under the lock, then rewrite the head."""
         if self._lock_fd is None:
             raise RuntimeError("audit log not started")
+        records, failed = self._records(batch)
         with self._thread_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                self._write_locked(batch, dropped)
+                self._write_locked(records, dropped + failed)
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         if self._on_batch is not None:

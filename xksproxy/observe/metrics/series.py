@@ -15,7 +15,7 @@ HELP: dict[str, tuple[str, str]] = {
     "xksproxy_errors_total": ("counter", "Error responses by errorName and operation."),
     "xksproxy_throttled_total": (
         "counter",
-        "Requests answered 429 by reason (quota, in_flight, session_queue).",
+        "Requests answered 429 by reason (quota, in_flight, session_queue, audit_backlog, ...).",
     ),
     "xksproxy_hsm_call_duration_seconds": ("histogram", "PKCS#11 operation latency by token."),
     "xksproxy_hsm_session_wait_seconds": ("histogram", "Time spent waiting for an HSM session."),
