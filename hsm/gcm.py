@@ -56,10 +56,15 @@ class Gcm:
 
     def random(self, n: int) -> bytes:
         addr = self._buffer(n)
+        self.random_into(addr, n)
+        return string_at(addr, n)
+
+    def random_into(self, addr: int, n: int) -> None:
+        """Fill ``n`` bytes at ``addr`` from the HSM's RNG (an :class:`hsm.ivbuffer.IvBuffer`
+        draws its batches straight into its own memory: no copy of future IVs stays here)."""
         rv = self._fl.C_GenerateRandom(self.handle, addr, n)
         if rv != _ck.CKR_OK:
             raise CkError(rv, "C_GenerateRandom")
-        return string_at(addr, n)
 
     def encrypt(
         self, key: int, iv: bytes | None, aad: bytes, plaintext: bytes

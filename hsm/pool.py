@@ -46,6 +46,7 @@ from .errors import (
 )
 from .gcm import Gcm
 from .interface import CryptoPool
+from .ivbuffer import IvBuffer
 from .keys import KeyCache, ResolvedKey
 from .limits import IV_BYTES, IV_LENGTHS, MAX_FRAMED_AAD_BYTES, PROBE_TIMEOUT_S, TAG_BYTES
 from .threaded import WorkerThreads
@@ -65,15 +66,20 @@ _HEALTH_AAD: Final = b"xksproxy health probe"
 
 
 class _Session:
-    """One PKCS#11 session; ``generation`` is the module generation it was opened under."""
+    """One PKCS#11 session; ``generation`` is the module generation it was opened under.
 
-    __slots__ = ("gcm", "generation", "handle", "index")
+    ``ivs`` holds IVs drawn on this session's handle (``iv_source = "rng"``); every place that
+    opens, forgets or closes the handle wipes it, so no IV outlives the session it came from.
+    """
+
+    __slots__ = ("gcm", "generation", "handle", "index", "ivs")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.handle: int | None = None
         self.gcm: Gcm | None = None
         self.generation = 0
+        self.ivs = IvBuffer()
 
 
 class HsmPool:
@@ -175,6 +181,7 @@ class HsmPool:
             if sess.handle is not None and mod is not None:
                 mod.functions.C_CloseSession(sess.handle)
             sess.handle = None
+            sess.ivs.wipe()
 
     # ------------------------------------------------------------------ public operations
     async def key_info(self, label: str, *, deadline: float) -> KeyInfo:
@@ -406,6 +413,7 @@ class HsmPool:
         assert mod is not None
         assert self._token is not None  # found by start() before any session is opened
         generation = mod.generation
+        sess.ivs.wipe()  # whatever the old handle drew (replacement, recovery) is dropped
         session = mod.open_session(self._token, self.config.pin)
         sess.handle = session.handle
         sess.gcm = Gcm(mod.functions, session.handle)
@@ -418,6 +426,7 @@ class HsmPool:
             with mod.call_lock:
                 mod.functions.C_CloseSession(sess.handle)
         sess.handle = None
+        sess.ivs.wipe()
 
     def _replace(self, sess: _Session) -> None:
         """Close (best effort) and reopen one session; a failure means the module is down."""
@@ -427,7 +436,7 @@ class HsmPool:
             mod.functions.C_CloseSession(sess.handle)
             sess.handle = None
         try:
-            self._open(sess)
+            self._open(sess)  # wipes the session's IV buffer
         except HsmError as exc:
             self._trigger_recovery(f"reopening a session failed: {exc}")
             raise HsmUnavailable(
@@ -480,6 +489,7 @@ class HsmPool:
         for sess in self._sessions:
             if mod.finalize_safe:
                 sess.handle = None  # the old handles died with the old initialisation
+                sess.ivs.wipe()
             else:
                 # Not finalised (openCryptoki): the old sessions are still open; close them or
                 # every recovery leaks `sessions` of them towards CKR_SESSION_COUNT.
@@ -514,7 +524,8 @@ class HsmPool:
             raise KeyUsageNotPermitted(f"key {label!r} does not permit encryption")
         ctx = sess.gcm
         assert ctx is not None
-        iv = ctx.random(IV_BYTES) if self.config.iv_source == "rng" else None
+        # "rng": the next unused IV of this session's batch (hsm/ivbuffer.py, hsm/README.md).
+        iv = sess.ivs.take(ctx.random_into) if self.config.iv_source == "rng" else None
         return GcmResult(*ctx.encrypt(key.handle, iv, aad, plaintext))
 
     def _decrypt(

@@ -2,9 +2,11 @@
 
     .venv/bin/python loadtest/bench_hsm.py [--seconds 3] [--tasks 32] [--sessions 4]
                                            [--slow-ms 2]
+    .venv/bin/python loadtest/bench_hsm.py --calls [--rounds 5] [--iterations 2000]
 
-Provisions a throw-away SoftHSMv2 token in a temp dir. Per operation (encrypt = RNG IV + AES-GCM
-encrypt, decrypt = AES-GCM decrypt; 32-byte plaintext, 64-byte AAD, i.e. an XKS data key):
+Provisions a throw-away SoftHSMv2 token in a temp dir (removed at exit). Per operation (encrypt =
+IV from the session's IV buffer + AES-GCM encrypt, decrypt = AES-GCM decrypt; 32-byte plaintext,
+64-byte AAD, i.e. an XKS data key):
 
 * bare:   one session, one thread, the same ctypes calls in a plain loop (no pool, no asyncio);
 * inline / threaded: HsmPool with ``--tasks`` concurrent asyncio tasks.
@@ -12,6 +14,11 @@ encrypt, decrypt = AES-GCM decrypt; 32-byte plaintext, 64-byte AAD, i.e. an XKS 
 With ``--slow-ms N`` the runs are repeated through the fault-injection shim (tests/support) adding
 N ms to every crypto call, i.e. a network HSM, where threaded mode should win by ~``sessions``x.
 Figures are ratios against the bare loop of the same run: the machine is shared and noisy.
+
+``--calls`` instead times each PKCS#11 call of an Encrypt on one bare session (median us per
+call over ``--rounds`` interleaved rounds of ``--iterations`` calls each): C_GenerateRandom for
+one IV and for a batch of ``hsm.ivbuffer.IV_BATCH`` IVs, AES-GCM encrypt, the verifying decrypt,
+and ``IvBuffer.take`` (what an Encrypt pays for its IV with the buffer, refills included).
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +40,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from hsm import HsmConfig, HsmPool, admin, keys, module  # noqa: E402
 from hsm.gcm import Gcm  # noqa: E402
+from hsm.ivbuffer import IV_BATCH, IvBuffer  # noqa: E402
+from hsm.limits import IV_BYTES  # noqa: E402
 from hsm.softhsm import provision  # noqa: E402
 
 PLAINTEXT = os.urandom(32)
@@ -60,12 +71,13 @@ def bare(cfg: HsmConfig, seconds: float) -> Run:
         fl, h = mod.functions, session.handle
         key = keys.resolve(fl, h, "bench").handle
         ctx = Gcm(fl, h)
+        ivs = IvBuffer()
         enc: list[float] = []
         dec: list[float] = []
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             t0 = time.perf_counter()
-            iv = ctx.random(12)
+            iv = ivs.take(ctx.random_into)  # as the pool does for iv_source = "rng"
             _, ct, tag = ctx.encrypt(key, iv, AAD, PLAINTEXT)
             t1 = time.perf_counter()
             assert ctx.decrypt(key, iv, AAD, ct, tag) == PLAINTEXT
@@ -158,6 +170,63 @@ def rounds(
     print(f"# best-of-{n} ratios to the best bare run (robust to load spikes): {best}", flush=True)
 
 
+def _median_us(call: Callable[[], object], iterations: int) -> float:
+    """Median wall time of ``call`` in microseconds, each call timed on its own."""
+    samples = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e6
+
+
+def calls(cfg: HsmConfig, n_rounds: int, iterations: int) -> None:
+    """Print a markdown table: median us per PKCS#11 call of an Encrypt, on one bare session."""
+    mod = module.acquire(cfg.module, cfg.env)
+    try:
+        session = mod.open_session(mod.find_token(cfg.token_label), cfg.pin)
+        fl, h = mod.functions, session.handle
+        key = keys.resolve(fl, h, "bench").handle
+        ctx = Gcm(fl, h)
+        iv = ctx.random(IV_BYTES)
+        _, ct, tag = ctx.encrypt(key, iv, AAD, PLAINTEXT)
+        ivs = IvBuffer()
+        batch = IV_BATCH * IV_BYTES
+        variants: dict[str, Callable[[], object]] = {
+            f"C_GenerateRandom({IV_BYTES})": lambda: ctx.random(IV_BYTES),
+            f"C_GenerateRandom({IV_BYTES}*{IV_BATCH} = {batch})": lambda: ctx.random(batch),
+            "encrypt (C_EncryptInit + C_Encrypt)": lambda: ctx.encrypt(key, iv, AAD, PLAINTEXT),
+            "decrypt (C_DecryptInit + C_Decrypt)": lambda: ctx.decrypt(key, iv, AAD, ct, tag),
+            "IvBuffer.take (refills amortised)": lambda: ivs.take(ctx.random_into),
+        }
+        medians: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(n_rounds):  # interleaved: load drift hits every call alike
+            for name, call in variants.items():
+                medians[name].append(_median_us(call, iterations))
+        fl.C_CloseSession(h)
+    finally:
+        module.release(mod)
+    us = {name: statistics.median(m) for name, m in medians.items()}
+    rng1, rngn, enc, dec, take = us.values()
+    print(
+        f"# SoftHSMv2, one bare session, {n_rounds} interleaved rounds x {iterations} calls; "
+        f"32-byte plaintext, 64-byte AAD; median of the per-round medians"
+    )
+    print("| call | median us/call | per IV |")
+    print("|---|---|---|")
+    print(f"| C_GenerateRandom({IV_BYTES}) | {rng1:.1f} | {rng1:.1f} |")
+    print(f"| C_GenerateRandom({batch}) | {rngn:.1f} | {rngn / IV_BATCH:.2f} |")
+    print(f"| encrypt (C_EncryptInit + C_Encrypt) | {enc:.1f} | |")
+    print(f"| decrypt (C_DecryptInit + C_Decrypt) | {dec:.1f} | |")
+    print(f"| IvBuffer.take (refills amortised) | {take:.2f} | {take:.2f} |")
+    before, after = rng1 + enc + dec, take + enc + dec
+    print(
+        f"# Encrypt with CDIV, HSM calls: {before:.1f} us (RNG + encrypt + decrypt) -> "
+        f"{after:.1f} us with the IV buffer = {after / before:.2f}x "
+        f"(saves {before - after:.1f} us, {1 - after / before:.0%})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
@@ -170,12 +239,27 @@ def main() -> None:
         default=0,
         help="also run through the fault shim adding N ms per crypto call",
     )
+    ap.add_argument(
+        "--calls", action="store_true", help="time each PKCS#11 call of an Encrypt instead"
+    )
+    ap.add_argument("--iterations", type=int, default=2000, help="calls per round (--calls)")
     args = ap.parse_args()
     state = tempfile.mkdtemp(prefix="bench-hsm-")
+    try:
+        run(args, state)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)  # the throw-away token
+
+
+def run(args: argparse.Namespace, state: str) -> None:
+    """Provision the throw-away token in ``state`` and run what ``args`` ask for."""
     token = provision(state, "bench")
     cfg = token.hsm_config(sessions=args.sessions)
     admin.create_key(cfg, "bench")
     admin.ensure_health_key(cfg)
+    if args.calls:
+        calls(cfg, args.rounds, args.iterations)
+        return
     print(
         f"# SoftHSMv2, {os.cpu_count()} CPUs, {args.rounds} interleaved rounds of "
         f"{args.seconds:g}s per run (median shown), {args.tasks} tasks, {args.sessions} "
