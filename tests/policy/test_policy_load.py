@@ -166,13 +166,15 @@ def test_policy_sees_the_key_state(tmp_path):
 
     text = (
         GOOD
-        + '@id("no-disabled")\nforbid (principal, action, resource)\n'
-        + 'when { context.keyState == "DISABLED" };\n'
+        + '@id("no-compromised")\nforbid (principal, action, resource)\n'
+        + 'when { context.keyState == "compromised" };\n'
     )
     store = KeyStoreTable(load_config(_config(tmp_path, text))).stores[0]
     meta = RequestMetadata("r", "DescribeKey", "p")
     store.policy.check(KeyRef("demo", "demo", "h", "demo"), operations.METADATA, meta, "r")
+    suspended = KeyRef("demo", "demo", "h", "demo", status="DISABLED", state="suspended")
+    store.policy.check(suspended, operations.METADATA, meta, "r")  # only "compromised" is denied
     with pytest.raises(PolicyDenied) as info:
-        disabled = KeyRef("demo", "demo", "h", "demo", status="DISABLED")
-        store.policy.check(disabled, operations.METADATA, meta, "r")
-    assert info.value.policy_id == "no-disabled"
+        compromised = KeyRef("demo", "demo", "h", "demo", state="compromised")
+        store.policy.check(compromised, operations.METADATA, meta, "r")
+    assert info.value.policy_id == "no-compromised"

@@ -49,8 +49,10 @@ class PolicyDenied(AccessDeniedException):
 
 
 def key_state(key: KeyRef) -> str:
-    """The key state the policy sees (``context.keyState``)."""
-    return key.status  # the lifecycle state name once KeyRef carries it (issue 12)
+    """The key state the policy sees (``context.keyState``): the lifecycle state
+    (:data:`xksproxy.keys.lifecycle.STATES`, e.g. "active", "suspended", "compromised"), so a
+    policy can tell a compromised key from a suspended one, which KMS's ENABLED/DISABLED cannot."""
+    return key.state
 
 
 class StorePolicy:
