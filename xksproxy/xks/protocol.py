@@ -42,9 +42,6 @@ MAX_AAD_BYTES = 65535
 MAX_ARN_CHARS = 2048
 _ARN_FIELDS = ("awsPrincipalArn", "kmsKeyArn")
 MAX_CIPHERTEXT_METADATA_BYTES = 20
-# The IV and tag sizes the spec allows are the ones the HSM layer takes: one home, hsm.limits.
-IV_LENGTHS = limits.IV_LENGTHS
-TAG_LENGTH = limits.TAG_BYTES
 
 # URI names of the operations (their one home is xksproxy.xks.operations).
 OP_HEALTH = operations.HEALTH.name
@@ -298,9 +295,11 @@ def parse_decrypt(doc: dict[str, Any], max_plaintext_bytes: int) -> DecryptReque
     _algorithm(doc, "encryptionAlgorithm", "AES_GCM", required=True)
     ciphertext = _b64_required(doc, "ciphertext", max_bytes=max_plaintext_bytes)
     iv = _b64_required(
-        doc, "initializationVector", max_bytes=max(IV_LENGTHS), too_big=ValidationException
+        doc, "initializationVector", max_bytes=max(limits.IV_LENGTHS), too_big=ValidationException
     )
-    tag = _b64_required(doc, "authenticationTag", max_bytes=TAG_LENGTH, too_big=ValidationException)
+    tag = _b64_required(
+        doc, "authenticationTag", max_bytes=limits.TAG_BYTES, too_big=ValidationException
+    )
     aad = _b64(doc, "additionalAuthenticatedData", max_bytes=MAX_AAD_BYTES)
     meta = _b64(
         doc,
@@ -308,9 +307,9 @@ def parse_decrypt(doc: dict[str, Any], max_plaintext_bytes: int) -> DecryptReque
         max_bytes=MAX_CIPHERTEXT_METADATA_BYTES,
         too_big=ValidationException,
     )
-    if len(iv) not in IV_LENGTHS:
+    if len(iv) not in limits.IV_LENGTHS:
         raise ValidationException("initializationVector must be 12 or 16 bytes")
-    if len(tag) != TAG_LENGTH:
+    if len(tag) != limits.TAG_BYTES:
         raise ValidationException("authenticationTag must be 16 bytes")
     return DecryptRequest(metadata, ciphertext, iv, tag, aad, meta)
 
