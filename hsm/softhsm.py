@@ -9,11 +9,13 @@ so the user's global SoftHSM configuration is never touched.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .types import HsmConfig
 
@@ -39,17 +41,16 @@ class ProvisionedToken:
         """Environment the module needs (the conf is per process: SOFTHSM2_CONF)."""
         return {"SOFTHSM2_CONF": str(self.conf_path)}
 
-    def hsm_config(self, name: str = "softhsm-0", **overrides: object) -> HsmConfig:
+    def hsm_config(self, name: str = "softhsm-0", **overrides: Any) -> HsmConfig:
         """An HsmConfig for this token (overrides: sessions, mode, module, ...)."""
-        fields: dict[str, object] = {
-            "name": name,
-            "module": self.module_path,
-            "token_label": self.token_label,
-            "pin": self.user_pin(),
-            "env": self.env(),
-        }
-        fields.update(overrides)
-        return HsmConfig(**fields)  # type: ignore[arg-type]
+        cfg = HsmConfig(
+            name=name,
+            module=self.module_path,
+            token_label=self.token_label,
+            pin=self.user_pin(),
+            env=self.env(),
+        )
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 def _private_dir(path: Path) -> None:

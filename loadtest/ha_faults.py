@@ -47,7 +47,7 @@ class Sample:
 
 @dataclass
 class Load:
-    proxy: dict[str, object]
+    proxy: dict[str, Any]  # JSON from the server's announce line
     clients: int
     rate: float  # round trips per second, all clients together (paced, not saturating)
     samples: list[Sample] = field(default_factory=list)
@@ -62,7 +62,7 @@ class Load:
 
     def _one(self) -> None:
         p = self.proxy
-        client = XksClient(int(p["port"]), str(p["uri"]), str(p["akid"]), str(p["secret"]))  # type: ignore[call-overload]
+        client = XksClient(int(p["port"]), str(p["uri"]), str(p["akid"]), str(p["secret"]))
         interval = self.clients / self.rate
         next_at = time.monotonic()
         try:
@@ -171,7 +171,7 @@ def start(
     return proc, info, config
 
 
-def one_run(args: argparse.Namespace) -> list[dict[str, object]]:
+def one_run(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="xks-ha-faults-") as d:
         base = Path(d)
         (base / "shim").mkdir()
@@ -180,7 +180,7 @@ def one_run(args: argparse.Namespace) -> list[dict[str, object]]:
         load = Load(info, args.clients, args.rate)
         threads = load.run()
         phase = args.phase_s
-        events: list[dict[str, object]] = []
+        events: list[dict[str, Any]] = []
         try:
             time.sleep(1.0)  # warm-up
             b0 = time.monotonic()
@@ -235,7 +235,7 @@ def one_run(args: argparse.Namespace) -> list[dict[str, object]]:
             for e in events:
                 e["requests_in_run"] = total
                 e["failure_reasons_in_run"] = reasons
-                e["p99_ratio_to_baseline"] = round(float(e["p99_during_ms"]) / base_p99, 2)  # type: ignore[arg-type]
+                e["p99_ratio_to_baseline"] = round(float(e["p99_during_ms"]) / base_p99, 2)
         finally:
             load.stop.set()
             for t in threads:
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{events[0]['failure_reasons_in_run'] or 'none'}")  # fmt: skip
     if len(runs) > 1:
         for idx, name in enumerate(e["event"] for e in runs[0]):
-            p99s = [float(r[idx]["p99_during_ms"]) for r in runs]  # type: ignore[arg-type]
+            p99s = [float(r[idx]["p99_during_ms"]) for r in runs]
             print(
                 f"median p99 during {name}: {statistics.median(p99s):.2f} ms over {len(runs)} runs"
             )
