@@ -11,7 +11,9 @@ free-threaded build or whenever a thread switch falls between the read and the w
 child is ever shared between threads: :meth:`~.registry.Registry.counter` and
 :meth:`~.registry.Registry.histogram` hand each thread its own child, and each child has
 exactly one writer. The snapshot (another thread) only *reads* the children and sums them per
-series, so it may be one update behind a writer but never loses one. Nothing records a metric
+series, so it may be one update behind a writer but never loses one. The alternative, one
+shared child behind an (uncontended) lock, measured 2.4 times the cost per request
+(``loadtest/bench_metrics.py``, figures in :mod:`.registry`). Nothing records a metric
 from a signal handler or a finalizer, the only ways one thread could interrupt its own update.
 
 A histogram child keeps no separate count: the count is the sum of its buckets, computed at

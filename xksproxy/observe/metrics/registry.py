@@ -1,9 +1,26 @@
 """One process's counters, histograms and gauges (the in-memory half of the metrics).
 
-Why our own small registry instead of ``prometheus_client``: we need exactly counters, gauges
-and histograms, a multi-process merge and two SLO figures computed at scrape time; the
-dependency's multiprocess mode needs its own mmap directory handling and still cannot compute a
-burn rate. The package (:mod:`xksproxy.observe.metrics`) is a few pages and has no dependency.
+Why our own small registry instead of ``prometheus_client`` (issue 16, measured): one request's
+five metric updates (4 counters + 1 histogram, label-set lookup included) cost, on Python 3.11
+on the shared 2-core dev machine (``loadtest/bench_metrics.py --seconds 1 --rounds 5``, ratios
+from one run; a second run gave the ranges in brackets):
+
+======================================  ===========  =====================
+path                                    ns/request   ratio to the children
+======================================  ===========  =====================
+per-thread children (this registry)       1013        1.00
+the same children, a lock per update      2447        2.42 (2.4-2.7)
+the registry before issue 16              3720        3.67 (3.2-3.7)
+prometheus_client 0.26 children           4704        4.64 (4.6-5.5)
+prometheus_client, multiprocess mode      9846        9.72 (9.3-9.7)
+======================================  ===========  =====================
+
+We run several worker processes, so adopting it would mean its multiprocess mode: ten times
+the cost of the children on every request (a lock and an mmap write per update), its own mmap
+directory to create, clean up and merge, and the SLO burn rates would still have to be
+computed by us at scrape time. So not adopted; the package (:mod:`xksproxy.observe.metrics`) is
+a few pages and has no dependency. The per-request work is attribute adds on pre-bound,
+per-thread children (:mod:`.children`); the snapshot and the exposition do the summing.
 """
 
 from __future__ import annotations
