@@ -2,6 +2,7 @@
 
 This package's modules, one job each:
 
+- :mod:`.children` — the per-thread series cells an update touches (and the thread story);
 - :mod:`.registry` — one process's counters, histograms and gauges (:data:`REGISTRY`);
 - :mod:`.series` — the catalogue of series names, types and help texts;
 - :mod:`.record` — the recording API the service and the HSM pools call;
@@ -18,6 +19,7 @@ This module only re-exports the names callers use (``metrics.observe_request``,
 
 from __future__ import annotations
 
+from xksproxy.observe.metrics.children import DURATION_BUCKETS, CounterChild, HistogramChild
 from xksproxy.observe.metrics.exposition import render
 from xksproxy.observe.metrics.listener import MetricsListener, exposition, start_listener
 from xksproxy.observe.metrics.merge import Merged, collect_snapshots, merge
@@ -38,7 +40,7 @@ from xksproxy.observe.metrics.record import (
     request_log_dropped,
     set_token_health,
 )
-from xksproxy.observe.metrics.registry import DURATION_BUCKETS, REGISTRY, Labels, Registry
+from xksproxy.observe.metrics.registry import REGISTRY, Labels, Registry
 from xksproxy.observe.metrics.series import HEALTH_STATES, HELP
 from xksproxy.observe.metrics.slo import BURN_WINDOWS_S, SLO_OBJECTIVE, SloTracker
 from xksproxy.observe.metrics.snapshots import FLUSH_INTERVAL_S, flush_now, start_worker
@@ -52,6 +54,8 @@ __all__ = [
     "HELP",
     "REGISTRY",
     "SLO_OBJECTIVE",
+    "CounterChild",
+    "HistogramChild",
     "Labels",
     "Merged",
     "MetricsListener",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from xksproxy.observe.metrics.children import DURATION_BUCKETS
 from xksproxy.observe.metrics.merge import Merged
-from xksproxy.observe.metrics.registry import DURATION_BUCKETS
 from xksproxy.observe.metrics.series import HELP
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from threading import get_ident
 from typing import Any
 
-from xksproxy.observe.metrics.registry import REGISTRY, Sample, SeriesKey, labels
+from xksproxy.observe.metrics.children import CounterChild
+from xksproxy.observe.metrics.registry import REGISTRY, Sample, labels
 
 #: Values of the ``state`` label of ``xksproxy_hsm_member_state`` (hsm.backend.STATES).
 MEMBER_STATES = ("active", "failed", "drained")
@@ -24,11 +26,11 @@ class MemberMetrics:
         self.backend = backend
 
     def call(self, member: str, operation: str, seconds: float, ok: bool) -> None:
-        calls, duration, errors = _keys(self.backend, member, operation)
-        REGISTRY.inc_key(calls)
-        REGISTRY.observe_key(duration, seconds)
+        c = _children(get_ident(), self.backend, member, operation)
+        c.calls.inc()
+        c.duration.observe(seconds)
         if not ok:
-            REGISTRY.inc_key(errors)
+            (c.errors or c.bind_errors()).inc()
 
     def failover(self, member: str) -> None:
         REGISTRY.inc(
@@ -36,14 +38,33 @@ class MemberMetrics:
         )
 
 
-@functools.lru_cache(maxsize=512)
-def _keys(backend: str, member: str, operation: str) -> tuple[SeriesKey, SeriesKey, SeriesKey]:
-    who = {"backend": backend, "member": member}
-    return (
-        ("xksproxy_hsm_member_calls_total", labels({**who, "operation": operation})),
-        ("xksproxy_hsm_member_call_duration_seconds", labels(who)),
-        ("xksproxy_hsm_member_errors_total", labels(who)),
-    )
+class MemberChildren:
+    """The calling thread's children for one (backend, member, operation); the errors child is
+    bound on the first error, so a member that never failed shows no errors series."""
+
+    __slots__ = ("_who", "calls", "duration", "errors")
+
+    def __init__(self, backend: str, member: str, operation: str) -> None:
+        who = {"backend": backend, "member": member}
+        self._who = labels(who)
+        self.calls = REGISTRY.counter(
+            ("xksproxy_hsm_member_calls_total", labels({**who, "operation": operation}))
+        )
+        self.duration = REGISTRY.histogram(("xksproxy_hsm_member_call_duration_seconds", self._who))
+        self.errors: CounterChild | None = None
+
+    def bind_errors(self) -> CounterChild:
+        self.errors = REGISTRY.counter(("xksproxy_hsm_member_errors_total", self._who))
+        return self.errors
+
+
+@functools.lru_cache(maxsize=1024)
+def _children(ident: int, backend: str, member: str, operation: str) -> MemberChildren:
+    """Keyed by the thread's ident: each child has one writer (see :mod:`.children`)."""
+    return MemberChildren(backend, member, operation)
+
+
+REGISTRY.on_reset(_children.cache_clear)
 
 
 def install(backends: Mapping[str, Any]) -> None:

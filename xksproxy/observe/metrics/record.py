@@ -1,14 +1,20 @@
 """The recording API the service, the HSM pools and the operations features call.
 
-Everything here writes to this process's :data:`~xksproxy.observe.metrics.registry.REGISTRY`;
-the request and HSM paths use prepared series keys (label sorting done once per label set).
+Everything here writes to this process's :data:`~xksproxy.observe.metrics.registry.REGISTRY`.
+The request and HSM paths are per-request hot paths: they fetch the calling thread's children
+(:mod:`.children`) once per (thread, label set) from an ``lru_cache`` keyed by the thread's
+ident, so an update is a cache hit and attribute increments (no label sorting, dict lookup or
+lock). The thread ident in the key is what keeps each child single-writer; a new thread that
+reuses a finished thread's ident takes over its children, which nobody else writes any more.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from threading import get_ident
 
+from xksproxy.observe.metrics.children import CounterChild, HistogramChild
 from xksproxy.observe.metrics.registry import REGISTRY, Sample, SeriesKey, labels
 from xksproxy.observe.metrics.series import HEALTH_STATES
 from xksproxy.observe.metrics.snapshots import FLUSHER
@@ -33,32 +39,56 @@ def observe_request(
 ) -> None:
     """One answered XKS request (any outcome); it counts for the SLO only when ``slo`` (the
     request was authenticated)."""
-    keys = _request_keys(operation, keystore, error_name)
-    reg = REGISTRY
-    reg.inc_key(keys[0])
-    reg.observe_key(keys[1], seconds)
-    if error_name:
-        reg.inc_key(keys[2])
+    c = _request_children(get_ident(), operation, keystore, error_name)
+    c.requests.inc()
+    c.duration.observe(seconds)
+    if c.errors is not None:
+        c.errors.inc()
     if slo:
-        reg.inc_key(keys[3])
-        if status < 500 and not shed and seconds <= reg.deadline_s:
-            reg.inc_key(keys[4])
+        (c.slo or c.bind_slo()).inc()
+        if status < 500 and not shed and seconds <= REGISTRY.deadline_s:
+            (c.slo_good or c.bind_slo_good()).inc()
     if not FLUSHER.running:
         FLUSHER.ensure()
 
 
+class RequestChildren:
+    """The children one answered request updates, for one thread and one label set.
+
+    A series appears in the exposition once it was first updated, so the children a request
+    updates only sometimes are bound on first use: ``errors`` exists when the label set has an
+    error, the SLO ones when a request of it first counts for the SLO (or is good).
+    """
+
+    __slots__ = ("_store", "duration", "errors", "requests", "slo", "slo_good")
+
+    def __init__(self, operation: str, keystore: str, error_name: str | None) -> None:
+        lb = labels({"operation": operation, "keystore": keystore, "outcome": error_name or "ok"})
+        self.requests = REGISTRY.counter(("xksproxy_requests_total", lb))
+        self.duration = REGISTRY.histogram(("xksproxy_request_duration_seconds", lb))
+        self.errors: CounterChild | None = None
+        if error_name:
+            errors = labels({"errorName": error_name, "operation": operation})
+            self.errors = REGISTRY.counter(("xksproxy_errors_total", errors))
+        self._store = labels({"keystore": keystore})
+        self.slo: CounterChild | None = None
+        self.slo_good: CounterChild | None = None
+
+    def bind_slo(self) -> CounterChild:
+        self.slo = REGISTRY.counter(("xksproxy_slo_requests_total", self._store))
+        return self.slo
+
+    def bind_slo_good(self) -> CounterChild:
+        self.slo_good = REGISTRY.counter(("xksproxy_slo_good_requests_total", self._store))
+        return self.slo_good
+
+
 @functools.lru_cache(maxsize=4096)
-def _request_keys(operation: str, keystore: str, error_name: str | None) -> tuple[SeriesKey, ...]:
-    """Prepared series keys for one (operation, store, outcome): label sorting done once."""
-    lb = labels({"operation": operation, "keystore": keystore, "outcome": error_name or "ok"})
-    store = labels({"keystore": keystore})
-    return (
-        ("xksproxy_requests_total", lb),
-        ("xksproxy_request_duration_seconds", lb),
-        ("xksproxy_errors_total", labels({"errorName": error_name or "", "operation": operation})),
-        ("xksproxy_slo_requests_total", store),
-        ("xksproxy_slo_good_requests_total", store),
-    )
+def _request_children(
+    ident: int, operation: str, keystore: str, error_name: str | None
+) -> RequestChildren:
+    """The calling thread's (``ident``) children for one (operation, store, outcome)."""
+    return RequestChildren(operation, keystore, error_name)
 
 
 def observe_throttled(reason: str, keystore: str) -> None:
@@ -66,33 +96,50 @@ def observe_throttled(reason: str, keystore: str) -> None:
 
 
 def observe_hsm_call(token: str, operation: str, seconds: float) -> None:
-    REGISTRY.observe_key(_hsm_call_key(token, operation), seconds)
+    """One HSM call's time alone (callers that measure no session wait)."""
+    _hsm_children(get_ident(), hsm_keys(token, operation))[0].observe(seconds)
 
 
 def observe_session_wait(token: str, seconds: float) -> None:
-    REGISTRY.observe_key(_session_wait_key(token), seconds)
+    REGISTRY.observe("xksproxy_hsm_session_wait_seconds", {"token": token}, seconds)
 
 
-def hsm_keys(token: str, operation: str) -> tuple[SeriesKey, SeriesKey]:
-    """Prepared (call duration, session wait) series keys for :func:`observe_hsm_op`."""
-    return _hsm_call_key(token, operation), _session_wait_key(token)
+class HsmSeries:
+    """The (call duration, session wait) series of one (token, operation): a handle a pool
+    keeps for its lifetime and may use from any thread; hashed by identity, so looking up the
+    calling thread's children for it costs no label hashing."""
 
+    __slots__ = ("call", "wait")
 
-def observe_hsm_op(keys: tuple[SeriesKey, SeriesKey], wait_s: float, call_s: float) -> None:
-    """One HSM operation: its call time and its session wait (hot path: prepared keys)."""
-    REGISTRY.observe_key(keys[0], call_s)
-    REGISTRY.observe_key(keys[1], wait_s)
+    def __init__(self, token: str, operation: str) -> None:
+        token_op = labels({"token": token, "operation": operation})
+        self.call: SeriesKey = ("xksproxy_hsm_call_duration_seconds", token_op)
+        self.wait: SeriesKey = ("xksproxy_hsm_session_wait_seconds", labels({"token": token}))
 
 
 @functools.lru_cache(maxsize=256)
-def _hsm_call_key(token: str, operation: str) -> SeriesKey:
-    """Prepared series key (one per HSM call on the hot path: label sorting done once)."""
-    return ("xksproxy_hsm_call_duration_seconds", labels({"token": token, "operation": operation}))
+def hsm_keys(token: str, operation: str) -> HsmSeries:
+    """The series handle for :func:`observe_hsm_op` (label sorting done once)."""
+    return HsmSeries(token, operation)
 
 
-@functools.lru_cache(maxsize=64)
-def _session_wait_key(token: str) -> SeriesKey:
-    return ("xksproxy_hsm_session_wait_seconds", labels({"token": token}))
+def observe_hsm_op(keys: HsmSeries, wait_s: float, call_s: float) -> None:
+    """One HSM operation: its call time and its session wait (hot path: pre-bound children)."""
+    call, wait = _hsm_children(get_ident(), keys)
+    call.observe(call_s)
+    wait.observe(wait_s)
+
+
+@functools.lru_cache(maxsize=1024)
+def _hsm_children(ident: int, keys: HsmSeries) -> tuple[HistogramChild, HistogramChild]:
+    """The calling thread's (``ident``) children for ``keys``: several pool threads per token
+    each have their own, hence the larger cache."""
+    return REGISTRY.histogram(keys.call), REGISTRY.histogram(keys.wait)
+
+
+# After a registry reset the cached children are no longer the registry's: drop them.
+REGISTRY.on_reset(_request_children.cache_clear)
+REGISTRY.on_reset(_hsm_children.cache_clear)
 
 
 def set_token_health(token: str, status: str) -> None:
