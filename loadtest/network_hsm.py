@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-requests", type=int, default=200_000, help="answers per phase, at most")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the phase without the delay (the CPU ceiling)")  # fmt: skip
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="run in this new directory and keep it: the server's request log "
+                   "(state/serve.stdout) and stderr say what an error was")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON document, nothing else")
     args = p.parse_args(argv)
     if not 0 < args.duration <= MAX_DURATION_S or not 0 <= args.warmup <= 30:
@@ -350,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--delay-ms, --sessions, --workers and --connections must be at least 1")
     if not 1 <= args.ping_rate <= 1000 or args.max_requests < 1:
         p.error("--ping-rate must be in [1, 1000] and --max-requests at least 1")
-    with tempfile.TemporaryDirectory(prefix="xks-network-hsm-") as d:
-        doc = run(args, Path(d))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)  # a new directory: never mixes with an earlier run
+        doc = run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="xks-network-hsm-") as d:
+            doc = run(args, Path(d))
     if args.json:
         print(json.dumps(doc))
     else:
