@@ -170,3 +170,7 @@ def test_network_hsm_reports_the_figures_targets_reads(tmp_path):
     assert doc["ping_requests"] > 0 and doc["ping_p99_ms"] >= doc["ping_p50_ms"] > 0
     assert doc["no_delay"]["delay_ms"] == 0 and doc["no_delay"]["rps"] > 0
     assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
+    from loadtest.targets import targets
+
+    judged = [t for t in targets(network=True) if t.name.startswith("network HSM")]
+    assert [t.read({"network": doc}) for t in judged] == [doc["ratio_to_bound"], doc["ping_p99_ms"]]
