@@ -144,3 +144,33 @@ def test_targets_judge_ratios_by_median_and_latency_budgets_in_every_run():
     assert not Outcome(
         by_name["sequential Encrypt p99 ms"], [1.0, None, 1.2]
     ).met()  # a run gave nothing
+
+
+def test_network_hsm_reports_the_figures_targets_reads(tmp_path):
+    """A tiny run of the network-HSM tool (its own proxy on the fault shim, threaded mode):
+    one JSON document with the keys loadtest/targets.py reads, and nothing failed."""
+    r = subprocess.run(
+        [sys.executable, "-m", "loadtest.network_hsm", "--duration", "1", "--warmup", "0.3",
+         "--sessions", "4", "--connections", "4", "--ping-rate", "20", "--json"],
+        cwd=REPO,
+        env=serve_env(probe=False, extra={"TMPDIR": str(tmp_path)}),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    (line,) = r.stdout.splitlines()  # nothing else on stdout
+    doc = json.loads(line)
+    assert doc["mode"] == "threaded" and doc["sessions"] == 4
+    # RNG (the IV), C_Encrypt and the CDIV's verifying C_Decrypt, each +2 ms: 4 sessions / 6 ms
+    assert doc["hsm_calls_per_request"] == 3 and doc["hsm_ms_per_request"] == 6.0
+    assert doc["bound_rps"] == pytest.approx(4 / 0.006)
+    assert doc["errors"] == 0 and doc["error_kinds"] == {}
+    assert doc["rps"] > 0 and doc["ratio_to_bound"] == pytest.approx(doc["rps"] / doc["bound_rps"])
+    assert doc["ping_requests"] > 0 and doc["ping_p99_ms"] >= doc["ping_p50_ms"] > 0
+    assert doc["no_delay"]["delay_ms"] == 0 and doc["no_delay"]["rps"] > 0
+    assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
+    from loadtest.targets import targets
+
+    judged = [t for t in targets(network=True) if t.name.startswith("network HSM")]
+    assert [t.read({"network": doc}) for t in judged] == [doc["ratio_to_bound"], doc["ping_p99_ms"]]
