@@ -332,3 +332,35 @@ async def test_memory_pool_follows_the_pool_contract():
     assert not (await pool.probe()).ok
     await pool.close()
     assert pool.stats().state == "stopped"
+
+
+# -- the CDIV's verifying decrypt ----------------------------------------------------------------
+
+
+class _RefusesTheCheck(MemoryPool):
+    """A pool whose admission refuses the second HSM call of an Encrypt (the queue grew)."""
+
+    async def decrypt(self, label, *, iv, ciphertext, tag, aad, deadline):
+        raise errors.ThrottlingException("the HSM session queue is too long")
+
+
+async def test_a_throttled_verifying_decrypt_is_429_not_500():
+    from xksproxy.keys.resolver import KeyRef
+    from xksproxy.service import handlers
+    from xksproxy.xks.protocol import EncryptRequest, RequestMetadata
+
+    pool = _RefusesTheCheck("m")
+    pool.add_key("k")
+    await pool.start()
+    req = EncryptRequest(RequestMetadata("r", "Encrypt"), b"p" * 32, None, want_cdiv=True)
+    with pytest.raises(errors.ThrottlingException):  # overload: KMS retries it
+        await handlers.encrypt(pool, KeyRef("s", "k", "m", "k"), req, deadline=time.monotonic() + 5)
+
+    failing = MemoryPool("m")
+    failing.add_key("k")
+    await failing.start()
+    failing.fail("decrypt", InvalidCiphertext("tag mismatch"))  # a failed check stays a 500
+    with pytest.raises(errors.InternalException):
+        await handlers.encrypt(
+            failing, KeyRef("s", "k", "m", "k"), req, deadline=time.monotonic() + 5
+        )
