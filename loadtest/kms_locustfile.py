@@ -169,6 +169,11 @@ def _run(user_class, host: str, users: int, duration: float) -> dict:
             name: s.get_response_time_percentile(0.99)
             for (name, _m), s in sorted(env.stats.entries.items())
         },
+        # what failed, by request name and message (each failure's text is the answer's status
+        # and the first 200 characters of its body: an error name, never key material)
+        "failure_kinds": {
+            f"{e.name}: {str(e.error)[:160]}": e.occurrences for e in env.stats.errors.values()
+        },
     }
 
 
@@ -283,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, p99 in f["by_name"].items():
             print(f"  {name:24s} p99={p99:.0f} ms")
+        for kind, n in f["failure_kinds"].items():
+            print(f"  failed x{n}: {kind}")
     return 1 if direct["failures"] or kms_level["failures"] else 0
 
 

@@ -19,9 +19,12 @@ SHIPPED = ("sigv4", "hsm", "xksproxy", "kmsemu")  # kmsemu/ counts once it exist
 #: Distribution name -> the module it is imported as, where the two differ.
 IMPORT_NAME = {"python-pkcs11": "pkcs11"}
 #: Dependencies that no shipped module imports, each with the reason it is still needed.
-#: (Empty today: uvloop, which granian and hypercorn also select by name, is imported by
-#: xksproxy/runtime/server.py for the hypercorn worker.)
-USED_WITHOUT_IMPORT: dict[str, str] = {}
+#: (uvloop, which granian and hypercorn also select by name, is imported by
+#: xksproxy/runtime/server.py for the hypercorn worker, so it is not listed.)
+USED_WITHOUT_IMPORT: dict[str, str] = {
+    "sniffio": "httpcore imports it on every request of kmsemu's client; when it is missing that "
+    "is a failed import (a sys.path scan) per call",
+}
 #: Allowed unimported only until the package that will import it exists.
 PENDING_IMPORTER = {"starlette": "kmsemu"}
 
