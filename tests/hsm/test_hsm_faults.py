@@ -19,9 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.faultshim import FaultShim
+from support.faultshim import FaultShim, token_slot_id
 
-from hsm import HsmConfig, HsmPool, admin, module
+from hsm import HsmConfig, HsmPool, admin
 from hsm.errors import HsmError, HsmUnavailable, KeyNotFound, SessionTimeout
 from hsm.softhsm import ProvisionedToken
 
@@ -101,15 +101,6 @@ class Load:
         )
 
 
-def _slot_id(cfg: HsmConfig) -> int:
-    """Slot of the token (SoftHSMv2 derives it from the token serial: same in every instance)."""
-    mod = module.acquire(cfg.module, cfg.env)
-    try:
-        return mod.find_token(cfg.token_label).slot.slot_id
-    finally:
-        module.release(mod)
-
-
 async def _with_fault(
     cfg: HsmConfig, inject, clear=None, fault_s: float = 0.0, how: str = "thread"
 ) -> None:
@@ -169,7 +160,7 @@ async def test_sessions_closed_from_outside(
 ) -> None:
     """C_CloseAllSessions behind the pool's back (which also logs the token out)."""
     cfg, lib = dataclasses.replace(isolated[0], mode=mode), isolated[1]
-    slot = _slot_id(cfg)
+    slot = token_slot_id(cfg)
 
     def inject() -> None:
         assert lib.C_CloseAllSessions(ctypes.c_ulong(slot)) == 0

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.faultshim import FaultShim
+from support.faultshim import FaultShim, token_slot_id
 
-from hsm import HsmConfig, HsmPool, module
+from hsm import HsmConfig, HsmPool
 from hsm.errors import HsmFailure, HsmUnavailable
 from hsm.gcm import Gcm
 from hsm.ivbuffer import IV_BATCH, IvBuffer
@@ -228,19 +228,11 @@ def isolated(hsm_config: HsmConfig, tmp_path: Path) -> tuple[HsmConfig, ctypes.C
     return shim.hsm_config(hsm_config, sessions=1), ctypes.CDLL(shim.real_module_copy)
 
 
-def _slot_id(cfg: HsmConfig) -> int:
-    mod = module.acquire(cfg.module, cfg.env)
-    try:
-        return mod.find_token(cfg.token_label).slot.slot_id
-    finally:
-        module.release(mod)
-
-
 async def test_a_replaced_session_drops_the_ivs_its_predecessor_drew(
     isolated: tuple[HsmConfig, ctypes.CDLL], draws: Draws
 ) -> None:
     cfg, lib = isolated
-    slot = _slot_id(cfg)
+    slot = token_slot_id(cfg)
     pool = HsmPool(cfg)
     await pool.start()
     try:

@@ -26,7 +26,7 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from hsm import HsmConfig
+from hsm import HsmConfig, module
 
 SOURCE = Path(__file__).with_name("faultshim.c")
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +120,14 @@ class FaultShim:
         tmp = self.control_file.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.control_file)
+
+
+def token_slot_id(cfg: HsmConfig) -> int:
+    """The slot of ``cfg``'s token. SoftHSMv2 derives it from the token serial, so it is the same
+    in the shim's private instance and in the real module (tests close that slot's sessions or
+    finalise through the real copy from outside)."""
+    mod = module.acquire(cfg.module, cfg.env)
+    try:
+        return mod.find_token(cfg.token_label).slot.slot_id
+    finally:
+        module.release(mod)
