@@ -54,8 +54,9 @@ def lock_path(config: HsmConfig) -> str:
     token when there is a token directory to live in, so it goes away with it and never piles
     up in a shared directory (one file per token ever used): beside the SoftHSMv2 configuration
     (``SOFTHSM2_CONF`` of the pool, else of the process; for the embedded default that is the
-    state directory), else in ``$XDG_RUNTIME_DIR`` (per user, emptied at logout; systemd's
-    ``RuntimeDirectory=``), else in the temp directory as a last resort.
+    state directory), else in ``$RUNTIME_DIRECTORY`` (systemd's ``RuntimeDirectory=``, which the
+    shipped unit sets; removed when the service stops), else in ``$XDG_RUNTIME_DIR`` (per user,
+    emptied at logout), else in the temp directory as a last resort.
     """
     ident = "\0".join(
         [config.module, config.token_label, *(f"{k}={v}" for k, v in sorted(config.env.items()))]
@@ -68,6 +69,8 @@ def _lock_dir(config: HsmConfig) -> str:
     softhsm_conf = config.env.get("SOFTHSM2_CONF") or os.environ.get("SOFTHSM2_CONF")
     candidates = [
         os.path.dirname(os.path.abspath(softhsm_conf)) if softhsm_conf else "",
+        # systemd gives one path per RuntimeDirectory= entry, separated by colons
+        os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0],
         os.environ.get("XDG_RUNTIME_DIR", ""),
     ]
     for directory in candidates:

@@ -136,8 +136,22 @@ def _tmp_entries() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob(_TMP_PATTERN)}
 
 
+_runtime_dir: list[str] = []
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    """Also give the session (and every server it starts) a private ``$XDG_RUNTIME_DIR`` when
+    the environment has none (CI, root shells): tokens without a directory of their own, such
+    as openCryptoki's, keep their start-up lock there (hsm/startup.py), as on a login session,
+    instead of in the temp directory. Removed at the end of the session."""
+    import os
+    import tempfile
+
     _tmp_before.update(_tmp_entries())
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        path = tempfile.mkdtemp(prefix="pytest-runtime-")
+        os.environ["XDG_RUNTIME_DIR"] = path
+        _runtime_dir.append(path)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -146,6 +160,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     Runtime files belong in the state/token directory or ``$XDG_RUNTIME_DIR``, test files in
     ``tmp_path``. Another test run on the same machine at the same time could be blamed for its
     own entries: the message lists them, so that is quick to tell."""
+    import os
+    import shutil
+
+    for path in _runtime_dir:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop("XDG_RUNTIME_DIR", None)
     left = sorted(_tmp_entries() - _tmp_before)
     if not left:
         return

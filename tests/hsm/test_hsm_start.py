@@ -36,7 +36,13 @@ def test_start_lock_lives_with_the_token_not_in_tmp(hsm_config, monkeypatch, tmp
     # no SoftHSMv2 configuration to sit beside: the per-user runtime directory, else tmp
     bare = dataclasses.replace(hsm_config, env={})
     monkeypatch.delenv("SOFTHSM2_CONF", raising=False)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    assert os.path.dirname(lock_path(bare)) == str(tmp_path)
+    service_dir, user_dir = tmp_path / "service", tmp_path / "user"
+    service_dir.mkdir()
+    user_dir.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", f"{service_dir}:{tmp_path}")  # systemd unit
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(user_dir))
+    assert os.path.dirname(lock_path(bare)) == str(service_dir)
+    monkeypatch.delenv("RUNTIME_DIRECTORY")
+    assert os.path.dirname(lock_path(bare)) == str(user_dir)
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert os.path.dirname(lock_path(bare)) == tempfile.gettempdir()
