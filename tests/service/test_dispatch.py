@@ -3,6 +3,7 @@ only in the lifespan, and admission around every pool method. Nothing here is ab
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -337,30 +338,35 @@ async def test_memory_pool_follows_the_pool_contract():
 # -- the CDIV's verifying decrypt ----------------------------------------------------------------
 
 
-class _RefusesTheCheck(MemoryPool):
-    """A pool whose admission refuses the second HSM call of an Encrypt (the queue grew)."""
+async def test_an_admitted_request_is_not_refused_at_its_second_hsm_call(monkeypatch):
+    """The session-queue gate charges a request once: an Encrypt's verifying decrypt is never
+    refused after its encrypt was admitted (the encrypt's work would be thrown away), while a new
+    request meeting the same queue is."""
+    import contextvars
 
-    async def decrypt(self, label, *, iv, ciphertext, tag, aad, deadline):
-        raise errors.ThrottlingException("the HSM session queue is too long")
+    from xksproxy.observe.requestlog import RequestContext
 
+    monkeypatch.setattr(admission.metrics, "observe_throttled", lambda reason, store: None)
+    inner = MemoryPool("m", sessions=1)
+    inner.add_key("k")
+    await inner.start()
+    guarded = GuardedPool(inner, "m", Admission(10, initial_call_s=1.0))
+    deadline = time.monotonic() + 0.2
 
-async def test_a_throttled_verifying_decrypt_is_429_not_500():
-    from xksproxy.keys.resolver import KeyRef
-    from xksproxy.service import handlers
-    from xksproxy.xks.protocol import EncryptRequest, RequestMetadata
+    async def one_request(queue_before_check: bool) -> None:
+        admission._REQUEST.set(RequestContext(time.monotonic(), deadline, operation="encrypt"))
+        if queue_before_check:  # the queue is already deep when the request arrives
+            monkeypatch.setattr(inner, "queue_state", lambda: (1, 1, 50))
+        sealed = await guarded.encrypt("k", b"p", b"", deadline=deadline)
+        monkeypatch.setattr(inner, "queue_state", lambda: (1, 1, 50))  # grew meanwhile
+        plain = await guarded.decrypt(
+            "k", iv=sealed.iv, ciphertext=sealed.ciphertext, tag=sealed.tag, aad=b"",
+            deadline=deadline,
+        )  # fmt: skip
+        assert plain == b"p"
 
-    pool = _RefusesTheCheck("m")
-    pool.add_key("k")
-    await pool.start()
-    req = EncryptRequest(RequestMetadata("r", "Encrypt"), b"p" * 32, None, want_cdiv=True)
-    with pytest.raises(errors.ThrottlingException):  # overload: KMS retries it
-        await handlers.encrypt(pool, KeyRef("s", "k", "m", "k"), req, deadline=time.monotonic() + 5)
-
-    failing = MemoryPool("m")
-    failing.add_key("k")
-    await failing.start()
-    failing.fail("decrypt", InvalidCiphertext("tag mismatch"))  # a failed check stays a 500
-    with pytest.raises(errors.InternalException):
-        await handlers.encrypt(
-            failing, KeyRef("s", "k", "m", "k"), req, deadline=time.monotonic() + 5
-        )
+    await contextvars.copy_context().run(asyncio.create_task, one_request(False))
+    assert inner.calls["decrypt"] == 1
+    with pytest.raises(errors.ThrottlingException):
+        await contextvars.copy_context().run(asyncio.create_task, one_request(True))
+    assert inner.calls["encrypt"] == 1  # the second request was refused before any HSM work

@@ -14,6 +14,9 @@ Two gates, both O(1):
    expected wait fits in the time left. The expected wait is estimated from the pool's queue
    (``waiting`` requests ahead of us, ``sessions`` serving them) and a moving average of recent
    HSM call latencies (timeouts count as the full budget, so a hanging HSM closes the gate fast).
+   A request passes this gate once, at its first HSM call: the CDIV's verifying decrypt of an
+   admitted Encrypt is never refused (that would throw away the encrypt already done; the
+   request's deadline still bounds it, as 503 DependencyTimeoutException).
 
 Neither gate looks at the clock of the request beyond its own deadline; there is no global lock.
 """
@@ -112,6 +115,8 @@ class Admission:
 _SESSION_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar(
     "xks_session_wait", default=0.0
 )
+#: ``ctx.extra`` key: this request has passed the session-queue gate (it is charged once).
+_ADMITTED = "hsmAdmitted"
 #: The current request's context (set by the admission hook; same task as the handler).
 _REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "xks_request", default=None
@@ -206,6 +211,11 @@ class GuardedPool:
         )
 
     def _admit(self, deadline: float) -> None:
+        ctx = _REQUEST.get()
+        if ctx is not None:
+            if _ADMITTED in ctx.extra:
+                return  # a later HSM call of an admitted request (module docstring, gate 2)
+            ctx.extra[_ADMITTED] = True
         sessions, in_use, waiting = self._pool.queue_state()
         if in_use < sessions and waiting == 0:
             return  # a free session: always taken (same rule as check_session_queue)
@@ -213,7 +223,6 @@ class GuardedPool:
             sessions=sessions, waiting=waiting, in_use=in_use, deadline=deadline
         )
         if not decision.ok:
-            ctx = _REQUEST.get()
             if ctx is not None:
                 ctx.extra["throttled"] = decision.reason
             metrics.observe_throttled(decision.reason, (ctx.store if ctx else None) or "")

@@ -28,12 +28,7 @@ from typing import Any
 from hsm.errors import KeyUsageNotPermitted
 from hsm.interface import CryptoPool
 from xksproxy.keys.resolver import KeyRef
-from xksproxy.xks.errors import (
-    InternalException,
-    InvalidKeyUsageException,
-    ThrottlingException,
-    to_xks_error,
-)
+from xksproxy.xks.errors import InternalException, InvalidKeyUsageException, to_xks_error
 from xksproxy.xks.framing import cdiv, hsm_aad, metadata_for, parse_metadata
 from xksproxy.xks.protocol import (
     DecryptRequest,
@@ -98,11 +93,8 @@ async def encrypt(
             ) from exc
         except Exception as exc:
             # Any other 4xx from the verifying decrypt is our fault, not the caller's: report 500.
-            # Except 429: admission may refuse the second HSM call of an admitted Encrypt when the
-            # session queue grew meanwhile; that is overload (KMS retries), not a failed check.
+            # (Admission never refuses this second call of an admitted request: admission.py.)
             mapped = to_xks_error(exc)
-            if mapped is not None and mapped.status == ThrottlingException.status:
-                raise mapped from exc
             if mapped is None or mapped.status < 500:
                 raise InternalException(
                     "the HSM round-trip check of the ciphertext failed"
