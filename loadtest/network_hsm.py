@@ -52,6 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hsm.ivbuffer import IV_BATCH
 from loadtest import fleet_client
 from loadtest.embedded_server import embedded_server, init_state, tree_cpu_seconds
 from loadtest.fleet import unverified_tls
@@ -70,16 +71,18 @@ SHIM_SETTLE_S = 0.1
 MAX_DURATION_S = 120.0
 
 
-def hsm_calls_per_encrypt(iv_source: str) -> int:
-    """Delayed HSM calls one Encrypt with a CDIV makes, each holding its session for the delay.
+def hsm_calls_per_encrypt(iv_source: str) -> float:
+    """Delayed HSM calls one Encrypt with a CDIV makes on average, each holding its session for
+    the delay.
 
     The shim delays the *crypto* functions only (faultshim.c's table: C_Encrypt, C_Decrypt,
     C_GenerateRandom, ...; not C_EncryptInit/C_DecryptInit, object search or attributes, and key
-    handles are cached anyway). hsm/pool.py ``_encrypt`` calls C_GenerateRandom for the IV when
-    ``iv_source = "rng"`` then C_Encrypt; xksproxy/service/handlers.py ``encrypt`` then proves the
-    CDIV'd ciphertext decrypts: one C_Decrypt (a second pool operation).
+    handles are cached anyway). hsm/pool.py ``_encrypt`` takes the IV from the session's buffer
+    when ``iv_source = "rng"`` (one C_GenerateRandom per :data:`hsm.ivbuffer.IV_BATCH` Encrypts,
+    hsm/ivbuffer.py) then calls C_Encrypt; xksproxy/service/handlers.py ``encrypt`` then proves
+    the CDIV'd ciphertext decrypts: one C_Decrypt (a second pool operation).
     """
-    return (1 if iv_source == "rng" else 0) + 1 + 1
+    return (1 / IV_BATCH if iv_source == "rng" else 0) + 1 + 1
 
 
 def configure(config: Path, shim: Any, *, sessions: int, mode: str) -> dict[str, Any]:
@@ -301,7 +304,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def print_table(doc: dict[str, Any]) -> None:
-    print(f"network HSM: +{doc['delay_ms']} ms per crypto call, {doc['hsm_calls_per_request']} "
+    print(f"network HSM: +{doc['delay_ms']} ms per crypto call, {doc['hsm_calls_per_request']:.3f} "
           f"calls per Encrypt+CDIV = {doc['hsm_ms_per_request']:.1f} ms; mode {doc['mode']}, "
           f"{doc['workers']} worker(s) x {doc['sessions']} sessions, {doc['connections']} "
           f"connections: bound {doc['bound_rps']:.0f} req/s")  # fmt: skip
