@@ -401,3 +401,33 @@ def test_a_gap_whose_alarm_was_removed_by_hand_can_still_be_acknowledged(path):
         assert verify_files([path], KEY).ok
     finally:
         log.close()
+
+
+def test_a_request_record_that_cannot_be_built_is_a_counted_drop(path, caplog):
+    """A bug in building one request's record loses that record, never the batch: it is counted
+    on the chain (droppedBefore), in on_drop (the metric) and logged with its traceback."""
+    import logging
+
+    from xksproxy.observe.requestlog import RequestContext
+
+    def record_of(ctx: RequestContext) -> dict:
+        if ctx.kms_request_id == "bad":
+            raise ValueError("no record for this one")
+        return {"kmsRequestId": ctx.kms_request_id, "outcome": "ok"}
+
+    drops: list[int] = []
+    log = AuditLog(path, KEY, request_record=record_of, on_drop=drops.append)
+    now = time.monotonic()
+    for rid in ("good-1", "bad", "good-2"):
+        log.enqueue_request(RequestContext(now, now + 1, kms_request_id=rid))
+    with caplog.at_level(logging.ERROR, logger="xksproxy.audit"):
+        log.start()
+        try:
+            log.flush()
+        finally:
+            log.close()
+    recs = [r for r in _records(path) if "kmsRequestId" in r]
+    assert [r["kmsRequestId"] for r in recs] == ["good-1", "good-2"]
+    assert recs[0]["droppedBefore"] == 1 and drops == [1]
+    assert "no record for this one" in caplog.text  # the traceback says what to fix
+    assert verify_files([path], KEY).ok

@@ -40,6 +40,8 @@ REFUSAL_MESSAGE = (
 BACKLOG_MESSAGE = "the proxy's audit log is not keeping up; retry shortly"
 #: ``xksproxy_throttled_total`` reason of such a refusal.
 BACKLOG_REASON = "audit_backlog"
+#: ``ctx.extra`` key: this request's record was queued before its answer (``hand_off``).
+_HANDED_OFF = "auditHandedOff"
 
 _METADATA_FIELDS = {
     "kmsKeyArn": "kmsKeyArn",
@@ -122,19 +124,25 @@ def install(app: Any, *, queue_size: int = QUEUE_SIZE) -> AuditLog | None:
         queue_size=queue_size,
     )
 
+    def is_crypto(c: RequestContext) -> bool:
+        return c.spec is not None and c.spec.audit_kind == "crypto"
+
     def hand_off(c: RequestContext) -> None:
         """Before a successful Encrypt/Decrypt is answered: its record is queued, or it fails."""
-        if c.spec is None or c.spec.audit_kind != "crypto":
+        if not is_crypto(c):
             return
+        c.extra[_HANDED_OFF] = True  # before the offer: the writer thread may read c at once
         if not audit_log.hand_off(c):
+            del c.extra[_HANDED_OFF]
             c.extra["throttled"] = BACKLOG_REASON
             metrics.observe_throttled(BACKLOG_REASON, c.store or "")
             raise ThrottlingException(BACKLOG_MESSAGE)
 
     def observer(c: RequestContext) -> None:
-        if c.status == 200 and c.spec is not None and c.spec.audit_kind == "crypto":
-            return  # handed over before the answer (hand_off)
-        audit_log.enqueue_request(c)
+        # Every other request is recorded here, after its answer: one that hand_off queued is
+        # marked, so an answer that ever bypassed before_answer would still be recorded.
+        if _HANDED_OFF not in c.extra:
+            audit_log.enqueue_request(c)
 
     async def stop() -> None:
         audit_log.close()
@@ -156,7 +164,7 @@ def install(app: Any, *, queue_size: int = QUEUE_SIZE) -> AuditLog | None:
 
     def refuse_unaudited(c: RequestContext) -> None:
         """Encrypt/Decrypt only while every record can be kept (a flag read, no disk I/O)."""
-        if c.spec is not None and c.spec.audit_kind == "crypto" and not audit_log.integrity_ok:
+        if is_crypto(c) and not audit_log.integrity_ok:
             c.extra["refused"] = "audit"
             raise InternalException(REFUSAL_MESSAGE)
 

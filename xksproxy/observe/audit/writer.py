@@ -604,15 +604,20 @@ class AuditLog:
         for item in batch:
             if isinstance(item, dict):
                 records.append(item)
-                continue
-            try:
-                if make is None:
-                    raise TypeError("no request_record function for a queued request")
-                records.append(make(item))
-            except Exception:
-                failed += 1
+            elif make is None:
+                failed += 1  # enqueue_request without request_record: a wiring bug
+            else:
+                try:
+                    records.append(make(item))
+                except Exception:
+                    if not failed:  # the first one's traceback says what to fix
+                        log.exception("audit: a request record could not be built")
+                    failed += 1
         if failed:
             log.error("audit: %d request record(s) could not be built; counted as dropped", failed)
+            if self._queue.on_drop is not None:
+                with contextlib.suppress(Exception):  # as BatchWriter.put: metrics never fail
+                    self._queue.on_drop(failed)
         return records, failed
 
     def _write_batch(self, batch: list[Queued], dropped: int) -> None:
