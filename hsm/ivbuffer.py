@@ -14,8 +14,11 @@ no slice is ever handed out twice, so:
   compares :func:`hsm.startup.forks_seen` with the value at the last refill and wipes the copy
   instead of handing the parent's IVs out a second time.
 
-A buffer belongs to one session and is used by one thread at a time (under the pool's call
-lock), like :class:`hsm.gcm.Gcm`; it does no locking of its own.
+A buffer belongs to one session and is used by one thread at a time, like :class:`hsm.gcm.Gcm`:
+whoever holds the session holds its buffer (inline mode: the pool's free list hands a session to
+one operation at a time; threaded mode: each session has its own worker thread). There is no
+lock here, and none is needed: the module's call lock is a no-op for modules that are not
+serialised.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ async def amain(args: argparse.Namespace, state: Path) -> None:
     from xksproxy.runtime.factory import create_app
 
     app = create_app()
-    before_answer = getattr(app, "before_answer", [])  # the audit's hand-off of Encrypt/Decrypt
+    before_answer = app.before_answer  # the audit's hand-off of Encrypt/Decrypt
     if args.no_observers:  # what the request log, audit and metrics cost per request
         app.observers.clear()
         before_answer.clear()

@@ -19,7 +19,7 @@ out="loadtest/results/$(date -u +%Y%m%dT%H%M%SZ).txt"
 status=0
 run() { echo "\$ $*"; "$@"; local rc=$?; echo "exit status: $rc"; echo; return "$rc"; }
 {
-  date -u; git rev-parse --short HEAD; nproc; grep -m1 "model name" /proc/cpuinfo; uptime
+  date -u; git describe --always --dirty; nproc; grep -m1 "model name" /proc/cpuinfo; uptime
   run "$py" -m loadtest.profile_app --count 3000
   run "$py" -m loadtest.profile_app --count 3000 --no-observers
   run "$py" -m loadtest.targets --runs "$runs" || status=1

@@ -112,9 +112,6 @@ def test_scrapes_during_updates_never_see_a_counter_go_backwards(registry, frequ
         while not done.is_set():
             counters = registry.counters
             seen.append(counters.get(("xksproxy_requests_total", lb), 0.0))
-            hist = registry.hists.get(("xksproxy_request_duration_seconds", lb))
-            if hist is not None:  # _count is always the le="+Inf" bucket
-                assert hist[-1] == sum(hist[:-2])
 
     scraper = threading.Thread(target=scrape)
     scraper.start()

@@ -35,7 +35,9 @@ BeforeAnswerHook = Callable[[RequestContext], None]
 an ``XksError`` to answer that error instead (the audit: a record that cannot be queued)."""
 
 Observer = RequestObserver
-"""Runs after every API response with the finished context; cheap, must not raise."""
+"""Runs after every API response with the finished context; cheap, must not raise, and must not
+change the context: the request log and the audit queue it as it is, and their writer threads
+read it later."""
 
 LifecycleHook = Callable[[], Awaitable[None]]
 """Runs in the lifespan: after the HSM pools and the health task start, before they stop."""

@@ -4,8 +4,10 @@ A child is one thread's cell of one series (name + label set). The recording API
 once per label set and thread (cached in :mod:`.record` and :mod:`.members`), so an update is
 attribute increments on a slotted object: no label sorting, no dict lookup, no lock.
 
-The thread story (why no lock): requests are observed on the event-loop thread while HSM
-calls may be observed from worker threads (hsm threaded mode). ``x += 1`` on a shared object is
+The thread story (why no lock): requests and HSM operations are observed on the event-loop
+thread, while other threads record too: the audit writer (gaps, lost records), the request-log
+writer (dropped lines), the metrics flusher and any code run with ``asyncio.to_thread``. ``x += 1``
+on a shared object is
 a read, an add and a write; two threads doing it at once can lose an update (and do, on a
 free-threaded build or whenever a thread switch falls between the read and the write). So no
 child is ever shared between threads: :meth:`~.registry.Registry.counter` and

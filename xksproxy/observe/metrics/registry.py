@@ -30,9 +30,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from xksproxy.observe.metrics.children import CounterChild, HistogramChild, hist_row
+
+#: A child type (:class:`CounterChild` or :class:`HistogramChild`).
+C = TypeVar("C", CounterChild, HistogramChild)
 
 #: A series' labels: sorted (name, value) pairs, so equal label sets make equal keys.
 Labels = tuple[tuple[str, str], ...]
@@ -90,22 +93,21 @@ class Registry:
     def counter(self, key: SeriesKey) -> CounterChild:
         """The calling thread's child of counter ``key`` (the same one on every call from this
         thread). Hand it to no other thread: it must have one writer."""
-        ident = threading.get_ident()
-        with self._lock:
-            by_thread = self._counters.setdefault(key, {})
-            child = by_thread.get(ident)
-            if child is None:
-                child = by_thread[ident] = CounterChild()
-            return child
+        return self._child(self._counters, key, CounterChild)
 
     def histogram(self, key: SeriesKey) -> HistogramChild:
         """The calling thread's child of histogram ``key`` (see :meth:`counter`)."""
+        return self._child(self._hists, key, HistogramChild)
+
+    def _child(
+        self, table: dict[SeriesKey, dict[int, C]], key: SeriesKey, make: Callable[[], C]
+    ) -> C:
         ident = threading.get_ident()
         with self._lock:
-            by_thread = self._hists.setdefault(key, {})
+            by_thread = table.setdefault(key, {})
             child = by_thread.get(ident)
             if child is None:
-                child = by_thread[ident] = HistogramChild()
+                child = by_thread[ident] = make()
             return child
 
     def inc(self, name: str, label_values: Mapping[str, object], value: float = 1.0) -> None:
@@ -130,7 +132,7 @@ class Registry:
         """Every counter summed over its threads' children (a copy)."""
         with self._lock:
             tables = [(k, list(by_thread.values())) for k, by_thread in self._counters.items()]
-        return {k: _sum_values(children) for k, children in tables}
+        return {k: sum(c.value for c in children) for k, children in tables}
 
     @property
     def hists(self) -> dict[SeriesKey, list[float]]:
@@ -155,13 +157,6 @@ class Registry:
             "hists": [[n, list(map(list, lb)), h] for (n, lb), h in self.hists.items()],
             "gauges": [[n, list(map(list, lb)), v] for (n, lb), v in gauges.items()],
         }
-
-
-def _sum_values(children: list[CounterChild]) -> float:
-    total = 0.0
-    for child in children:
-        total += child.value
-    return total
 
 
 #: The process's registry (one per worker; the listener merges their snapshots).
