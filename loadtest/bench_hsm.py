@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -32,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,13 +65,24 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
 
 
-def bare(cfg: HsmConfig, seconds: float) -> Run:
+@contextlib.contextmanager
+def bare_session(cfg: HsmConfig) -> Iterator[tuple[Gcm, int]]:
+    """One session on ``cfg``'s token outside any pool: its :class:`Gcm` and the bench key's
+    handle; closed and released however the block ends."""
     mod = module.acquire(cfg.module, cfg.env)
     try:
         session = mod.open_session(mod.find_token(cfg.token_label), cfg.pin)
-        fl, h = mod.functions, session.handle
-        key = keys.resolve(fl, h, "bench").handle
-        ctx = Gcm(fl, h)
+        try:
+            fl, h = mod.functions, session.handle
+            yield Gcm(fl, h), keys.resolve(fl, h, "bench").handle
+        finally:
+            mod.functions.C_CloseSession(session.handle)
+    finally:
+        module.release(mod)
+
+
+def bare(cfg: HsmConfig, seconds: float) -> Run:
+    with bare_session(cfg) as (ctx, key):
         ivs = IvBuffer()
         enc: list[float] = []
         dec: list[float] = []
@@ -84,9 +96,6 @@ def bare(cfg: HsmConfig, seconds: float) -> Run:
             t2 = time.perf_counter()
             enc.append(t1 - t0)
             dec.append(t2 - t1)
-        mod.functions.C_CloseSession(h)
-    finally:
-        module.release(mod)
     return Run((len(enc) + len(dec)) / seconds, enc, dec)
 
 
@@ -182,12 +191,7 @@ def _median_us(call: Callable[[], object], iterations: int) -> float:
 
 def calls(cfg: HsmConfig, n_rounds: int, iterations: int) -> None:
     """Print a markdown table: median us per PKCS#11 call of an Encrypt, on one bare session."""
-    mod = module.acquire(cfg.module, cfg.env)
-    try:
-        session = mod.open_session(mod.find_token(cfg.token_label), cfg.pin)
-        fl, h = mod.functions, session.handle
-        key = keys.resolve(fl, h, "bench").handle
-        ctx = Gcm(fl, h)
+    with bare_session(cfg) as (ctx, key):
         iv = ctx.random(IV_BYTES)
         _, ct, tag = ctx.encrypt(key, iv, AAD, PLAINTEXT)
         ivs = IvBuffer()
@@ -203,9 +207,6 @@ def calls(cfg: HsmConfig, n_rounds: int, iterations: int) -> None:
         for _ in range(n_rounds):  # interleaved: load drift hits every call alike
             for name, call in variants.items():
                 medians[name].append(_median_us(call, iterations))
-        fl.C_CloseSession(h)
-    finally:
-        module.release(mod)
     us = {name: statistics.median(m) for name, m in medians.items()}
     rng1, rngn, enc, dec, take = us.values()
     print(
