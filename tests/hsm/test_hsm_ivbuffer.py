@@ -35,6 +35,7 @@ class FakeRng:
 
     def __init__(self) -> None:
         self.batches: list[bytes] = []
+        self.sessions: set[int] = set()  # the session handles that drew
         self.addresses: list[int] = []
         self.fail = False
 
@@ -155,6 +156,7 @@ class Draws:
 
     def __init__(self) -> None:
         self.batches: list[bytes] = []
+        self.sessions: set[int] = set()  # the session handles that drew
 
 
 @pytest.fixture
@@ -165,6 +167,7 @@ def draws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Draws]:
     def counting(self: Gcm, addr: int, n: int) -> None:
         real(self, addr, n)
         record.batches.append(ctypes.string_at(addr, n))
+        record.sessions.add(self.handle)
 
     monkeypatch.setattr(Gcm, "random_into", counting)
     yield record
@@ -208,9 +211,13 @@ async def test_many_encrypts_get_distinct_ivs_from_one_draw_per_batch(
 
 
 async def test_concurrent_encrypts_on_several_sessions_never_share_an_iv(
-    hsm_config: HsmConfig, draws: Draws
+    hsm_config: HsmConfig, tmp_path: Path, draws: Draws
 ) -> None:
-    pool = HsmPool(dataclasses.replace(hsm_config, sessions=4))
+    """Four sessions really in use at once (threaded mode through the shim, 1 ms per call, so
+    no worker can take every job), each drawing its own batches: no IV is handed out twice."""
+    shim = FaultShim.create(tmp_path)
+    shim.set("delay", delay_ms=1)
+    pool = HsmPool(shim.hsm_config(hsm_config, mode="threaded", sessions=4))
     await pool.start()
     try:
         results = await asyncio.gather(*(encrypt_all(pool, 40) for _ in range(8)))
@@ -218,6 +225,7 @@ async def test_concurrent_encrypts_on_several_sessions_never_share_an_iv(
         await pool.close()
     ivs = [iv for r in results for iv in r]
     assert len(set(ivs)) == len(ivs) == 320
+    assert len(draws.sessions) == 4  # every session drew its own batch
 
 
 @pytest.fixture
