@@ -179,3 +179,38 @@ def test_network_hsm_reports_the_figures_targets_reads(tmp_path):
 
     judged = [t for t in targets(network=True) if t.name.startswith("network HSM")]
     assert [t.read({"network": doc}) for t in judged] == [doc["ratio_to_bound"], doc["ping_p99_ms"]]
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) not installed")
+def test_floor_serves_real_encrypts_and_reports_the_ratios_targets_reads(tmp_path):
+    """The floor app (loadtest/floor.py) answers every replayed Encrypt and Decrypt with 200 (the
+    tool exits non-zero on any other answer), and loadtest.targets reads its ratios as the floor
+    of each ratio target; nothing is left in its temporary directory."""
+    r = subprocess.run(
+        [sys.executable, "-m", "loadtest.floor", "--servers", "floor", "--rounds", "1",
+         "--duration", "1", "--protocols", "h1", "--workers", "1", "--json"],
+        cwd=REPO,
+        env=serve_env(probe=False, extra={"TMPDIR": str(tmp_path)}),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    (line,) = r.stdout.splitlines()  # nothing else on stdout
+    rows = json.loads(line)
+    assert [(row["server"], row["op"]) for row in rows] == [
+        ("floor", "ping"),
+        ("floor", "encrypt"),
+        ("floor", "decrypt"),
+    ]
+    assert all(row["rps"] > 0 and row["cpu_us"] > 0 for row in rows)
+    assert list(tmp_path.iterdir()) == []
+    from loadtest.targets import Outcome, targets
+
+    (target,) = [t for t in targets(network=False) if t.name == "encrypt / ping, h1, workers=1"]
+    assert target.floor is not None
+    assert target.floor({"floor-1": rows}) == rows[1]["ratio_to_ping"]
+    below = Outcome(target, [0.1, 0.1, 0.1], [0.2, 0.25, 0.2])
+    assert below.status() == "**missed**: the floor is below the goal"
+    assert Outcome(target, [0.1, 0.1, 0.1], [0.4, 0.4, 0.4]).status() == "**missed**"
+    assert Outcome(target, [0.3, 0.4, 0.4], [0.2, 0.2, 0.2]).status() == "met"
