@@ -22,12 +22,14 @@ on the proxy's own code can meet that target on this machine with this stack.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import hashlib
 import hmac
 import json
 import os
+import queue
 import socket
 import statistics
 import subprocess
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,35 +56,57 @@ OPS = ("ping", "encrypt", "decrypt")
 TARGETS = {"encrypt": 0.30, "decrypt": 0.35}  # issue 16 (loadtest.targets reads them here)
 
 
+class _Session:
+    """One bare PKCS#11 session with its IV buffer (used by one thread at a time)."""
+
+    def __init__(self, mod: Any, token: Any, pin: str) -> None:
+        from hsm.gcm import Gcm
+        from hsm.ivbuffer import IvBuffer
+
+        self.handle = mod.open_session(token, pin).handle
+        self.gcm = Gcm(mod.functions, self.handle)
+        self.ivs = IvBuffer()
+
+
 class FloorApp:
-    """The bare RSGI app (one per granian worker). Its session opens in ``__rsgi_init__``."""
+    """The bare RSGI app (one per granian worker); its sessions open in ``__rsgi_init__``.
+
+    With ``mode = "inline"`` (the embedded default) one session serves every request on the
+    event loop. With ``mode = "threaded"`` (a network HSM, ``loadtest.network_hsm --floor``) it
+    opens ``sessions`` sessions and runs each request's HSM work as *one* job on a thread pool of
+    that size: the fewest thread hand-offs any threaded design can make.
+    """
 
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
 
     def __rsgi_init__(self, loop: Any) -> None:
         from hsm import keys, module
-        from hsm.gcm import Gcm
-        from hsm.ivbuffer import IvBuffer
         from xksproxy.config import load_config
 
         cfg = load_config(Path(self.config_path))
         hsm_cfg = cfg.hsms[0]
-        store = cfg.keystores[0]
-        self.prefix = store.uri_path + "/keys/"
-        creds = {c.access_key_id: [c] for c in store.credentials}
+        creds = {c.access_key_id: [c] for c in cfg.keystores[0].credentials}
         self.lookup = lambda akid: creds.get(akid, [])
         self.mod = module.acquire(hsm_cfg.module, hsm_cfg.env)
-        session = self.mod.open_session(self.mod.find_token(hsm_cfg.token_label), hsm_cfg.pin)
-        self.session = session.handle
-        self.gcm = Gcm(self.mod.functions, self.session)
-        self.key = keys.resolve(self.mod.functions, self.session, "demo").handle
-        self.ivs = IvBuffer()
+        token = self.mod.find_token(hsm_cfg.token_label)
+        count = hsm_cfg.sessions if hsm_cfg.mode == "threaded" else 1
+        self.sessions = [_Session(self.mod, token, hsm_cfg.pin) for _ in range(count)]
+        self.key = keys.resolve(self.mod.functions, self.sessions[0].handle, "demo").handle
+        self.free: queue.SimpleQueue[_Session] = queue.SimpleQueue()
+        for session in self.sessions:
+            self.free.put(session)
+        self.threads: ThreadPoolExecutor | None = None
+        if hsm_cfg.mode == "threaded":
+            self.threads = ThreadPoolExecutor(max_workers=count)
 
     def __rsgi_del__(self, loop: Any) -> None:
         from hsm import module
 
-        self.mod.functions.C_CloseSession(self.session)
+        if self.threads is not None:
+            self.threads.shutdown()
+        for session in self.sessions:
+            self.mod.functions.C_CloseSession(session.handle)
         module.release(self.mod)
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
@@ -106,26 +131,25 @@ class FloorApp:
             now=time.time(),
         )
         doc = orjson.loads(body)
-        aad = base64.b64decode(doc.get("additionalAuthenticatedData", ""))
-        if scope.path.endswith("/encrypt"):
-            answer = self._encrypt(base64.b64decode(doc["plaintext"]), aad)
+        work = self._encrypt if scope.path.endswith("/encrypt") else self._decrypt
+        if self.threads is None:
+            answer = work(doc)
         else:
-            plaintext = self.gcm.decrypt(
-                self.key,
-                base64.b64decode(doc["initializationVector"]),
-                aad,
-                base64.b64decode(doc["ciphertext"]),
-                base64.b64decode(doc["authenticationTag"]),
-            )
-            answer = {"plaintext": base64.b64encode(plaintext).decode()}
+            answer = await asyncio.get_running_loop().run_in_executor(self.threads, work, doc)
         protocol.response_bytes(200, _JSON, orjson.dumps(answer))
 
-    def _encrypt(self, plaintext: bytes, aad: bytes) -> dict[str, str]:
-        iv = self.ivs.take(self.gcm.random_into)
-        _, ct, tag = self.gcm.encrypt(self.key, iv, aad, plaintext)
-        cdiv = hashlib.sha256(aad + iv + ct + tag).digest()
-        if not hmac.compare_digest(self.gcm.decrypt(self.key, iv, aad, ct, tag), plaintext):
-            raise RuntimeError("round trip failed")
+    def _encrypt(self, doc: dict[str, Any]) -> dict[str, str]:
+        plaintext = base64.b64decode(doc["plaintext"])
+        aad = base64.b64decode(doc.get("additionalAuthenticatedData", ""))
+        s = self.free.get()
+        try:
+            iv = s.ivs.take(s.gcm.random_into)
+            _, ct, tag = s.gcm.encrypt(self.key, iv, aad, plaintext)
+            cdiv = hashlib.sha256(aad + iv + ct + tag).digest()
+            if not hmac.compare_digest(s.gcm.decrypt(self.key, iv, aad, ct, tag), plaintext):
+                raise RuntimeError("round trip failed")
+        finally:
+            self.free.put(s)
         b64 = base64.b64encode
         return {
             "authenticationTag": b64(tag).decode(),
@@ -133,6 +157,21 @@ class FloorApp:
             "initializationVector": b64(iv).decode(),
             "ciphertextDataIntegrityValue": b64(cdiv).decode(),
         }
+
+    def _decrypt(self, doc: dict[str, Any]) -> dict[str, str]:
+        b64d = base64.b64decode
+        s = self.free.get()
+        try:
+            plaintext = s.gcm.decrypt(
+                self.key,
+                b64d(doc["initializationVector"]),
+                b64d(doc.get("additionalAuthenticatedData", "")),
+                b64d(doc["ciphertext"]),
+                b64d(doc["authenticationTag"]),
+            )
+        finally:
+            self.free.put(s)
+        return {"plaintext": base64.b64encode(plaintext).decode()}
 
 
 def create() -> FloorApp:

@@ -22,6 +22,11 @@ per-request HSM time is the shim's delay times the delayed calls one Encrypt+CDI
 the same run: its req/s is the CPU ceiling of this machine, which says whether a missed ratio is
 the proxy waiting on the HSM or two shared cores running out.
 
+``--floor`` serves the same load from ``loadtest.floor``'s bare app instead of the proxy (same
+granian, TLS, shim and sessions; each request's HSM work one thread-pool job): the most any
+Python server on this stack reaches here, so a goal above the floor's figure cannot be met by
+changing the proxy.
+
 Exit status 0 whether or not a goal is met (loadtest/targets.py judges ``ratio_to_bound`` and
 ``ping_p99_ms``); 1 only when the run produced no figure (no successful Encrypt or /ping).
 """
@@ -43,7 +48,7 @@ import tempfile
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -54,8 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hsm.ivbuffer import IV_BATCH
 from loadtest import fleet_client
-from loadtest.embedded_server import embedded_server, init_state, tree_cpu_seconds
+from loadtest.embedded_server import Running, embedded_server, init_state, tree_cpu_seconds
 from loadtest.fleet import unverified_tls
+from loadtest.floor import floor_server
 from loadtest.xks_requests import prepare, target_from_env
 
 # The test suite's fault shim, loaded by name so the type checker does not walk into tests/
@@ -244,6 +250,17 @@ def _runner() -> Callable[[Coroutine[Any, Any, list[Phase]]], list[Phase]]:
     return uvloop.run
 
 
+@contextlib.contextmanager
+def _server(args: argparse.Namespace, state: Path) -> Iterator[Running]:
+    """The proxy (embedded default on ``state``) or, with ``--floor``, the floor app."""
+    if not args.floor:
+        with embedded_server(workers=args.workers, state_dir=state) as srv:
+            yield srv
+        return
+    with floor_server(state, args.workers) as (url, pid):
+        yield Running(url=url, state_dir=state, pid=pid)
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     (work / "shim").mkdir()
     shim = FaultShim.create(work / "shim")
@@ -258,7 +275,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     # anyway (hsm/module.py); say so explicitly, since threaded mode inline would measure nothing.
     os.environ["XKSPROXY_PKCS11_SERIALIZE"] = "0"
     load_before = os.getloadavg()[0]
-    with embedded_server(workers=args.workers, state_dir=state) as srv:
+    with _server(args, state) as srv:
         os.environ["XKS_STATE_DIR"] = str(srv.state_dir)
         ctx = multiprocessing.get_context("spawn")
         stop, out = ctx.Event(), ctx.Queue()
@@ -283,6 +300,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     figs = phase_figures(phases[0], pings, bound)
     ping_failures = sum(1 for r in pings if r[2] != "ok")
     doc: dict[str, Any] = {
+        "server": "floor" if args.floor else "proxy",
         "mode": str(hsm["mode"]),
         "workers": args.workers,
         "sessions": int(hsm["sessions"]),
@@ -304,8 +322,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def print_table(doc: dict[str, Any]) -> None:
-    print(f"network HSM: +{doc['delay_ms']} ms per crypto call, {doc['hsm_calls_per_request']:.3f} "
-          f"calls per Encrypt+CDIV = {doc['hsm_ms_per_request']:.1f} ms; mode {doc['mode']}, "
+    print(f"{doc['server']}, network HSM: +{doc['delay_ms']} ms per crypto call, "
+          f"{doc['hsm_calls_per_request']:.3f} calls per Encrypt+CDIV = "
+          f"{doc['hsm_ms_per_request']:.1f} ms; mode {doc['mode']}, "
           f"{doc['workers']} worker(s) x {doc['sessions']} sessions, {doc['connections']} "
           f"connections: bound {doc['bound_rps']:.0f} req/s")  # fmt: skip
     print("| phase | req/s | / bound | encrypt p50 ms | p99 ms | ping p50 ms | ping p99 ms "
@@ -348,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="run in this new directory and keep it: the server's request log "
                    "(state/serve.stdout) and stderr say what an error was")  # fmt: skip
+    p.add_argument("--floor", action="store_true",
+                   help="serve the load from loadtest.floor's bare app, not the proxy")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON document, nothing else")
     args = p.parse_args(argv)
     if not 0 < args.duration <= MAX_DURATION_S or not 0 <= args.warmup <= 30:
