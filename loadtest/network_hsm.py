@@ -62,7 +62,7 @@ from loadtest import fleet_client
 from loadtest.embedded_server import Running, embedded_server, init_state, tree_cpu_seconds
 from loadtest.fleet import unverified_tls
 from loadtest.floor import floor_server
-from loadtest.xks_requests import prepare, target_from_env
+from loadtest.xks_requests import Target, prepare, target_from_env
 
 # The test suite's fault shim, loaded by name so the type checker does not walk into tests/
 # (not part of the typed tree), as loadtest/ha_faults.py does.
@@ -227,8 +227,10 @@ def phase_figures(ph: Phase, pings: PingRecords, bound: float) -> dict[str, Any]
     }
 
 
-async def measure(args: argparse.Namespace, url: str, shim: Any, server_pid: int) -> list[Phase]:
-    target = target_from_env(url)
+async def measure(
+    args: argparse.Namespace, target: Target, shim: Any, server_pid: int
+) -> list[Phase]:
+    url = target.base_url
     pool = [("encrypt", prepare(target, "encrypt").http11(target.host)) for _ in range(POOL)]
     phases = []
     shim.set("delay", delay_ms=args.delay_ms)
@@ -279,7 +281,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         os.environ["XKS_STATE_DIR"] = str(srv.state_dir)
         ctx = multiprocessing.get_context("spawn")
         stop, out = ctx.Event(), ctx.Queue()
-        ping_raw = prepare(target_from_env(srv.url), "ping").http11(srv.url.split("://", 1)[1])
+        target = target_from_env(srv.url)
+        ping_raw = prepare(target, "ping").http11(target.host)
         cap_s = 2 * (args.warmup + args.duration) + 30.0
         prober = ctx.Process(
             target=_ping_child,
@@ -288,7 +291,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         )
         prober.start()
         try:
-            phases = _runner()(measure(args, srv.url, shim, srv.pid))
+            phases = _runner()(measure(args, target, shim, srv.pid))
         finally:
             stop.set()
             pings: PingRecords = []

@@ -93,14 +93,14 @@ async def amain(args: argparse.Namespace, state: Path) -> None:
     from xksproxy.runtime.factory import create_app
 
     app = create_app()
-    before_answer = app.before_answer  # the audit's hand-off of Encrypt/Decrypt
     if args.no_observers:  # what the request log, audit and metrics cost per request
         app.observers.clear()
-        before_answer.clear()
+        app.before_answer = None  # the audit's hand-off of Encrypt/Decrypt
     for name in args.drop_observer or ():
         app.observers[:] = [o for o in app.observers if name not in _qualname(o)]
-        before_answer[:] = [h for h in before_answer if name not in _qualname(h)]
-    hooks = list(app.observers) + list(before_answer)
+        if app.before_answer is not None and name in _qualname(app.before_answer):
+            app.before_answer = None
+    hooks = [*app.observers, *([app.before_answer] if app.before_answer else [])]
     print("observers: " + ", ".join(_qualname(o) for o in hooks), file=REPORT)
     q, _out, task = await lifespan(app)
     target = target_from_env(f"https://{HOST}")

@@ -262,16 +262,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         heads = " | ".join(f"run {i + 1}" for i in range(args.runs))
-        print(f"| target | {heads} | median | floor (median) | goal | status |")
+        print(f"| target | {heads} | median | floor: median (runs) | goal | status |")
         print("|---" * (args.runs + 5) + "|")
         for o in goals:
             f = o.target.fmt
             vals = " | ".join("-" if v is None else f.format(v) for v in o.values)
             med, floor = o.median(), o.floor_median()
+            floors = "-"
+            if floor is not None:
+                runs = ", ".join("-" if v is None else f.format(v) for v in o.floors)
+                floors = f"{f.format(floor)} ({runs})"
             print(
                 f"| {o.target.name} | {vals} | {'-' if med is None else f.format(med)} "
-                f"| {'-' if floor is None else f.format(floor)} | {o.target.goal} "
-                f"| {o.status()} |"
+                f"| {floors} | {o.target.goal} | {o.status()} |"
             )
     return 0 if all(o.met() for o in goals) else 1
 

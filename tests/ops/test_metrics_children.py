@@ -13,6 +13,7 @@ import pytest
 from xksproxy import environment
 from xksproxy.observe import metrics
 from xksproxy.observe.metrics import members
+from xksproxy.observe.requestlog import RequestContext
 
 GOLDEN = Path(__file__).parent / "data" / "metrics_exposition.txt"
 THREADS, UPDATES = 8, 5000
@@ -84,7 +85,7 @@ def test_hsm_ops_and_rare_counters_from_many_threads_are_all_counted(registry, f
     def hsm_op() -> None:
         metrics.observe_hsm_op(series, 0.0001, 0.001)
         member.call("a", "encrypt", 0.001, False)
-        metrics.observe_throttled("quota", "demo")
+        metrics.observe_throttled(RequestContext(0.0, 0.0, store="demo"), "quota")
 
     _run_in_threads(hsm_op)
     snap = registry.snapshot()
@@ -151,9 +152,10 @@ def test_exposition_is_unchanged(registry):
             **flags,
         )
     metrics.observe_hsm_op(metrics.hsm_keys("softhsm-0", "encrypt"), 0.0002, 0.001)
-    metrics.observe_hsm_call("softhsm-0", "decrypt", 0.01)
-    metrics.observe_session_wait("softhsm-0", 0.05)
-    metrics.observe_throttled("quota", "demo")
+    metrics.observe_hsm_op(metrics.hsm_keys("softhsm-0", "decrypt"), 0.05, 0.01)
+    refused = RequestContext(0.0, 0.0, store="demo")
+    metrics.observe_throttled(refused, "quota")
+    assert refused.extra[metrics.THROTTLED] == "quota"  # the mark the metrics observer reads
     metrics.audit_dropped(2)
     member = members.MemberMetrics("main")
     member.call("a", "encrypt", 0.004, True)

@@ -44,7 +44,7 @@ def _worker(n_ok: int, n_err: int, slow: int) -> None:
             error_name="DependencyTimeoutException",
             seconds=0.16,
         )
-    metrics.observe_hsm_call("softhsm-0", "encrypt", 0.0001)
+    metrics.observe_hsm_op(metrics.hsm_keys("softhsm-0", "encrypt"), 0.0, 0.0001)
     metrics.flush_now()
 
 

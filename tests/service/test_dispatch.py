@@ -282,7 +282,7 @@ async def test_guarded_pool_forwards_every_method(monkeypatch):
 
 
 async def test_guarded_pool_refuses_before_calling_the_inner_pool(monkeypatch):
-    monkeypatch.setattr(admission.metrics, "observe_throttled", lambda reason, store: None)
+    monkeypatch.setattr(admission.metrics, "observe_throttled", lambda ctx, reason: None)
     inner = MemoryPool("m", sessions=1)
     inner.add_key("k")
     await inner.start()
@@ -346,7 +346,7 @@ async def test_an_admitted_request_is_not_refused_at_its_second_hsm_call(monkeyp
 
     from xksproxy.observe.requestlog import RequestContext
 
-    monkeypatch.setattr(admission.metrics, "observe_throttled", lambda reason, store: None)
+    monkeypatch.setattr(admission.metrics, "observe_throttled", lambda ctx, reason: None)
     inner = MemoryPool("m", sessions=1)
     inner.add_key("k")
     await inner.start()

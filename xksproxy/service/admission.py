@@ -223,9 +223,7 @@ class GuardedPool:
             sessions=sessions, waiting=waiting, in_use=in_use, deadline=deadline
         )
         if not decision.ok:
-            if ctx is not None:
-                ctx.extra["throttled"] = decision.reason
-            metrics.observe_throttled(decision.reason, (ctx.store if ctx else None) or "")
+            metrics.observe_throttled(ctx, decision.reason)
             raise ThrottlingException("the HSM session queue is too long for the request deadline")
 
     async def _guard(self, op: str, call: Awaitable[T], deadline: float) -> T:
@@ -271,13 +269,11 @@ def install(app: XksApp, *, quotas: Quotas | None = None) -> Admission:
             return _noop  # cached answer, no HSM work: KMS must see health even under overload
         decision = admission.enter()
         if not decision.ok:
-            ctx.extra["throttled"] = "in_flight"
-            metrics.observe_throttled("in_flight", store)
+            metrics.observe_throttled(ctx, "in_flight")
             raise ThrottlingException("too many requests in flight; retry shortly")
         if quotas is not None and not quotas.allow(store):
             admission.leave()
-            ctx.extra["throttled"] = "quota"
-            metrics.observe_throttled("quota", store)
+            metrics.observe_throttled(ctx, "quota")
             raise ThrottlingException(f"key store {store} is over its request quota")
         return admission.leave
 

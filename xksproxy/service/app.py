@@ -59,10 +59,11 @@ Seams for operations code (their types are in :mod:`xksproxy.service.hooks`):
 - ``app.before_dispatch``: callables ``(ctx)`` run after authentication, validation and policy,
   just before the HSM work (ctx then has the key store, key id, access key id and metadata);
   raise an ``XksError`` (e.g. 429 for a per-store quota, 503 past the deadline) to refuse.
-- ``app.before_answer``: callables ``(ctx)`` run once a request has succeeded (ctx finished
-  with 200), before its answer is sent; raise an ``XksError`` to send that error instead. The
-  audit hands Encrypt/Decrypt records over here, so none is answered unrecorded; it must stay
-  the last hook (a later refusal would leave the record of an answer never sent).
+- ``app.before_answer``: one callable ``(ctx)`` or None, run once a request has succeeded (ctx
+  finished with 200), before its answer is sent; raise an ``XksError`` to send that error
+  instead. The audit hands Encrypt/Decrypt records over here, so none is answered unrecorded.
+  One slot, not a list: the hand-off must be the very last step before the answer (a refusal
+  after it would leave the record of an answer never sent), and a slot cannot be appended to.
 - ``app.observers``: callables ``(ctx)`` run after every API response with the finished
   :class:`~xksproxy.observe.requestlog.RequestContext` (outcome, errorName, latency, store, key id,
   metadata; ``ctx.extra["metadata"]`` holds the known ``requestMetadata`` string fields, each
@@ -168,7 +169,7 @@ class XksApp:
         self.pre_auth: list[AdmissionHook] = []
         self.admission: list[AdmissionHook] = []
         self.before_dispatch: list[BeforeDispatchHook] = []
-        self.before_answer: list[BeforeAnswerHook] = []
+        self.before_answer: BeforeAnswerHook | None = None
         self.on_startup: list[LifecycleHook] = []
         self.on_shutdown: list[LifecycleHook] = []
         if config.logging.request_log:
@@ -507,8 +508,8 @@ class XksApp:
             result = await binding.run(self, store, key_id, doc, ctx)
             payload = orjson.dumps(result)
             ctx.finish(200, None)
-            for hook in self.before_answer:
-                hook(ctx)
+            if self.before_answer is not None:
+                self.before_answer(ctx)
         except Disconnected:
             ctx.finish(499, "ClientDisconnected")
             return None

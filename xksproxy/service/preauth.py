@@ -75,8 +75,7 @@ def install(app: XksApp) -> UnauthenticatedBudget:
         client = ctx.client or ""
         reason = budget.enter(client)
         if reason is not None:
-            ctx.extra["throttled"] = reason
-            metrics.observe_throttled(reason, ctx.store or "")
+            metrics.observe_throttled(ctx, reason)
             who = "this client address" if reason == CLIENT_REASON else "all clients"
             raise ThrottlingException(
                 f"too many requests from {who} are still being read or authenticated; retry shortly"

@@ -134,8 +134,7 @@ def install(app: Any, *, queue_size: int = QUEUE_SIZE) -> AuditLog | None:
         c.extra[_HANDED_OFF] = True  # before the offer: the writer thread may read c at once
         if not audit_log.hand_off(c):
             del c.extra[_HANDED_OFF]
-            c.extra["throttled"] = BACKLOG_REASON
-            metrics.observe_throttled(BACKLOG_REASON, c.store or "")
+            metrics.observe_throttled(c, BACKLOG_REASON)
             raise ThrottlingException(BACKLOG_MESSAGE)
 
     def observer(c: RequestContext) -> None:
@@ -178,7 +177,9 @@ def install(app: Any, *, queue_size: int = QUEUE_SIZE) -> AuditLog | None:
     # Started here, not in the lifespan: create_app runs in the worker after fork, and requests
     # answered before startup (404s, 401s) must be recorded too.
     audit_log.start()
-    app.before_answer.append(hand_off)
+    if app.before_answer is not None:  # the slot is the audit's alone (service/app.py)
+        raise RuntimeError("app.before_answer is taken: the audit hand-off must be the last step")
+    app.before_answer = hand_off
     app.observers.append(observer)
     app.on_shutdown.append(stop)
     return audit_log

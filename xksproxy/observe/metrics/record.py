@@ -13,11 +13,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from threading import get_ident
+from typing import TYPE_CHECKING
 
 from xksproxy.observe.metrics.children import CounterChild, HistogramChild
 from xksproxy.observe.metrics.registry import REGISTRY, Sample, SeriesKey, labels
 from xksproxy.observe.metrics.series import HEALTH_STATES
 from xksproxy.observe.metrics.snapshots import FLUSHER
+
+if TYPE_CHECKING:
+    from xksproxy.observe.requestlog import RequestContext
 
 
 def configure(*, deadline_s: float) -> None:
@@ -91,17 +95,20 @@ def _request_children(
     return RequestChildren(operation, keystore, error_name)
 
 
-def observe_throttled(reason: str, keystore: str) -> None:
-    REGISTRY.inc("xksproxy_throttled_total", {"reason": reason, "keystore": keystore})
+#: The ``RequestContext.extra`` key that says why a request was refused with 429 (the metrics
+#: observer tells load shedding from a quota by it).
+THROTTLED = "throttled"
 
 
-def observe_hsm_call(token: str, operation: str, seconds: float) -> None:
-    """One HSM call's time alone (callers that measure no session wait)."""
-    _hsm_children(get_ident(), hsm_keys(token, operation))[0].observe(seconds)
-
-
-def observe_session_wait(token: str, seconds: float) -> None:
-    REGISTRY.observe("xksproxy_hsm_session_wait_seconds", {"token": token}, seconds)
+def observe_throttled(ctx: RequestContext | None, reason: str) -> None:
+    """``ctx`` is being refused with 429 ThrottlingException for ``reason`` (the caller raises):
+    mark the request and count ``xksproxy_throttled_total{reason, keystore}``. The one place
+    every refusal (pre-auth budget, in-flight gate, quota, session queue, audit backlog) goes
+    through, so the mark and the counter cannot disagree."""
+    if ctx is not None:
+        ctx.extra[THROTTLED] = reason
+    store = (ctx.store if ctx is not None else None) or ""
+    REGISTRY.inc("xksproxy_throttled_total", {"reason": reason, "keystore": store})
 
 
 class HsmSeries:

@@ -7,7 +7,12 @@ from typing import Any
 
 from xksproxy.observe import requestlog
 from xksproxy.observe.metrics import kms_signals, members
-from xksproxy.observe.metrics.record import configure, observe_request, request_log_dropped
+from xksproxy.observe.metrics.record import (
+    THROTTLED,
+    configure,
+    observe_request,
+    request_log_dropped,
+)
 from xksproxy.observe.metrics.registry import REGISTRY, Sample
 from xksproxy.observe.metrics.series import HEALTH_STATES
 from xksproxy.observe.metrics.snapshots import start_worker
@@ -22,7 +27,7 @@ def install(app: Any) -> None:
     configure(deadline_s=app.config.server.request_deadline_ms / 1000.0)
 
     def observer(ctx: requestlog.RequestContext) -> None:
-        throttled = ctx.extra.get("throttled")
+        throttled = ctx.extra.get(THROTTLED)
         observe_request(
             operation=ctx.operation or "unknown",
             keystore=ctx.store or "",
