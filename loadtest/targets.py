@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             med, floor = o.median(), o.floor_median()
             floors = "-"
             if floor is not None:
-                runs = ", ".join("-" if v is None else f.format(v) for v in o.floors)
-                floors = f"{f.format(floor)} ({runs})"
+                listed = ", ".join("-" if v is None else f.format(v) for v in o.floors)
+                floors = f"{f.format(floor)} ({listed})"
             print(
                 f"| {o.target.name} | {vals} | {'-' if med is None else f.format(med)} "
                 f"| {floors} | {o.target.goal} | {o.status()} |"

@@ -24,6 +24,7 @@ from xksproxy.observe.metrics.exposition import render
 from xksproxy.observe.metrics.listener import MetricsListener, exposition, start_listener
 from xksproxy.observe.metrics.merge import Merged, collect_snapshots, merge
 from xksproxy.observe.metrics.record import (
+    THROTTLED,
     audit_dropped,
     audit_gap,
     audit_lost,
@@ -33,7 +34,6 @@ from xksproxy.observe.metrics.record import (
     observe_hsm_op,
     observe_request,
     observe_throttled,
-    THROTTLED,
     register_in_flight,
     register_pool,
     request_log_dropped,
@@ -53,6 +53,7 @@ __all__ = [
     "HELP",
     "REGISTRY",
     "SLO_OBJECTIVE",
+    "THROTTLED",
     "CounterChild",
     "HistogramChild",
     "Labels",
@@ -74,7 +75,6 @@ __all__ = [
     "observe_hsm_op",
     "observe_request",
     "observe_throttled",
-    "THROTTLED",
     "register_in_flight",
     "register_pool",
     "render",
