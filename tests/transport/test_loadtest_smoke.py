@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from transport_support import REPO, Served, serve_env
@@ -47,6 +49,22 @@ def _run(*args: str, state: os.PathLike | None = None) -> subprocess.CompletedPr
         text=True,
         timeout=180,
     )
+
+
+def _json_document(tmp_path: Path, *args: str) -> Any:
+    """Run ``python -m args --json`` with its temporary files under ``tmp_path``: it must succeed
+    and print one JSON document and nothing else on stdout."""
+    r = subprocess.run(
+        [sys.executable, "-m", *args, "--json"],
+        cwd=REPO,
+        env=serve_env(probe=False, extra={"TMPDIR": str(tmp_path)}),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    (line,) = r.stdout.splitlines()
+    return json.loads(line)
 
 
 def test_latency_tool(proxy):
@@ -154,18 +172,10 @@ def test_network_hsm_reports_the_figures_targets_reads(tmp_path, server):
     fault shim, threaded mode): one JSON document with the keys loadtest/targets.py reads, and
     nothing failed."""
     floor = ["--floor"] if server == "floor" else []
-    r = subprocess.run(
-        [sys.executable, "-m", "loadtest.network_hsm", "--duration", "1", "--warmup", "0.3",
-         "--sessions", "4", "--connections", "4", "--ping-rate", "20", "--json", *floor],
-        cwd=REPO,
-        env=serve_env(probe=False, extra={"TMPDIR": str(tmp_path)}),
-        capture_output=True,
-        text=True,
-        timeout=180,
+    doc = _json_document(
+        tmp_path, "loadtest.network_hsm", "--duration", "1", "--warmup", "0.3",
+        "--sessions", "4", "--connections", "4", "--ping-rate", "20", *floor,
     )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    (line,) = r.stdout.splitlines()  # nothing else on stdout
-    doc = json.loads(line)
     assert doc["server"] == server and doc["mode"] == "threaded" and doc["sessions"] == 4
     # C_Encrypt and the CDIV's verifying C_Decrypt, each +2 ms, plus one RNG draw per 64 IVs
     # (hsm/ivbuffer.py): 4 sessions / 4.03 ms
@@ -191,18 +201,10 @@ def test_floor_serves_real_encrypts_and_reports_the_ratios_targets_reads(tmp_pat
     """The floor app (loadtest/floor.py) answers every replayed Encrypt and Decrypt with 200 (the
     tool exits non-zero on any other answer), and loadtest.targets reads its ratios as the floor
     of each ratio target; nothing is left in its temporary directory."""
-    r = subprocess.run(
-        [sys.executable, "-m", "loadtest.floor", "--servers", "floor", "--rounds", "1",
-         "--duration", "1", "--protocols", "h1", "--workers", "1", "--json"],
-        cwd=REPO,
-        env=serve_env(probe=False, extra={"TMPDIR": str(tmp_path)}),
-        capture_output=True,
-        text=True,
-        timeout=180,
+    rows = _json_document(
+        tmp_path, "loadtest.floor", "--servers", "floor", "--rounds", "1", "--duration", "1",
+        "--protocols", "h1", "--workers", "1",
     )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    (line,) = r.stdout.splitlines()  # nothing else on stdout
-    rows = json.loads(line)
     assert [(row["server"], row["op"]) for row in rows] == [
         ("floor", "ping"),
         ("floor", "encrypt"),
