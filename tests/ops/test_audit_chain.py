@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import multiprocessing
 from pathlib import Path
 
@@ -49,6 +50,22 @@ def test_clean_log_verifies_and_resumes_after_restart(tmp_path, capsys):
     assert main_verify([str(path)], key=KEY) == 0
     assert "25 records" in capsys.readouterr().out
     assert (path.stat().st_mode & 0o077) == 0
+
+
+def test_each_mac_is_hmac_sha256_of_the_sorted_record_chained_by_prev(tmp_path):
+    """The documented format, checked with the standard library's one-shot HMAC (not the
+    writer's own code): mac = HMAC-SHA256(key, the record without "mac", keys sorted, compact
+    JSON), and each record's prev is the mac before it (the first: 64 zeros)."""
+    path = tmp_path / "a-audit.log"
+    _write(path, 3)
+    prev = "0" * 64
+    for line in path.read_bytes().splitlines():
+        rec = orjson.loads(line)
+        mac = rec.pop("mac")
+        body = orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
+        assert mac == hmac.digest(KEY, body, "sha256").hex()
+        assert rec["prev"] == prev
+        prev = mac
 
 
 def test_only_allowed_fields_are_written(tmp_path):

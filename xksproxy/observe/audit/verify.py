@@ -35,7 +35,7 @@ from xksproxy.observe.audit.chain import (
     GAP,
     GENESIS,
     RETIRE,
-    compute_mac,
+    RecordMac,
     head_mac,
     head_path,
     is_side_file,
@@ -119,6 +119,7 @@ def verify_files(
         loaded.append((p, _load_lines(p)))
     loaded.sort(key=lambda item: _first_seq(item[1]))
     count = 0
+    record_mac = RecordMac(key).of_record
     prev_mac: str | None = None
     prev_seq: int | None = None
     prev_name: str | None = None
@@ -146,7 +147,7 @@ def verify_files(
                     prev = str(rec["prev"])
                 except Exception as exc:
                     raise _Broken(f"{where}: not an audit record ({type(exc).__name__})") from None
-                if not hmac.compare_digest(compute_mac(key, rec), mac):
+                if not hmac.compare_digest(record_mac(rec), mac):
                     raise _Broken(f"{where}: record seq {seq} was edited (MAC does not match)")
                 event = rec.get("event")
                 if event == GAP:

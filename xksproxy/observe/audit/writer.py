@@ -105,6 +105,7 @@ from xksproxy.observe.audit.chain import (
     GENESIS,
     HEAD_BYTES,
     RETIRE,
+    RecordMac,
     alarm_path,
     head_mac,
     head_path,
@@ -299,6 +300,7 @@ class AuditLog:
             raise ValueError("audit key must hold at least 32 bytes of key material")
         self.path = Path(path)
         self._key = key
+        self._mac = RecordMac(key)
         self.rotate_bytes = rotate_bytes
         self.keep_files = keep_files
         self._request_record = request_record  # a finished request -> its record (writer thread)
@@ -678,7 +680,7 @@ class AuditLog:
             gaps.append(gap_record("write-failed", lost_count=self._lost_pending))
         events = gaps + ([retire] if retire is not None else [])
         lines = []
-        key = self._key
+        mac_of = self._mac.of_bytes
         first = True
         for rec in events + batch:
             if "event" in rec:  # a gap retried after a failed write: set afresh
@@ -698,7 +700,7 @@ class AuditLog:
             first = False
             # rec has no "mac" yet: these are exactly the bytes verify hashes
             body = orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
-            prev = hmac.digest(key, body, "sha256").hex()
+            prev = mac_of(body)
             lines.append(body[:-1] + b',"mac":"' + prev.encode() + b'"}')
         if dropped:  # a batch of events only: the drops wait for the next request record
             self._dropped_carry += dropped
