@@ -72,7 +72,9 @@ class IvBuffer:
             self.wipe()  # this is a forked child: the parent may hand out the same bytes
         pos = self._pos
         if pos >= self._end:
-            self.wipe()
+            # Every IV of the old batch is handed out (public in its answer): nothing to zero.
+            # Empty first, so a draw that raises leaves nothing to hand out.
+            self._pos = self._end = 0
             draw(self._addr, self._size)
             self._forks = startup.forks_seen()
             self._end = self._size

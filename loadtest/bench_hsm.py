@@ -196,31 +196,37 @@ def calls(cfg: HsmConfig, n_rounds: int, iterations: int) -> None:
         _, ct, tag = ctx.encrypt(key, iv, AAD, PLAINTEXT)
         ivs = IvBuffer()
         batch = IV_BATCH * IV_BYTES
-        variants: dict[str, Callable[[], object]] = {
-            f"C_GenerateRandom({IV_BYTES})": lambda: ctx.random(IV_BYTES),
-            f"C_GenerateRandom({IV_BYTES}*{IV_BATCH} = {batch})": lambda: ctx.random(batch),
-            "encrypt (C_EncryptInit + C_Encrypt)": lambda: ctx.encrypt(key, iv, AAD, PLAINTEXT),
-            "decrypt (C_DecryptInit + C_Decrypt)": lambda: ctx.decrypt(key, iv, AAD, ct, tag),
-            "IvBuffer.take (refills amortised)": lambda: ivs.take(ctx.random_into),
+        # name -> (the call, IVs it yields: the "per IV" column; 0 for the crypto calls)
+        variants: dict[str, tuple[Callable[[], object], int]] = {
+            "rng": (lambda: ctx.random(IV_BYTES), 1),
+            "batch": (lambda: ctx.random(batch), IV_BATCH),
+            "encrypt": (lambda: ctx.encrypt(key, iv, AAD, PLAINTEXT), 0),
+            "decrypt": (lambda: ctx.decrypt(key, iv, AAD, ct, tag), 0),
+            "take": (lambda: ivs.take(ctx.random_into), 1),
+        }
+        labels = {
+            "rng": f"C_GenerateRandom({IV_BYTES})",
+            "batch": f"C_GenerateRandom({batch})",
+            "encrypt": "encrypt (C_EncryptInit + C_Encrypt)",
+            "decrypt": "decrypt (C_DecryptInit + C_Decrypt)",
+            "take": "IvBuffer.take (refills amortised)",
         }
         medians: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(n_rounds):  # interleaved: load drift hits every call alike
-            for name, call in variants.items():
+            for name, (call, _ivs) in variants.items():
                 medians[name].append(_median_us(call, iterations))
     us = {name: statistics.median(m) for name, m in medians.items()}
-    rng1, rngn, enc, dec, take = us.values()
     print(
         f"# SoftHSMv2, one bare session, {n_rounds} interleaved rounds x {iterations} calls; "
         f"32-byte plaintext, 64-byte AAD; median of the per-round medians"
     )
     print("| call | median us/call | per IV |")
     print("|---|---|---|")
-    print(f"| C_GenerateRandom({IV_BYTES}) | {rng1:.1f} | {rng1:.1f} |")
-    print(f"| C_GenerateRandom({batch}) | {rngn:.1f} | {rngn / IV_BATCH:.2f} |")
-    print(f"| encrypt (C_EncryptInit + C_Encrypt) | {enc:.1f} | |")
-    print(f"| decrypt (C_DecryptInit + C_Decrypt) | {dec:.1f} | |")
-    print(f"| IvBuffer.take (refills amortised) | {take:.2f} | {take:.2f} |")
-    before, after = rng1 + enc + dec, take + enc + dec
+    for name, (_call, per) in variants.items():
+        per_iv = f"{us[name] / per:.2f}" if per else ""
+        print(f"| {labels[name]} | {us[name]:.2f} | {per_iv} |")
+    before = us["rng"] + us["encrypt"] + us["decrypt"]
+    after = us["take"] + us["encrypt"] + us["decrypt"]
     print(
         f"# Encrypt with CDIV, HSM calls: {before:.1f} us (RNG + encrypt + decrypt) -> "
         f"{after:.1f} us with the IV buffer = {after / before:.2f}x "

@@ -26,6 +26,8 @@ proxy refuses such a token at start: tests/hsm/test_hsm_impls.py).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -131,8 +133,6 @@ _tmp_before: set[str] = set()
 
 
 def _tmp_entries() -> set[str]:
-    import tempfile
-
     return {p.name for p in Path(tempfile.gettempdir()).glob(_TMP_PATTERN)}
 
 
@@ -144,9 +144,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     the environment has none (CI, root shells): tokens without a directory of their own, such
     as openCryptoki's, keep their start-up lock there (hsm/startup.py), as on a login session,
     instead of in the temp directory. Removed at the end of the session."""
-    import os
-    import tempfile
-
     _tmp_before.update(_tmp_entries())
     if not os.environ.get("XDG_RUNTIME_DIR"):
         path = tempfile.mkdtemp(prefix="pytest-runtime-")
@@ -160,9 +157,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     Runtime files belong in the state/token directory or ``$XDG_RUNTIME_DIR``, test files in
     ``tmp_path``. Another test run on the same machine at the same time could be blamed for its
     own entries: the message lists them, so that is quick to tell."""
-    import os
-    import shutil
-
     for path in _runtime_dir:
         shutil.rmtree(path, ignore_errors=True)
         os.environ.pop("XDG_RUNTIME_DIR", None)

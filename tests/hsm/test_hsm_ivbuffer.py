@@ -35,7 +35,6 @@ class FakeRng:
 
     def __init__(self) -> None:
         self.batches: list[bytes] = []
-        self.sessions: set[int] = set()  # the session handles that drew
         self.addresses: list[int] = []
         self.fail = False
 
