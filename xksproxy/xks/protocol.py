@@ -308,11 +308,13 @@ def parse_decrypt(doc: dict[str, Any], max_plaintext_bytes: int) -> DecryptReque
         too_big=ValidationException,
     )
     if len(iv) not in limits.IV_LENGTHS:
-        raise ValidationException("initializationVector must be 12 or 16 bytes")
+        raise ValidationException(f"initializationVector must be {_IV_LENGTHS_TEXT} bytes")
     if len(tag) != limits.TAG_BYTES:
-        raise ValidationException("authenticationTag must be 16 bytes")
+        raise ValidationException(f"authenticationTag must be {limits.TAG_BYTES} bytes")
     return DecryptRequest(metadata, ciphertext, iv, tag, aad, meta)
 
+
+_IV_LENGTHS_TEXT = " or ".join(str(n) for n in sorted(limits.IV_LENGTHS))
 
 _PARSERS: dict[str, Callable[[dict[str, Any], int], XksRequest]] = {
     OP_HEALTH: parse_health,

@@ -3,7 +3,7 @@
 Everything here writes to this process's :data:`~xksproxy.observe.metrics.registry.REGISTRY`.
 The request and HSM paths are per-request hot paths: they fetch the calling thread's children
 (:mod:`.children`) once per (thread, label set) from an ``lru_cache`` keyed by the thread's
-ident, so an update is a cache hit and attribute increments (no label sorting, dict lookup or
+ident, so an update is one cache hit and attribute increments (no label sorting, no registry
 lock). The thread ident in the key is what keeps each child single-writer; a new thread that
 reuses a finished thread's ident takes over its children, which nobody else writes any more.
 """
@@ -139,8 +139,8 @@ def observe_hsm_op(keys: HsmSeries, wait_s: float, call_s: float) -> None:
 
 @functools.lru_cache(maxsize=1024)
 def _hsm_children(ident: int, keys: HsmSeries) -> tuple[HistogramChild, HistogramChild]:
-    """The calling thread's (``ident``) children for ``keys``: several pool threads per token
-    each have their own, hence the larger cache."""
+    """The calling thread's (``ident``) children for ``keys`` (today always the event loop's:
+    the admission guard times each pool call there); sized for threads x tokens x operations."""
     return REGISTRY.histogram(keys.call), REGISTRY.histogram(keys.wait)
 
 
