@@ -181,7 +181,7 @@ def prometheus_observer(prom: Any, registry: Any) -> Callable[..., None]:
 
 
 @contextlib.contextmanager
-def multiprocess_mode(prom: Any) -> Iterator[None]:
+def multiprocess_mode() -> Iterator[None]:
     """prometheus_client's multiprocess value class over a temporary directory, undone after."""
     from prometheus_client import values
 
@@ -253,7 +253,7 @@ def measure(seconds: float, rounds: int) -> tuple[dict[str, float], list[str]]:
         else:
             plain = prometheus_observer(prom, prom.CollectorRegistry())
             rows["prometheus_client"] = _batch(plain, labelled=True)
-            stack.enter_context(multiprocess_mode(prom))
+            stack.enter_context(multiprocess_mode())
             mp = prometheus_observer(prom, prom.CollectorRegistry())
             rows["prometheus_client mp"] = _batch(mp, labelled=True)
         best = dict.fromkeys(rows, float("inf"))

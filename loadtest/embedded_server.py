@@ -20,7 +20,7 @@ from pathlib import Path
 from xksproxy import environment
 
 REPO = Path(__file__).resolve().parents[1]
-_START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,9 @@ class Running:
     pid: int
 
 
-def _env() -> dict[str, str]:
+def server_env() -> dict[str, str]:
+    """The environment of a benchmark's server process: the checkout importable, no state dir
+    inherited, no drain grace."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.pop(environment.STATE_DIR.name, None)
@@ -44,7 +46,7 @@ def init_state(state_dir: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "xksproxy", "init", "--state-dir", str(state_dir)],
         cwd=REPO,
-        env=_env(),
+        env=server_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -60,6 +62,7 @@ def embedded_server(
     workers: int | None = None,
     plain_http: bool = False,
     state_dir: Path | None = None,
+    init: bool = True,
 ) -> Iterator[Running]:
     """Yield a running proxy (its URL and state dir); stop it with SIGTERM afterwards.
 
@@ -70,7 +73,8 @@ def embedded_server(
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "state"
-        init_state(state_dir)
+        if init:  # False: the caller init'ed (and maybe edited) state_dir already
+            init_state(state_dir)
         args = [
             sys.executable,
             "-m",
@@ -92,9 +96,9 @@ def embedded_server(
         err = (state_dir / "serve.stderr").open("wb")
         stack.callback(err.close)
         proc = subprocess.Popen(
-            args, cwd=REPO, env=_env(), stdout=out, stderr=err, start_new_session=True
+            args, cwd=REPO, env=server_env(), stdout=out, stderr=err, start_new_session=True
         )
-        stack.callback(_stop, proc)
+        stack.callback(stop_server, proc)
         url = _wait_listening(proc, state_dir)
         yield Running(url=url, state_dir=state_dir, pid=proc.pid)
 
@@ -102,21 +106,22 @@ def embedded_server(
 def _wait_listening(proc: subprocess.Popen, state_dir: Path) -> str:
     """Poll the stdout file for the ready line (the server prints it once a worker answers)."""
     prefix = b"xksproxy: listening on "
-    deadline = time.monotonic() + _START_TIMEOUT_S
+    deadline = time.monotonic() + START_TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         with (state_dir / "serve.stdout").open("rb") as f:
             for line in f:
                 if line.startswith(prefix):
                     return line.strip().removeprefix(prefix).decode()
         time.sleep(0.05)
-    _stop(proc)
+    stop_server(proc)
     raise SystemExit(
         f"server not ready (exit status {proc.poll()}): "
         f"{(state_dir / 'serve.stderr').read_text(errors='replace')[-2000:]}"
     )
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM, then after 30 s SIGKILL to its whole session (its workers)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

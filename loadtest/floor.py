@@ -25,12 +25,13 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
 import os
 import queue
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,15 +46,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 
-from loadtest.bench_http import h2load, make_ciphertext
-from loadtest.embedded_server import REPO, embedded_server, init_state
-from loadtest.xks_requests import decrypt_body, prepare, target_from_env
+from loadtest.bench_http import MAX_RUN_S, h2load, make_ciphertext
+from loadtest.embedded_server import (
+    REPO,
+    START_TIMEOUT_S,
+    Running,
+    embedded_server,
+    init_state,
+    server_env,
+    stop_server,
+)
+from loadtest.fleet import free_port, get_status
+from loadtest.targets import RATIO_GOALS
+from loadtest.xks_requests import Target, decrypt_body, prepare, target_from_env
 
 _CONFIG_ENV = "XKSPROXY_FLOOR_CONFIG"
 _JSON = [("content-type", "application/json")]
 _PING = b'{"status":"ok"}'
 OPS = ("ping", "encrypt", "decrypt")
-TARGETS = {"encrypt": 0.30, "decrypt": 0.35}  # issue 16 (loadtest.targets reads them here)
 
 
 class _Session:
@@ -179,59 +189,45 @@ def create() -> FloorApp:
     return FloorApp(os.environ[_CONFIG_ENV])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def floor_server(state_dir: Path, workers: int) -> Iterator[tuple[str, int]]:
-    """granian serving :class:`FloorApp` on loopback with the state dir's TLS files."""
+def floor_server(state_dir: Path, workers: int) -> Iterator[Running]:
+    """granian serving :class:`FloorApp` on loopback with the state dir's TLS files, stopped
+    like the proxy (:func:`~loadtest.embedded_server.stop_server`) however the block ends."""
     from xksproxy.config import load_config
 
     cfg = load_config(state_dir / "xksproxy.toml")
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), **{_CONFIG_ENV: str(cfg.path)})
-    granian = Path(sys.executable).with_name("granian")
+    port = free_port()
+    env = {**server_env(), _CONFIG_ENV: str(cfg.path)}
     cmd = [
-        str(granian),
+        str(Path(sys.executable).with_name("granian")),
         *("--interface", "rsgi", "--factory", "--http", "auto", "--loop", "uvloop"),
         *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
         *("--ssl-certificate", str(cfg.tls.cert_file), "--ssl-keyfile", str(cfg.tls.key_file)),
         *("--log-level", "warning", "--no-ws"),
         "loadtest.floor:create",
     ]
+    url = f"https://127.0.0.1:{port}"
     with (state_dir / "floor.stderr").open("wb") as err:
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
         )
         try:
-            deadline = time.monotonic() + 60
-            while True:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while get_status(url + "/ping", timeout=1.0)[0] != 200:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     why = (state_dir / "floor.stderr").read_text(errors="replace")[-2000:]
                     raise SystemExit(f"floor server did not start: {why}")
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
                 time.sleep(0.1)
-            time.sleep(1.0)  # every worker past __rsgi_init__
-            yield f"https://127.0.0.1:{port}", proc.pid
+            yield Running(url=url, state_dir=state_dir, pid=proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+            stop_server(proc)
 
 
-def measure(url: str, pid: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure(
+    target: Target, server: Running, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
     """/ping, Encrypt and Decrypt replays of one server: {proto: {op: Figures}}."""
-    target = target_from_env(url)
+    target = dataclasses.replace(target, base_url=server.url)
     encrypted = make_ciphertext(target)
     out: dict[str, Any] = {}
     for proto in args.protocols:
@@ -246,10 +242,12 @@ def measure(url: str, pid: int, args: argparse.Namespace, workdir: Path) -> dict
                 clients=32,
                 streams=4,
                 workdir=workdir,
-                server_pid=pid,
+                server_pid=server.pid,
             )
             if f.non_2xx or f.errors:
-                raise SystemExit(f"{url} {proto} {op}: {f.non_2xx} non-2xx, {f.errors} errors")
+                raise SystemExit(
+                    f"{server.url} {proto} {op}: {f.non_2xx} non-2xx, {f.errors} errors"
+                )
             out[proto][op] = f
     return out
 
@@ -261,14 +259,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         state = Path(tmp) / "state"
         init_state(state)
         os.environ["XKS_STATE_DIR"] = str(state)
+        target = target_from_env("https://127.0.0.1")  # the credential; each server's URL later
         for rnd in range(1, args.rounds + 1):
             for name in args.servers:
                 if name == "proxy":
-                    with embedded_server(workers=args.workers, state_dir=state) as proxy:
-                        figures = measure(proxy.url, proxy.pid, args, Path(tmp))
+                    server: Any = embedded_server(workers=args.workers, state_dir=state, init=False)
                 else:
-                    with floor_server(state, args.workers) as (url, pid):
-                        figures = measure(url, pid, args, Path(tmp))
+                    server = floor_server(state, args.workers)
+                with server as running:
+                    figures = measure(target, running, args, Path(tmp))
                 for proto, ops in figures.items():
                     for op in OPS:
                         rows.append(
@@ -308,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rounds", type=int, default=3, help="rounds, servers alternated (1-10)")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds per replay (≤ 30)")
+    p.add_argument(
+        "--duration", type=float, default=4.0, help=f"seconds per replay (≤ {MAX_RUN_S})"
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers of each")
     p.add_argument("--protocols", default="h1,h2", help="h1, h2 or both (comma-separated)")
     p.add_argument("--servers", default="proxy,floor", help="proxy, floor or both")
@@ -321,8 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.protocols = args.protocols.split(",")
     args.servers = args.servers.split(",")
-    if not (0 < args.duration <= 30 and 1 <= args.rounds <= 10 and args.workers >= 1):
-        p.error("--duration must be in (0, 30], --rounds in [1, 10], --workers at least 1")
+    if not (0 < args.duration <= MAX_RUN_S and 1 <= args.rounds <= 10 and args.workers >= 1):
+        p.error(
+            f"--duration must be in (0, {MAX_RUN_S}], --rounds in [1, 10], --workers at least 1"
+        )
+    if shutil.which("h2load") is None:
+        p.error("h2load not found (apt-get install nghttp2-client)")
     if set(args.protocols) - {"h1", "h2"} or set(args.servers) - {"proxy", "floor"}:
         p.error("--protocols takes h1 and/or h2, --servers proxy and/or floor")
     if not args.json:
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmedians (all rounds):")
     for name in args.servers:
         for proto in args.protocols:
-            for op, goal in TARGETS.items():
+            for op, goal in RATIO_GOALS.items():
                 got = [r for r in rows if (r["server"], r["proto"], r["op"]) == (name, proto, op)]
                 ratios = [r["ratio_to_ping"] for r in got]
                 med = statistics.median(ratios)

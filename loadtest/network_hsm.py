@@ -146,7 +146,6 @@ def _ping_child(url: str, raw: bytes, rate: float, cap_s: float, stop: Event, ou
 class Phase:
     """One load phase's figures (``window`` are the measured requests, after the warm-up)."""
 
-    name: str
     delay_ms: int
     window: fleet_client.Window
     failures: int  # every failed Encrypt of the phase, warm-up included
@@ -157,7 +156,7 @@ class Phase:
 
 
 async def run_phase(
-    name: str, delay_ms: int, url: str, pool: list[tuple[str, bytes]], args: argparse.Namespace,
+    delay_ms: int, url: str, pool: list[tuple[str, bytes]], args: argparse.Namespace,
     server_pid: int,
 ) -> Phase:  # fmt: skip
     """Closed-loop Encrypt load for warm-up + duration (or ``max_requests`` answers)."""
@@ -190,9 +189,14 @@ async def run_phase(
     await counter
     start = t0 + args.warmup
     end = min(t1, start + args.duration)
+    if end <= start:
+        raise SystemExit(
+            f"--max-requests {cap} was reached during the {args.warmup:g} s warm-up: "
+            "raise it or shorten --warmup"
+        )
     mine = (me1.ru_utime - me0.ru_utime) + (me1.ru_stime - me0.ru_stime)
     return Phase(
-        name, delay_ms, fleet_client.window(load, start, end), len(load.failures()), start, end,
+        delay_ms, fleet_client.window(load, start, end), len(load.failures()), start, end,
         (cpu1 - cpu0) / (t1 - t0), mine / (t1 - t0),
     )  # fmt: skip
 
@@ -235,11 +239,11 @@ async def measure(
     phases = []
     shim.set("delay", delay_ms=args.delay_ms)
     await asyncio.sleep(SHIM_SETTLE_S)
-    phases.append(await run_phase("network", args.delay_ms, url, pool, args, server_pid))
+    phases.append(await run_phase(args.delay_ms, url, pool, args, server_pid))
     if args.baseline:
         shim.set("ok")
         await asyncio.sleep(SHIM_SETTLE_S)
-        phases.append(await run_phase("no delay", 0, url, pool, args, server_pid))
+        phases.append(await run_phase(0, url, pool, args, server_pid))
     return phases
 
 
@@ -256,11 +260,11 @@ def _runner() -> Callable[[Coroutine[Any, Any, list[Phase]]], list[Phase]]:
 def _server(args: argparse.Namespace, state: Path) -> Iterator[Running]:
     """The proxy (embedded default on ``state``) or, with ``--floor``, the floor app."""
     if not args.floor:
-        with embedded_server(workers=args.workers, state_dir=state) as srv:
+        with embedded_server(workers=args.workers, state_dir=state, init=False) as srv:
             yield srv
         return
-    with floor_server(state, args.workers) as (url, pid):
-        yield Running(url=url, state_dir=state, pid=pid)
+    with floor_server(state, args.workers) as srv:
+        yield srv
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -43,9 +43,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 600
-sys.path.insert(0, str(REPO))
-
-from loadtest.floor import TARGETS as RATIO_GOALS  # noqa: E402  (one home for the two goals)
+#: Issue 16's throughput goals: Encrypt and Decrypt req/s as a fraction of /ping (loadtest.floor
+#: judges its own figures by them too).
+RATIO_GOALS = {"encrypt": 0.30, "decrypt": 0.35}
 
 
 @dataclass(frozen=True)
