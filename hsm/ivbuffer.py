@@ -7,9 +7,10 @@ slices it. The bytes are the same HSM RNG output the unbatched path used; what m
 no slice is ever handed out twice, so:
 
 * a position only moves forward, and the buffer refills only once every slice has been taken;
-* :meth:`IvBuffer.wipe` zeroes and empties it; the pool calls it whenever its session is opened,
-  replaced, forgotten after a fault, reopened by recovery or closed (IVs never outlive or cross
-  a session);
+* :meth:`IvBuffer.wipe` zeroes and empties it; the pool calls it whenever a handle is opened
+  for the session (first open, replacement after a fault, reopening after recovery) or the
+  session is closed, and a forgotten handle is always reopened before it is used again (IVs
+  never outlive or cross a session);
 * a child process after ``fork()`` holds a copy of its parent's memory, so :meth:`IvBuffer.take`
   compares :func:`hsm.startup.forks_seen` with the value at the last refill and wipes the copy
   instead of handing the parent's IVs out a second time.

@@ -69,7 +69,8 @@ class _Session:
     """One PKCS#11 session; ``generation`` is the module generation it was opened under.
 
     ``ivs`` holds IVs drawn on this session's handle (``iv_source = "rng"``); every place that
-    opens, forgets or closes the handle wipes it, so no IV outlives the session it came from.
+    opens or closes a handle wipes it (``_open``, ``_close_sessions``); a forgotten handle is
+    always reopened through ``_open`` before an operation runs, so no IV outlives its session.
     """
 
     __slots__ = ("gcm", "generation", "handle", "index", "ivs")
@@ -425,8 +426,7 @@ class HsmPool:
         if sess.handle is not None and mod is not None:
             with mod.call_lock:
                 mod.functions.C_CloseSession(sess.handle)
-        sess.handle = None
-        sess.ivs.wipe()
+        sess.handle = None  # its IVs go with the next _open, before any operation runs on it
 
     def _replace(self, sess: _Session) -> None:
         """Close (best effort) and reopen one session; a failure means the module is down."""
@@ -489,7 +489,6 @@ class HsmPool:
         for sess in self._sessions:
             if mod.finalize_safe:
                 sess.handle = None  # the old handles died with the old initialisation
-                sess.ivs.wipe()
             else:
                 # Not finalised (openCryptoki): the old sessions are still open; close them or
                 # every recovery leaks `sessions` of them towards CKR_SESSION_COUNT.
