@@ -32,6 +32,7 @@ import importlib.util
 import json
 import operator
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 600
+STOP_TIMEOUT_S = 60  # a stopped tool's own teardown (its servers wait up to 30 s each)
 #: Issue 16's throughput goals: Encrypt and Decrypt req/s as a fraction of /ping (loadtest.floor
 #: judges its own figures by them too).
 RATIO_GOALS = {"encrypt": 0.30, "decrypt": 0.35}
@@ -96,17 +98,30 @@ class Outcome:
 def _child(module: str, *args: str) -> Any:
     """Run ``python -m module args --json`` and return its JSON (None if it failed to give any)."""
     cmd = [sys.executable, "-m", module, *args, "--json"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        r = subprocess.run(
-            cmd, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False
-        )
-    except subprocess.TimeoutExpired:
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
+        # SIGINT, not SIGKILL: the tool's finally blocks stop the servers it started (in their
+        # own sessions, which a kill of the tool would leave running) and remove its temp dirs.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         print(f"  {module}: timed out after {CHILD_TIMEOUT_S} s", file=sys.stderr)
         return None
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("{", "["))]
+    lines = [ln for ln in out.splitlines() if ln.startswith(("{", "["))]
     if not lines:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
-        print(f"  {module}: exit {r.returncode}, no figures: {' | '.join(tail)}", file=sys.stderr)
+        tail = (err or out).strip().splitlines()[-5:]
+        print(
+            f"  {module}: exit {proc.returncode}, no figures: {' | '.join(tail)}", file=sys.stderr
+        )
         return None
     return json.loads(lines[-1])
 
